@@ -1,0 +1,389 @@
+"""DICOM geometry: a series of slices (or one enhanced multi-frame image) as a `Volume`.
+
+Shared by the service's ingestion and by training's DICOM readers, so it imports nothing
+from either. The rules (DICOM PS3.3 C.7.6.2, "Image Plane Module"):
+
+- A pixel at row ``r`` and column ``c`` of a slice lies at
+  ``ImagePositionPatient + X * c * dc + Y * r * dr`` in LPS millimetres, where ``X`` and
+  ``Y`` are the row and column direction cosines of ``ImageOrientationPatient`` and
+  ``PixelSpacing = [dr, dc]``.
+- Slices are ordered by their position projected on the slice normal ``X x Y``, never by
+  InstanceNumber or file order (both are unreliable in the wild).
+- Stored values become modality units (HU for CT) with RescaleSlope/RescaleIntercept,
+  per slice since they may differ.
+- The returned affine maps ``[i, j, k] = [column, row, slice]`` to RAS+ (LPS with x and y
+  negated), the convention of `models.contract.Volume`.
+
+Inputs that would silently yield a wrong geometry are refused with a `DicomGeometryError`
+(a `ContractError`) whose message says what to do: gantry tilt, mixed orientations or
+matrix sizes, missing slices, non-uniform slice spacing, several series mixed together.
+Enhanced (multi-frame) images are read through their per-frame functional groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from models.contract import ContractError, Volume
+
+# LPS (DICOM) -> RAS (NIfTI): negate x and y.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+# Direction cosines closer than this (per component) count as the same orientation.
+ORIENTATION_TOLERANCE = 1e-4
+# Largest angle (degrees) between the slice normal and the slice stacking direction
+# accepted as "no tilt"; beyond it the volume would be sheared.
+MAX_TILT_DEGREES = 0.5
+# Relative deviation of a slice gap from the median gap tolerated as rounding.
+SPACING_TOLERANCE = 0.05
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+class DicomGeometryError(ContractError):
+    """A DICOM series whose slices do not form one regular 3D volume."""
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One 2D slice: where it lies and how to read its pixels in modality units."""
+
+    position: np.ndarray  # LPS mm of the centre of the first pixel
+    row_cosine: np.ndarray  # direction of increasing column index
+    col_cosine: np.ndarray  # direction of increasing row index
+    pixel_spacing: tuple[float, float]  # (between rows, between columns)
+    shape: tuple[int, int]  # (rows, columns)
+    slope: float
+    intercept: float
+    source: int  # index into the datasets (or frame number of a multi-frame image)
+    thickness: float | None
+
+
+def volume_from_series(
+    datasets: Sequence[Dataset],
+    *,
+    max_tilt_degrees: float = MAX_TILT_DEGREES,
+    spacing_tolerance: float = SPACING_TOLERANCE,
+) -> Volume:
+    """Stack the slices of one series into a `Volume` in modality units, RAS+ affine.
+
+    Args:
+        datasets: the instances of one series (any order), or one enhanced multi-frame
+            instance.
+        max_tilt_degrees: largest tolerated gantry tilt.
+        spacing_tolerance: largest tolerated relative deviation of a slice gap.
+
+    Raises:
+        DicomGeometryError: the slices do not form one regular volume (the message says
+            why and what to do).
+    """
+    if not datasets:
+        raise DicomGeometryError("series", "no DICOM instances were given")
+    _check_single_series(datasets)
+    if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
+        return _volume_from_multiframe(datasets[0], max_tilt_degrees, spacing_tolerance)
+    if any("PerFrameFunctionalGroupsSequence" in ds for ds in datasets):
+        raise DicomGeometryError(
+            "series",
+            "several enhanced multi-frame instances in one series; send them one at a time",
+        )
+    frames = [_frame_from_classic(ds, index) for index, ds in enumerate(datasets)]
+    ordered, slice_vector = _order_frames(frames, max_tilt_degrees, spacing_tolerance)
+    planes = [_pixels(datasets[f.source], f) for f in ordered]
+    return _assemble(ordered, planes, slice_vector)
+
+
+def _check_single_series(datasets: Sequence[Dataset]) -> None:
+    uids = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets} - {""}
+    if len(uids) > 1:
+        raise DicomGeometryError(
+            "series",
+            f"the instances belong to {len(uids)} different series; send one series per "
+            "modality, or a whole study as `study`",
+        )
+
+
+def _require(ds: Dataset | None, keyword: str, what: str) -> Any:
+    value = ds.get(keyword) if ds is not None else None
+    if value is None or value == "":
+        raise DicomGeometryError(
+            keyword, f"missing from {what}; the series cannot be placed in patient space"
+        )
+    return value
+
+
+def _cosines(value: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    iop = np.asarray([float(v) for v in value], dtype=np.float64)
+    if iop.shape != (6,):
+        raise DicomGeometryError("ImageOrientationPatient", f"expected 6 values, got {len(iop)}")
+    row, col = iop[:3], iop[3:]
+    if not (np.isclose(np.linalg.norm(row), 1, atol=1e-3) and np.isclose(np.linalg.norm(col), 1, atol=1e-3)):
+        raise DicomGeometryError("ImageOrientationPatient", "direction cosines are not unit vectors")
+    return row / np.linalg.norm(row), col / np.linalg.norm(col)
+
+
+def _check_pixel_format(ds: Dataset) -> None:
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise DicomGeometryError("PixelData", "an instance has no pixel data (is it an image?)")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if samples != 1 or not photometric.startswith("MONOCHROME"):
+        raise DicomGeometryError(
+            "PhotometricInterpretation",
+            f"{photometric} with {samples} samples per pixel is not a greyscale image; "
+            "send the original CT/PET/MR series, not a screenshot",
+        )
+
+
+def _frame_from_classic(ds: Dataset, index: int) -> _Frame:
+    what = f"instance {index + 1}"
+    _check_pixel_format(ds)
+    row, col = _cosines(_require(ds, "ImageOrientationPatient", what))
+    position = np.asarray([float(v) for v in _require(ds, "ImagePositionPatient", what)], dtype=np.float64)
+    spacing = [float(v) for v in _require(ds, "PixelSpacing", what)]
+    thickness = ds.get("SliceThickness")
+    return _Frame(
+        position=position,
+        row_cosine=row,
+        col_cosine=col,
+        pixel_spacing=(spacing[0], spacing[1]),
+        shape=(int(_require(ds, "Rows", what)), int(_require(ds, "Columns", what))),
+        slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
+        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+        source=index,
+        thickness=float(thickness) if thickness not in (None, "") else None,
+    )
+
+
+def _order_frames(
+    frames: list[_Frame], max_tilt_degrees: float, spacing_tolerance: float
+) -> tuple[list[_Frame], np.ndarray]:
+    """Frames sorted along the slice normal, and the LPS vector from one slice to the next."""
+    first = frames[0]
+    for frame in frames[1:]:
+        if not (
+            np.allclose(frame.row_cosine, first.row_cosine, atol=ORIENTATION_TOLERANCE)
+            and np.allclose(frame.col_cosine, first.col_cosine, atol=ORIENTATION_TOLERANCE)
+        ):
+            raise DicomGeometryError(
+                "ImageOrientationPatient",
+                "slices have different orientations (mixed localiser or reformatted slices?); "
+                "send only the axial series",
+            )
+        if frame.shape != first.shape:
+            raise DicomGeometryError(
+                "Rows",
+                f"slices have different matrix sizes {first.shape} and {frame.shape}; "
+                "send one series with one matrix size",
+            )
+        if not np.allclose(frame.pixel_spacing, first.pixel_spacing, rtol=1e-3):
+            raise DicomGeometryError("PixelSpacing", "slices have different pixel spacings")
+
+    normal = np.cross(first.row_cosine, first.col_cosine)
+    if len(frames) == 1:
+        thickness = first.thickness if first.thickness and first.thickness > 0 else 1.0
+        return frames, normal * thickness
+
+    ordered = sorted(frames, key=lambda f: float(f.position @ normal))
+    offsets = np.array([float(f.position @ normal) for f in ordered])
+    gaps = np.diff(offsets)
+    if np.any(gaps < 1e-3):
+        raise DicomGeometryError(
+            "ImagePositionPatient",
+            "two slices share one position (duplicate instances, or several stacks or time "
+            "points in one series); send one stack",
+        )
+    span = ordered[-1].position - ordered[0].position
+    cos_tilt = abs(float(span @ normal)) / float(np.linalg.norm(span))
+    tilt = float(np.degrees(np.arccos(min(1.0, cos_tilt))))
+    if tilt > max_tilt_degrees:
+        raise DicomGeometryError(
+            "GantryDetectorTilt",
+            f"slices are stacked {tilt:.1f} degrees off their normal (gantry tilt); "
+            "resample the series to an untilted grid before sending it",
+        )
+    median = float(np.median(gaps))
+    deviation = np.abs(gaps - median) / median
+    if np.any(deviation > spacing_tolerance):
+        worst = int(np.argmax(deviation))
+        ratio = gaps[worst] / median
+        if ratio > 1.5 and abs(ratio - round(ratio)) < spacing_tolerance * round(ratio):
+            raise DicomGeometryError(
+                "ImagePositionPatient",
+                f"about {round(ratio) - 1} slice(s) missing after position {offsets[worst]:.1f} mm "
+                "along the slice normal; send the complete series",
+            )
+        raise DicomGeometryError(
+            "ImagePositionPatient",
+            f"slice spacing is not uniform ({gaps.min():.2f} to {gaps.max():.2f} mm); "
+            "send a series reconstructed with one slice spacing",
+        )
+    return ordered, span / (len(ordered) - 1)
+
+
+def _pixels(ds: Dataset, frame: _Frame, frame_index: int | None = None) -> np.ndarray:
+    """The plane in modality units, transposed to ``[column, row]`` (= ``[i, j]``)."""
+    try:
+        array = ds.pixel_array
+    except Exception as exc:  # pydicom raises many kinds for broken or unsupported data
+        raise DicomGeometryError(
+            "PixelData",
+            f"pixel data cannot be decoded ({type(exc).__name__}: {exc}); re-export the "
+            "series uncompressed or with a standard transfer syntax",
+        ) from None
+    if frame_index is not None:
+        array = array[frame_index] if array.ndim == 3 else array
+    if array.shape != frame.shape:
+        raise DicomGeometryError(
+            "PixelData", f"decoded pixels have shape {array.shape}, header says {frame.shape}"
+        )
+    values = array.astype(np.float32) * np.float32(frame.slope) + np.float32(frame.intercept)
+    return values.T
+
+
+def _assemble(ordered: list[_Frame], planes: list[np.ndarray], slice_vector: np.ndarray) -> Volume:
+    first = ordered[0]
+    dr, dc = first.pixel_spacing
+    lps = np.eye(4)
+    lps[:3, 0] = first.row_cosine * dc
+    lps[:3, 1] = first.col_cosine * dr
+    lps[:3, 2] = slice_vector
+    lps[:3, 3] = first.position
+    array = np.stack(planes, axis=2).astype(np.float32, copy=False)
+    return Volume(array=array, affine=LPS_TO_RAS @ lps)
+
+
+# -- enhanced multi-frame ---------------------------------------------------------------
+
+
+def _group(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
+    """Item of functional group `sequence` for `frame`: per-frame first, then shared."""
+    for container in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        groups = ds.get(container)
+        if not groups:
+            continue
+        item = groups[frame] if container.startswith("PerFrame") and frame < len(groups) else groups[0]
+        if sequence in item and len(item[sequence].value) > 0:
+            return item[sequence].value[0]
+    return None
+
+
+def _volume_from_multiframe(ds: Dataset, max_tilt_degrees: float, spacing_tolerance: float) -> Volume:
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        raise DicomGeometryError(
+            "NumberOfFrames",
+            "multi-frame image without per-frame functional groups (not an enhanced image); "
+            "its slice positions are unknown: send the classic single-frame series",
+        )
+    _check_pixel_format(ds)
+    count = int(ds.NumberOfFrames)
+    frames = []
+    for index in range(count):
+        what = f"frame {index + 1} functional groups"
+        position = _require(_group(ds, index, "PlanePositionSequence"), "ImagePositionPatient", what)
+        orientation = _require(_group(ds, index, "PlaneOrientationSequence"), "ImageOrientationPatient", what)
+        measures = _group(ds, index, "PixelMeasuresSequence")
+        spacing = [float(v) for v in _require(measures, "PixelSpacing", what)]
+        transform = _group(ds, index, "PixelValueTransformationSequence")
+        rescale = transform if transform is not None else ds
+        slope = rescale.get("RescaleSlope", 1.0)
+        intercept = rescale.get("RescaleIntercept", 0.0)
+        row, col = _cosines(orientation)
+        thickness = measures.get("SliceThickness") if measures is not None else None
+        frames.append(
+            _Frame(
+                position=np.asarray([float(v) for v in position], dtype=np.float64),
+                row_cosine=row,
+                col_cosine=col,
+                pixel_spacing=(spacing[0], spacing[1]),
+                shape=(int(ds.Rows), int(ds.Columns)),
+                slope=float(slope),
+                intercept=float(intercept),
+                source=index,
+                thickness=float(thickness) if thickness not in (None, "") else None,
+            )
+        )
+    ordered, slice_vector = _order_frames(frames, max_tilt_degrees, spacing_tolerance)
+    planes = [_pixels(ds, f, frame_index=f.source) for f in ordered]
+    return _assemble(ordered, planes, slice_vector)
+
+
+# -- writing (tests, demos) ---------------------------------------------------------------
+
+
+def series_from_volume(
+    volume: Volume,
+    *,
+    modality: str = "CT",
+    series_description: str = "",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+    rescale_intercept: float = -1024.0,
+    rescale_slope: float = 1.0,
+    extra: dict[str, Any] | None = None,
+) -> list[Dataset]:
+    """One classic single-frame instance per slice of `volume` (the inverse of `volume_from_series`).
+
+    Meant for tests and demos: values are stored as uint16 after the inverse rescale, so
+    they round-trip to within half of `rescale_slope`. The volume's affine must have
+    orthogonal axes (DICOM has no shear). `extra` sets further attributes on every instance.
+    """
+    lps = np.linalg.inv(LPS_TO_RAS) @ volume.affine
+    axes = lps[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    row_cos, col_cos, _ = (axes / spacing).T
+    study_uid = study_uid or generate_uid()
+    series_uid = series_uid or generate_uid()
+    frame_of_reference_uid = frame_of_reference_uid or generate_uid()
+    stored = np.round((volume.array - rescale_intercept) / rescale_slope)
+    stored = np.clip(stored, 0, 65535).astype(np.uint16)
+    datasets = []
+    for k in range(volume.array.shape[2]):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        ds.Modality = modality
+        ds.SeriesDescription = series_description
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = frame_of_reference_uid
+        ds.InstanceNumber = k + 1
+        ds.ImageOrientationPatient = [float(v) for v in (*row_cos, *col_cos)]
+        ds.ImagePositionPatient = [float(v) for v in (lps[:3, 3] + axes[:, 2] * k)]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
+        ds.SliceThickness = float(spacing[2])
+        ds.Rows, ds.Columns = int(volume.array.shape[1]), int(volume.array.shape[0])
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = rescale_intercept
+        ds.RescaleSlope = rescale_slope
+        for keyword, value in (extra or {}).items():
+            setattr(ds, keyword, value)
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+        datasets.append(ds)
+    return datasets
+
+
+def read_datasets(paths: Sequence[str], *, stop_before_pixels: bool = False) -> list[Dataset]:
+    """Read Part-10 files, raising a `DicomGeometryError` naming the first unreadable one."""
+    datasets = []
+    for path in paths:
+        try:
+            datasets.append(pydicom.dcmread(path, stop_before_pixels=stop_before_pixels))
+        except Exception as exc:
+            raise DicomGeometryError("file", f"{path} is not a readable DICOM file ({exc})") from None
+    return datasets
