@@ -1,0 +1,21 @@
+"""REACT-KD networks and the input contract shared by training and serving (no I/O here)."""
+
+from models.contract import ContractError, Grid, ModelInput, Volume, prepare_input
+from models.registry import ModelOutput, create_model, list_models, model_from_checkpoint, register_model
+from models.tasks import TASKS, TaskSpec, get_task
+
+__all__ = [
+    "TASKS",
+    "ContractError",
+    "Grid",
+    "ModelInput",
+    "ModelOutput",
+    "TaskSpec",
+    "Volume",
+    "create_model",
+    "get_task",
+    "list_models",
+    "model_from_checkpoint",
+    "prepare_input",
+    "register_model",
+]

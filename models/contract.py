@@ -1,0 +1,249 @@
+"""The input contract: how scans of any geometry become the tensor a model sees.
+
+Training and serving both call `prepare_input`, so a served tensor is built exactly as a
+trained one. The steps:
+
+1. Every modality arrives as a `Volume`: a 3D array indexed ``[i, j, k]`` and a 4x4 affine
+   that maps voxel indices to RAS+ millimetres (the NIfTI convention; DICOM's LPS is
+   converted by the reader).
+2. A model grid is laid out in RAS+ with the task's spacing and shape, centred on the
+   centre of the reference modality's foreground (body for CT, head for MRI), so no mask
+   is needed at serving time.
+3. Each present modality is resampled onto that grid through its own affine (PET on its
+   coarser grid lands on the same voxels as CT), trilinear, with the modality's background
+   value outside its field of view.
+4. Intensities are normalised per kind: CT windowed to ``task.ct_window_hu`` and scaled to
+   [0, 1]; PET in SUV scaled by ``task.pet_suv_max`` and clipped to [0, 2]; MRI z-scored
+   inside the non-zero foreground.
+5. Missing modalities become zero channels and a 0 in ``present``.
+
+Array layouts: a `Volume` and a `Grid` are indexed ``[x, y, z]``; tensors are ``[D, H, W]``
+= ``[z, y, x]``. `to_tensor_layout` and `from_tensor_layout` convert between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from models.tasks import ModalityKind, TaskSpec
+
+# Value a modality takes where nothing was imaged, in its own units.
+BACKGROUND: dict[ModalityKind, float] = {"ct": -1024.0, "pet": 0.0, "mri": 0.0}
+# Voxels above this (in the modality's units) count as foreground for centring the grid.
+FOREGROUND_THRESHOLD: dict[ModalityKind, float] = {"ct": -500.0, "pet": 0.05, "mri": 1e-6}
+
+
+class ContractError(ValueError):
+    """An input that cannot be brought onto the model grid; `field` names the culprit."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D scalar image: ``array[i, j, k]`` with ``affine @ [i, j, k, 1]`` in RAS+ mm."""
+
+    array: np.ndarray
+    affine: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise ContractError("volume", f"expected a 3D array, got shape {self.array.shape}")
+        if min(self.array.shape) < 1:
+            raise ContractError("volume", f"empty array of shape {self.array.shape}")
+        affine = np.asarray(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+            raise ContractError("affine", "expected a finite 4x4 matrix")
+        if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+            raise ContractError("affine", "singular: voxel axes are degenerate")
+        object.__setattr__(self, "affine", affine)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size along i, j, k in millimetres."""
+        x, y, z = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return float(x), float(y), float(z)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid: ``shape`` is (x, y, z) voxel counts, ``affine`` maps indices to RAS+."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        x, y, z = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return float(x), float(y), float(z)
+
+    def with_shape(self, shape: tuple[int, int, int]) -> Grid:
+        """The grid covering the same field of view with `shape` voxels (for coarser maps)."""
+        factors = np.array(self.shape, dtype=np.float64) / np.array(shape, dtype=np.float64)
+        affine = self.affine.copy()
+        affine[:3, :3] = self.affine[:3, :3] * factors
+        # Voxel centres move: the first voxel of the coarse grid is centred on the block
+        # of fine voxels it covers.
+        affine[:3, 3] = self.affine[:3, :3] @ ((factors - 1.0) / 2.0) + self.affine[:3, 3]
+        return Grid(shape=tuple(int(s) for s in shape), affine=affine)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What a model is fed for one case, and where its voxels lie."""
+
+    image: np.ndarray  # float32 [M, D, H, W]
+    present: np.ndarray  # float32 [M], 1 where the modality was given
+    grid: Grid
+    used: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+def to_tensor_layout(array_xyz: np.ndarray) -> np.ndarray:
+    """``[x, y, z]`` -> ``[D, H, W]`` (= ``[z, y, x]``)."""
+    return np.ascontiguousarray(np.transpose(array_xyz, (2, 1, 0)))
+
+
+def from_tensor_layout(array_dhw: np.ndarray) -> np.ndarray:
+    """``[D, H, W]`` -> ``[x, y, z]``."""
+    return np.ascontiguousarray(np.transpose(array_dhw, (2, 1, 0)))
+
+
+def foreground_center(volume: Volume, kind: ModalityKind) -> np.ndarray:
+    """RAS+ centre (mm) of the bounding box of the foreground, or of the volume if none."""
+    foreground = volume.array > FOREGROUND_THRESHOLD[kind]
+    if foreground.any():
+        idx = np.nonzero(foreground)
+        lo = np.array([i.min() for i in idx], dtype=np.float64)
+        hi = np.array([i.max() for i in idx], dtype=np.float64)
+    else:
+        lo = np.zeros(3)
+        hi = np.array(volume.array.shape, dtype=np.float64) - 1.0
+    center_ijk = np.append((lo + hi) / 2.0, 1.0)
+    return (volume.affine @ center_ijk)[:3]
+
+
+def model_grid(task: TaskSpec, center_mm: np.ndarray) -> Grid:
+    """The task's RAS+-aligned grid centred on `center_mm`."""
+    shape_xyz = (task.shape[2], task.shape[1], task.shape[0])
+    spacing = np.array(task.spacing_mm, dtype=np.float64)
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(spacing)
+    affine[:3, 3] = np.asarray(center_mm, dtype=np.float64) - spacing * (np.array(shape_xyz) - 1) / 2.0
+    return Grid(shape=shape_xyz, affine=affine)
+
+
+def resample(
+    array: np.ndarray,
+    affine: np.ndarray,
+    grid: Grid,
+    *,
+    order: int = 1,
+    cval: float = 0.0,
+) -> np.ndarray:
+    """Sample `array` (indexed by `affine`) at the voxel centres of `grid`; float32 ``[x,y,z]``.
+
+    `order` 1 is trilinear (images), 0 nearest (label maps).
+    """
+    # grid index -> world -> source index, one affine map since both are linear.
+    grid_to_source = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ grid.affine
+    source = array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)
+    out = ndimage.affine_transform(
+        source,
+        grid_to_source[:3, :3],
+        offset=grid_to_source[:3, 3],
+        output_shape=grid.shape,
+        order=order,
+        mode="constant",
+        cval=cval,
+        prefilter=False,
+    )
+    return out.astype(np.float32, copy=False)
+
+
+def normalize(array: np.ndarray, kind: ModalityKind, task: TaskSpec) -> np.ndarray:
+    """Map a resampled modality in its own units onto the scale the networks expect."""
+    if kind == "ct":
+        lo, hi = task.ct_window_hu
+        return ((np.clip(array, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    if kind == "pet":
+        return np.clip(array / task.pet_suv_max, 0.0, 2.0).astype(np.float32)
+    foreground = array > FOREGROUND_THRESHOLD["mri"]
+    if not foreground.any():
+        return np.zeros_like(array, dtype=np.float32)
+    values = array[foreground]
+    z = (array - values.mean()) / max(float(values.std()), 1e-6)
+    return np.where(foreground, np.clip(z, -5.0, 5.0), 0.0).astype(np.float32)
+
+
+def reference_modality(task: TaskSpec, available: set[str]) -> str:
+    """The modality whose foreground centres the grid: the first required, else first given."""
+    for name in task.required + task.modalities:
+        if name in available:
+            return name
+    raise ContractError("modalities", f"none of {list(task.modalities)} was given")
+
+
+def prepare_input(
+    volumes: Mapping[str, Volume],
+    task: TaskSpec,
+    center_mm: np.ndarray | None = None,
+) -> ModelInput:
+    """Bring the given modalities onto the task grid, normalised, in channel order.
+
+    Raises:
+        ContractError: unknown modality names, a subset the task does not allow (a
+            required modality missing), or non-finite voxel values.
+    """
+    unknown = sorted(set(volumes) - set(task.modalities))
+    if unknown:
+        raise ContractError(
+            unknown[0], f"not a modality of task {task.name!r} (expected {list(task.modalities)})"
+        )
+    given = set(volumes)
+    if not task.is_allowed(given):
+        needed = [m for m in task.required if m not in given] or list(task.modalities)
+        raise ContractError(
+            needed[0], f"task {task.name!r} needs {needed[0]!r}; got {sorted(given) or 'nothing'}"
+        )
+    for name, volume in volumes.items():
+        if not np.all(np.isfinite(volume.array)):
+            raise ContractError(name, "contains NaN or infinite voxel values")
+
+    reference = reference_modality(task, given)
+    if center_mm is None:
+        center_mm = foreground_center(volumes[reference], task.kind_of(reference))
+    grid = model_grid(task, center_mm)
+
+    image = np.zeros((task.num_modalities, *task.shape), dtype=np.float32)
+    present = np.zeros(task.num_modalities, dtype=np.float32)
+    for channel, name in enumerate(task.modalities):
+        if name not in volumes:
+            continue
+        kind = task.kind_of(name)
+        volume = volumes[name]
+        on_grid = resample(volume.array, volume.affine, grid, order=1, cval=BACKGROUND[kind])
+        image[channel] = to_tensor_layout(normalize(on_grid, kind, task))
+        present[channel] = 1.0
+    used = tuple(m for m in task.modalities if m in given)
+    missing = tuple(m for m in task.modalities if m not in given)
+    return ModelInput(image=image, present=present, grid=grid, used=used, missing=missing)
+
+
+def map_to_volume(map_dhw: np.ndarray, grid: Grid, target: Volume, *, order: int = 1) -> Volume:
+    """Resample a map in tensor layout covering `grid`'s field of view onto `target`'s voxels.
+
+    Used to return attention maps on the grid and affine of the image that was sent, so
+    they overlay it in any viewer.
+    """
+    map_xyz = from_tensor_layout(np.asarray(map_dhw, dtype=np.float32))
+    source = grid.with_shape(map_xyz.shape)  # type: ignore[arg-type]
+    target_grid = Grid(shape=target.array.shape, affine=target.affine)  # type: ignore[arg-type]
+    return Volume(resample(map_xyz, source.affine, target_grid, order=order), target.affine)

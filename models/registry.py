@@ -1,0 +1,63 @@
+"""One way to build a network: `create_model(name, **kwargs)`.
+
+Training, export and serving all build networks through this registry, so a checkpoint
+only needs to record the registered name and its keyword arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+class ModelOutput(NamedTuple):
+    """What every registered network returns (the ONNX contract of DESIGN.md).
+
+    logits: (N, C); attention: (N, 1, d, h, w) spatial attention of the last stage, in
+    [0, 1]; features: (N, F, d, h, w) last-stage features for region graphs and CAMs.
+    """
+
+    logits: torch.Tensor
+    attention: torch.Tensor
+    features: torch.Tensor
+
+
+def register_model(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register `factory` under its function name."""
+    name = factory.__name__
+    if name in _REGISTRY:
+        raise ValueError(f"a model named {name!r} is already registered")
+    _REGISTRY[name] = factory
+    return factory
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered network `name` with `kwargs`."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; registered: {list_models()}") from None
+    return factory(**kwargs)
+
+
+def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a network from a loaded checkpoint dict and put it in eval mode.
+
+    A checkpoint holds at least ``{"model": name, "model_kwargs": {...}, "state_dict": ...}``;
+    training writes more (config, metrics), which is ignored here.
+    """
+    for key in ("model", "model_kwargs", "state_dict"):
+        if key not in checkpoint:
+            raise ValueError(f"checkpoint lacks {key!r}; keys: {sorted(checkpoint)}")
+    model = create_model(checkpoint["model"], **checkpoint["model_kwargs"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
