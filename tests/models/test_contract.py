@@ -1,0 +1,113 @@
+"""The input contract: geometry, intensity scaling, missing modalities, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.contract import (
+    ContractError,
+    Grid,
+    Volume,
+    foreground_center,
+    map_to_volume,
+    model_grid,
+    prepare_input,
+    resample,
+    to_tensor_layout,
+)
+from models.tasks import BRATS, HCC, get_task
+
+
+def ct_volume(shape=(40, 40, 20), spacing=(8.0, 8.0, 8.0), value=50.0) -> Volume:
+    array = np.full(shape, -1024.0, dtype=np.float32)
+    array[5:-5, 5:-5, 3:-3] = value
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = [-100.0, -120.0, -60.0]
+    return Volume(array, affine)
+
+
+def test_allowed_subsets_follow_required_modalities():
+    assert all("ct" in subset for subset in HCC.allowed_subsets())
+    assert len(HCC.allowed_subsets()) == 4  # ct with any of two PETs
+    assert len(BRATS.allowed_subsets()) == 15  # any non-empty subset of four
+    assert not HCC.is_allowed({"pet_fdg"})
+
+
+def test_unknown_task_names_the_known_ones():
+    with pytest.raises(ValueError, match="known tasks"):
+        get_task("lung")
+
+
+def test_prepare_input_shapes_and_missing_channels():
+    prepared = prepare_input({"ct": ct_volume()}, HCC)
+    assert prepared.image.shape == (3, *HCC.shape)
+    assert prepared.present.tolist() == [1.0, 0.0, 0.0]
+    assert prepared.missing == ("pet_fdg", "pet_act")
+    assert np.all(prepared.image[1:] == 0)
+    # CT window [-160, 240] HU: 50 HU maps to 0.525, air to 0.
+    assert prepared.image[0].max() == pytest.approx((50 + 160) / 400, abs=1e-5)
+    assert prepared.image[0].min() == 0.0
+
+
+def test_required_modality_missing_is_refused():
+    pet = Volume(np.ones((10, 10, 10), np.float32), np.eye(4))
+    with pytest.raises(ContractError, match="needs 'ct'") as err:
+        prepare_input({"pet_fdg": pet}, HCC)
+    assert err.value.field == "ct"
+
+
+def test_unknown_modality_and_non_finite_values_are_refused():
+    with pytest.raises(ContractError, match="not a modality"):
+        prepare_input({"ct": ct_volume(), "mri": ct_volume()}, HCC)
+    bad = ct_volume()
+    bad.array[0, 0, 0] = np.nan
+    with pytest.raises(ContractError, match="NaN"):
+        prepare_input({"ct": bad}, HCC)
+
+
+def test_grid_is_centred_on_the_foreground():
+    volume = ct_volume()
+    center = foreground_center(volume, "ct")
+    grid = model_grid(HCC, center)
+    middle = (np.array(grid.shape) - 1) / 2.0
+    assert np.allclose((grid.affine @ np.append(middle, 1))[:3], center)
+
+
+def test_resample_is_identity_on_the_same_grid():
+    volume = ct_volume()
+    grid = Grid(shape=volume.array.shape, affine=volume.affine)
+    assert np.allclose(resample(volume.array, volume.affine, grid), volume.array)
+
+
+def test_flipped_axes_give_the_same_tensor():
+    """An LPS-stored copy of the same image (axes flipped, affine adjusted) is the same input."""
+    volume = ct_volume()
+    volume.array[10:14, 12:20, 5:9] = 200.0  # an asymmetric feature
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = np.array(volume.array.shape[:2]) - 1
+    flipped = Volume(volume.array[::-1, ::-1, :].copy(), volume.affine @ flip)
+    a = prepare_input({"ct": volume}, HCC).image
+    b = prepare_input({"ct": flipped}, HCC).image
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def test_map_to_volume_returns_to_the_input_grid():
+    volume = ct_volume()
+    prepared = prepare_input({"ct": volume}, HCC)
+    coarse = np.ones((6, 12, 12), np.float32)
+    back = map_to_volume(coarse, prepared.grid, volume)
+    assert back.array.shape == volume.array.shape
+    assert np.allclose(back.affine, volume.affine)
+    assert np.allclose(back.array[volume.array > -1024], 1.0)
+
+
+def test_mri_is_z_scored_inside_the_foreground():
+    array = np.zeros((30, 30, 30), np.float32)
+    rng = np.random.default_rng(0)
+    array[5:25, 5:25, 5:25] = rng.normal(300, 40, (20, 20, 20)).clip(1)
+    prepared = prepare_input({"flair": Volume(array, np.diag([4.0, 4.0, 4.0, 1.0]))}, BRATS)
+    flair = prepared.image[3]
+    inside = flair[flair != 0]
+    assert abs(inside.mean()) < 0.1 and abs(inside.std() - 1) < 0.1
+    assert to_tensor_layout(array).shape == (30, 30, 30)
