@@ -1,0 +1,80 @@
+"""Which series of a study is which modality, decided from DICOM tags, with a reason.
+
+- Modality CT -> ``ct``; localisers (ImageType LOCALIZER) are skipped.
+- Modality PT -> ``pet_fdg`` or ``pet_act`` from the radiopharmaceutical (name, code
+  meanings of RadiopharmaceuticalCodeSequence and RadionuclideCodeSequence, then the
+  series description): fluorodeoxyglucose/FDG vs acetate/C-11.
+- Modality MR -> ``flair``, ``t2``, ``t1ce``, ``t1`` from SeriesDescription/ProtocolName
+  keywords; T1 counts as post-contrast with post, gd, gad, ce, +c, contrast keywords or a
+  ContrastBolusAgent.
+Several candidates for one modality: the one with the most slices wins and the reason says so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+_FDG = re.compile(r"fluorodeoxyglucose|\bfdg\b|18f-?fdg|fludeoxyglucose")
+_ACETATE = re.compile(r"acetate|\bc-?11\b|11c|carbon-?11")
+_CONTRAST = re.compile(r"post|\bgd\b|gad|\bce\b|t1ce|t1c\b|\+c|\bc\+|contrast|enhanc")
+
+
+@dataclass(frozen=True)
+class Guess:
+    modality: str | None
+    reason: str
+
+
+def _text(ds: Dataset, *keywords: str) -> str:
+    return " ".join(str(ds.get(k, "") or "") for k in keywords).lower()
+
+
+def _pet_tracer(ds: Dataset) -> Guess:
+    words = []
+    for item in ds.get("RadiopharmaceuticalInformationSequence") or []:
+        words.append(str(item.get("Radiopharmaceutical", "") or ""))
+        for seq in ("RadiopharmaceuticalCodeSequence", "RadionuclideCodeSequence"):
+            for code in item.get(seq) or []:
+                words.append(str(code.get("CodeMeaning", "") or ""))
+    tracer = " ".join(words).lower()
+    if _FDG.search(tracer):
+        return Guess("pet_fdg", f"PT series, radiopharmaceutical {tracer.strip()!r} is FDG")
+    if _ACETATE.search(tracer):
+        return Guess("pet_act", f"PT series, radiopharmaceutical {tracer.strip()!r} is 11C-acetate")
+    description = _text(ds, "SeriesDescription")
+    if _FDG.search(description):
+        return Guess("pet_fdg", "PT series, description mentions FDG (no radiopharmaceutical tag)")
+    if _ACETATE.search(description):
+        return Guess("pet_act", "PT series, description mentions acetate (no radiopharmaceutical tag)")
+    return Guess(None, "PT series with an unrecognised radiopharmaceutical; not used")
+
+
+def _mr_sequence(ds: Dataset) -> Guess:
+    text = _text(ds, "SeriesDescription", "ProtocolName")
+    if "flair" in text:
+        return Guess("flair", f"MR series described {text.strip()!r}: FLAIR")
+    if re.search(r"t2", text):
+        return Guess("t2", f"MR series described {text.strip()!r}: T2")
+    if re.search(r"t1|mprage|spgr", text):
+        if _CONTRAST.search(text) or ds.get("ContrastBolusAgent"):
+            return Guess("t1ce", f"MR series described {text.strip()!r}: post-contrast T1")
+        return Guess("t1", f"MR series described {text.strip()!r}: T1")
+    return Guess(None, f"MR series described {text.strip()!r}: sequence not recognised; not used")
+
+
+def guess_modality(ds: Dataset) -> Guess:
+    """The task modality a series (represented by one of its headers) most likely is."""
+    modality = str(ds.get("Modality", "")).upper()
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "LOCALIZER" in image_type:
+        return Guess(None, f"{modality} localiser; not used")
+    if modality == "CT":
+        return Guess("ct", "Modality CT")
+    if modality == "PT":
+        return _pet_tracer(ds)
+    if modality == "MR":
+        return _mr_sequence(ds)
+    return Guess(None, f"Modality {modality or 'unknown'} is not an input of any task; not used")

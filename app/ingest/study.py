@@ -1,0 +1,296 @@
+"""Uploads -> `Study`: one `Volume` per modality, where each came from and why.
+
+Per-modality fields hold a NIfTI file, a zip of one DICOM series, or DICOM Part-10 files;
+the `study` field holds a zip (or files) of a whole study whose series are assigned to
+modalities from their tags (see `app.ingest.assign`); `mask` is an optional NIfTI label
+map on any grid (used for region-graph explanations).
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from app.errors import (
+    CorruptPixelDataError,
+    InvalidStudyError,
+    MissingFieldError,
+    MissingModalityError,
+    NonFiniteVoxelsError,
+    NotDicomError,
+    SeveralSeriesError,
+    UnknownModalityError,
+    UnsupportedMediaError,
+)
+from app.ingest.archive import ZipLimits, iter_members
+from app.ingest.assign import guess_modality
+from app.ingest.nifti import volume_from_nifti
+from app.ingest.pet import to_suv
+from app.ingest.sniff import sniff
+from models.contract import Volume
+from models.dicom import DicomGeometryError, volume_from_series
+from models.tasks import TaskSpec
+
+STUDY_FIELD = "study"
+MASK_FIELD = "mask"
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file of a multipart field."""
+
+    field: str
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class SeriesSource:
+    """Where a modality's volume came from, and why that series was chosen."""
+
+    modality: str
+    kind: Literal["dicom", "nifti"]
+    reason: str
+    filename: str | None = None
+    series_uid: str | None = None
+    study_uid: str | None = None
+    frame_of_reference_uid: str | None = None
+    instances: int = 0
+    # Headers without pixel data, in the volume's slice (k) order: for DICOM outputs.
+    headers: list[Dataset] = field(default_factory=list)
+
+
+@dataclass
+class Study:
+    volumes: dict[str, Volume]
+    sources: dict[str, SeriesSource]
+    warnings: list[str] = field(default_factory=list)
+    ignored: list[dict[str, str]] = field(default_factory=list)
+    mask: Volume | None = None
+
+    @property
+    def study_uid(self) -> str | None:
+        return next((s.study_uid for s in self.sources.values() if s.study_uid), None)
+
+    @property
+    def series_uids(self) -> dict[str, str]:
+        return {m: s.series_uid for m, s in self.sources.items() if s.series_uid}
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    zip: ZipLimits
+    max_image_bytes: int
+
+
+def header_only(ds: Dataset) -> Dataset:
+    """A copy of `ds` without pixel data (what explanations keep of a source image)."""
+    header = Dataset()
+    for element in ds:
+        if element.tag not in _PIXEL_TAGS:
+            header.add(element)
+    if hasattr(ds, "file_meta"):
+        header.file_meta = ds.file_meta
+    return header
+
+
+def _read_dicom(name: str, data: bytes, field_name: str) -> Dataset:
+    if sniff(data) != "dicom":
+        raise NotDicomError(
+            f"{name!r} is not a DICOM Part-10 file (no 'DICM' marker); send DICOM files, "
+            "a zip of them, or NIfTI",
+            field=field_name,
+        )
+    try:
+        return pydicom.dcmread(io.BytesIO(data))
+    except Exception as exc:  # pydicom raises many kinds on truncated or malformed files
+        raise NotDicomError(f"{name!r} cannot be parsed as DICOM ({exc})", field=field_name) from None
+
+
+def _dicom_from_uploads(uploads: Sequence[Upload], limits: IngestLimits, field_name: str) -> list[Dataset]:
+    """Every DICOM instance in the uploads (files and zips of files) of one field."""
+    datasets: list[Dataset] = []
+    for upload in uploads:
+        kind = sniff(upload.data)
+        if kind == "zip":
+            members = [
+                (n, d) for n, d in iter_members(upload.data, limits.zip, field_name) if sniff(d) == "dicom"
+            ]
+            if not members:
+                raise NotDicomError(
+                    f"the zip {upload.filename!r} holds no DICOM Part-10 files", field=field_name
+                )
+            datasets.extend(_read_dicom(n, d, field_name) for n, d in members)
+        elif kind == "dicom":
+            datasets.append(_read_dicom(upload.filename, upload.data, field_name))
+        elif upload.filename.lower().endswith((".dcm", ".dicom")) or "dicom" in upload.content_type:
+            raise NotDicomError(
+                f"{upload.filename!r} is not a DICOM Part-10 file (no 'DICM' marker)", field=field_name
+            )
+        else:
+            raise UnsupportedMediaError(
+                f"{upload.filename!r} is neither DICOM, a zip of DICOM, nor NIfTI", field=field_name
+            )
+    return [ds for ds in datasets if "PixelData" in ds or "FloatPixelData" in ds]
+
+
+def _group_series(datasets: Sequence[Dataset]) -> dict[str, list[Dataset]]:
+    series: dict[str, list[Dataset]] = defaultdict(list)
+    for ds in datasets:
+        series[str(ds.get("SeriesInstanceUID", "unknown"))].append(ds)
+    return dict(series)
+
+
+def _sorted_headers(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Headers in the order `volume_from_series` stacks slices (along the slice normal)."""
+    headers = [header_only(ds) for ds in datasets]
+    try:
+        iop = np.asarray([float(v) for v in headers[0].ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        return sorted(headers, key=lambda h: float(np.asarray(h.ImagePositionPatient, dtype=float) @ normal))
+    except (AttributeError, TypeError, ValueError):
+        return headers  # enhanced multi-frame: one instance, nothing to order
+
+
+def _volume_from_dicom(
+    datasets: Sequence[Dataset], modality: str, kind: str, reason: str, study: Study
+) -> None:
+    try:
+        volume = volume_from_series(datasets)
+    except DicomGeometryError as exc:
+        error = CorruptPixelDataError if exc.field == "PixelData" else InvalidStudyError
+        raise error(f"{modality}: {exc.reason}", field=modality) from None
+    first = datasets[0]
+    if kind == "pet":
+        volume, warning, note = to_suv(volume, first)
+        reason = f"{reason}; {note}"
+        if warning:
+            study.warnings.append(f"{modality}: {warning}")
+    study.volumes[modality] = volume
+    study.sources[modality] = SeriesSource(
+        modality=modality,
+        kind="dicom",
+        reason=reason,
+        series_uid=str(first.get("SeriesInstanceUID", "")) or None,
+        study_uid=str(first.get("StudyInstanceUID", "")) or None,
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")) or None,
+        instances=len(datasets),
+        headers=_sorted_headers(datasets),
+    )
+
+
+def _ingest_field(
+    modality: str, uploads: Sequence[Upload], task: TaskSpec, limits: IngestLimits, study: Study
+) -> None:
+    kinds = {sniff(u.data) for u in uploads}
+    if kinds & {"nifti", "gzip"}:
+        if len(uploads) > 1:
+            raise SeveralSeriesError(
+                f"{len(uploads)} files sent as {modality!r}; send one NIfTI volume per modality",
+                field=modality,
+            )
+        upload = uploads[0]
+        study.volumes[modality] = volume_from_nifti(upload.data, modality, limits.max_image_bytes)
+        study.sources[modality] = SeriesSource(
+            modality=modality, kind="nifti", reason=f"sent as field {modality!r}", filename=upload.filename
+        )
+        return
+    datasets = _dicom_from_uploads(uploads, limits, modality)
+    if not datasets:
+        raise NotDicomError(f"no DICOM image instances were sent as {modality!r}", field=modality)
+    series = _group_series(datasets)
+    if len(series) > 1:
+        raise SeveralSeriesError(
+            f"{len(series)} series were sent as {modality!r}; send one series per modality field, "
+            "or the whole study as `study` to have series assigned from their tags",
+            field=modality,
+        )
+    _volume_from_dicom(datasets, modality, task.kind_of(modality), f"sent as field {modality!r}", study)
+
+
+def _ingest_study(uploads: Sequence[Upload], task: TaskSpec, limits: IngestLimits, study: Study) -> None:
+    datasets = _dicom_from_uploads(uploads, limits, STUDY_FIELD)
+    if not datasets:
+        raise NotDicomError("the study holds no DICOM image instances", field=STUDY_FIELD)
+    candidates: dict[str, list[tuple[str, list[Dataset], str]]] = defaultdict(list)
+    for uid, members in _group_series(datasets).items():
+        guess = guess_modality(members[0])
+        if guess.modality is None or guess.modality not in task.modalities:
+            why = guess.reason if guess.modality is None else f"{guess.reason}, not an input of {task.name!r}"
+            study.ignored.append({"series_uid": uid, "reason": why})
+            continue
+        candidates[guess.modality].append((uid, members, guess.reason))
+    for modality, options in candidates.items():
+        if modality in study.volumes:
+            for uid, _, _ in options:
+                study.ignored.append({"series_uid": uid, "reason": f"{modality!r} was sent as its own field"})
+            continue
+        options.sort(key=lambda o: len(o[1]), reverse=True)
+        uid, members, reason = options[0]
+        if len(options) > 1:
+            reason += f"; chosen over {len(options) - 1} other candidate(s) for having the most slices"
+            for other, _, _ in options[1:]:
+                study.ignored.append(
+                    {"series_uid": other, "reason": f"another {modality!r} series had more slices"}
+                )
+        _volume_from_dicom(members, modality, task.kind_of(modality), reason, study)
+
+
+def build_study(uploads: Mapping[str, Sequence[Upload]], task: TaskSpec, limits: IngestLimits) -> Study:
+    """Read every uploaded field into a `Study` for `task`.
+
+    Raises:
+        ProblemError subclasses naming the field at fault.
+    """
+    allowed = {*task.modalities, STUDY_FIELD, MASK_FIELD}
+    for name in uploads:
+        if name not in allowed:
+            raise UnknownModalityError(
+                f"field {name!r} is not a modality of task {task.name!r}; "
+                f"send {', '.join(task.modalities)}, {STUDY_FIELD} or {MASK_FIELD}",
+                field=name,
+            )
+    if not any(uploads.get(m) for m in (*task.modalities, STUDY_FIELD)):
+        raise MissingFieldError(
+            f"no image was sent; send one of {', '.join(task.modalities)} or a whole {STUDY_FIELD!r} zip",
+            field=task.required[0] if task.required else task.modalities[0],
+        )
+    study = Study(volumes={}, sources={})
+    for modality in task.modalities:
+        if uploads.get(modality):
+            _ingest_field(modality, uploads[modality], task, limits, study)
+    if uploads.get(STUDY_FIELD):
+        _ingest_study(uploads[STUDY_FIELD], task, limits, study)
+    if uploads.get(MASK_FIELD):
+        study.mask = volume_from_nifti(uploads[MASK_FIELD][0].data, MASK_FIELD, limits.max_image_bytes)
+    _check_complete(study, task)
+    return study
+
+
+def _check_complete(study: Study, task: TaskSpec) -> None:
+    given = set(study.volumes)
+    if not given:
+        raise MissingModalityError(
+            f"no series of the study could be assigned to {list(task.modalities)}; "
+            f"ignored: {[i['reason'] for i in study.ignored]}",
+            field=STUDY_FIELD,
+        )
+    missing = [m for m in task.required if m not in given]
+    if missing:
+        raise MissingModalityError(
+            f"task {task.name!r} needs {missing[0]!r}; got {sorted(given)}. Send it as field "
+            f"{missing[0]!r} or inside {STUDY_FIELD!r}",
+            field=missing[0],
+        )
+    for name, volume in study.volumes.items():
+        if not np.all(np.isfinite(volume.array)):
+            raise NonFiniteVoxelsError(f"{name} contains NaN or infinite voxel values", field=name)

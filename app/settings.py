@@ -1,0 +1,58 @@
+"""Service settings: one `BaseSettings`, read from `REACTKD_*` variables or a `.env` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "demo_models"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune. Unsafe values are refused outside development."""
+
+    model_config = SettingsConfigDict(env_prefix="REACTKD_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    model_dir: Path = DEFAULT_MODEL_DIR
+    # Which model serves a task when the folder holds several: {"hcc": "hcc_student_v2"}.
+    served_models: dict[str, str] = Field(default_factory=dict)
+    store_dir: Path = Path("var/store")
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    max_files: int = Field(default=2000, gt=0)
+    # Zip safety: uncompressed total and per-member ratio (zip bombs).
+    max_uncompressed_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)
+    max_compression_ratio: float = Field(default=200.0, gt=1.0)
+    max_concurrent_inferences: int = Field(default=2, gt=0)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    retention_days: float = Field(default=30.0, gt=0)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+    intra_op_threads: int = Field(default=1, ge=0)
+    inter_op_threads: int = Field(default=1, ge=0)
+    warmup: bool = True
+    allow_cors: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", "allow_cors", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        """`REACTKD_API_KEYS=a,b` -> ["a", "b"] (a plain list is kept)."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "production":
+            if not self.api_keys:
+                raise ValueError(
+                    "REACTKD_API_KEYS must be set in production (comma separated keys); "
+                    "an open service beside a PACS would expose patient studies"
+                )
+            if "*" in self.allow_cors:
+                raise ValueError("REACTKD_ALLOW_CORS='*' is refused in production; list the origins")
+        return self

@@ -1,0 +1,162 @@
+"""Where predictions live: SQLite (WAL) rows plus one folder of files per prediction.
+
+Files are written first into a temporary folder that is renamed into place, and only then
+is the row committed, so a prediction is either complete or invisible; a crash leaves at
+most an orphan folder that the next purge removes. A prediction's folder keeps what later
+explanations need (model input, raw outputs, reference volume, DICOM source headers) and
+the uploaded files themselves (nothing accepted is lost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.errors import UnknownIdError
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    created REAL NOT NULL,
+    model TEXT NOT NULL,
+    response TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS predictions_created ON predictions (created);
+"""
+# Folders without a row are only purged once this old (a save may be in progress).
+_ORPHAN_GRACE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class StoredPrediction:
+    id: str
+    task: str
+    created: float
+    model: str
+    response: dict[str, Any]
+    folder: Path
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.files = self.root / "files"
+        self.files.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "store.sqlite3"
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # One short-lived connection per operation: safe from any thread.
+        db = sqlite3.connect(self.db_path, timeout=10.0)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def save(
+        self,
+        prediction_id: str,
+        *,
+        task: str,
+        model: str,
+        response: Mapping[str, Any],
+        files: Mapping[str, bytes],
+    ) -> StoredPrediction:
+        """Write `files` (relative paths -> bytes), then commit the row."""
+        temp = self.files / f".tmp-{prediction_id}"
+        final = self.files / prediction_id
+        for relative, data in files.items():
+            path = temp / relative
+            if not path.resolve().is_relative_to(temp.resolve()):
+                raise ValueError(f"refusing to write outside the prediction folder: {relative!r}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        os.replace(temp, final)
+        created = time.time()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO predictions (id, task, created, model, response) VALUES (?, ?, ?, ?, ?)",
+                (prediction_id, task, created, model, json.dumps(response)),
+            )
+        return StoredPrediction(prediction_id, task, created, model, dict(response), final)
+
+    def get(self, prediction_id: str) -> StoredPrediction:
+        if not _ID.match(prediction_id):
+            raise UnknownIdError(f"{prediction_id!r} is not a prediction id", field="id")
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT id, task, created, model, response FROM predictions WHERE id = ?", (prediction_id,)
+            ).fetchone()
+        if row is None:
+            raise UnknownIdError(
+                f"no prediction {prediction_id!r} (it may have expired under the retention policy)",
+                field="id",
+            )
+        return StoredPrediction(row[0], row[1], row[2], row[3], json.loads(row[4]), self.files / row[0])
+
+    def read(self, prediction: StoredPrediction, relative: str) -> bytes | None:
+        path = prediction.folder / relative
+        return path.read_bytes() if path.is_file() else None
+
+    def read_npz(self, prediction: StoredPrediction, relative: str) -> dict[str, np.ndarray] | None:
+        data = self.read(prediction, relative)
+        if data is None:
+            return None
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+
+    def write_cache(self, prediction: StoredPrediction, relative: str, data: bytes) -> None:
+        """Atomically add a computed explanation to a prediction's folder."""
+        path = prediction.folder / "cache" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        temp.write_bytes(data)
+        os.replace(temp, path)
+
+    def read_cache(self, prediction: StoredPrediction, relative: str) -> bytes | None:
+        return self.read(prediction, f"cache/{relative}")
+
+    def purge(self, retention_days: float, now: float | None = None) -> int:
+        """Delete predictions older than `retention_days` and stale orphan folders."""
+        now = time.time() if now is None else now
+        cutoff = now - retention_days * 86400.0
+        with self._connect() as db:
+            old = [r[0] for r in db.execute("SELECT id FROM predictions WHERE created < ?", (cutoff,))]
+            db.execute("DELETE FROM predictions WHERE created < ?", (cutoff,))
+            known = {r[0] for r in db.execute("SELECT id FROM predictions")}
+        for prediction_id in old:
+            shutil.rmtree(self.files / prediction_id, ignore_errors=True)
+        for folder in self.files.iterdir():
+            name = folder.name.removeprefix(".tmp-")
+            if name not in known and now - folder.stat().st_mtime > _ORPHAN_GRACE_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        return len(old)
