@@ -1,0 +1,157 @@
+"""A small layer factory generic over `spatial_dims`, in the manner of MONAI's factories.
+
+MONAI (`monai/networks/layers/factories.py`) picks `Conv1d/2d/3d` from one argument so 2D
+and 3D blocks share code; this module does the same for the handful of layers our networks
+use (convolution, normalisation, pooling), plus `ConvNormAct`, the unit every network here
+is built from, and the modality mask that every registered network applies first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+NormName = Literal["batch", "instance", "group", "none"]
+
+_CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BATCH_NORM: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_INSTANCE_NORM: dict[int, type[nn.Module]] = {
+    1: nn.InstanceNorm1d,
+    2: nn.InstanceNorm2d,
+    3: nn.InstanceNorm3d,
+}
+_MAX_POOL: dict[int, type[nn.Module]] = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+
+
+def check_spatial_dims(spatial_dims: int) -> int:
+    """`spatial_dims` if it is 1, 2 or 3, else a ValueError naming it."""
+    if spatial_dims not in _CONV:
+        raise ValueError(f"spatial_dims must be 1, 2 or 3, got spatial_dims={spatial_dims}")
+    return spatial_dims
+
+
+def check_positive(name: str, value: int) -> int:
+    """`value` if it is a positive int, else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+    return value
+
+
+def conv_type(spatial_dims: int) -> type[nn.Module]:
+    """`nn.Conv1d`, `nn.Conv2d` or `nn.Conv3d`."""
+    return _CONV[check_spatial_dims(spatial_dims)]
+
+
+def max_pool_type(spatial_dims: int) -> type[nn.Module]:
+    """`nn.MaxPool1d`, `nn.MaxPool2d` or `nn.MaxPool3d`."""
+    return _MAX_POOL[check_spatial_dims(spatial_dims)]
+
+
+def make_norm(norm: NormName, spatial_dims: int, channels: int) -> nn.Module:
+    """A normalisation layer over `channels` channels.
+
+    "group" uses up to 8 groups (fewer when `channels` is not divisible), which behaves the
+    same at batch 1 and batch 32, so training on small CPU batches and serving agree.
+    """
+    check_spatial_dims(spatial_dims)
+    if norm == "batch":
+        return _BATCH_NORM[spatial_dims](channels)
+    if norm == "instance":
+        return _INSTANCE_NORM[spatial_dims](channels, affine=True)
+    if norm == "group":
+        groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be 'batch', 'instance', 'group' or 'none', got norm={norm!r}")
+
+
+class ConvNormAct(nn.Sequential):
+    """Convolution (padding keeps the grid at stride 1), normalisation, optional activation.
+
+    x: (N, in_channels, *spatial) -> (N, out_channels, *ceil(spatial / stride)).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        norm: NormName = "group",
+        act: bool = True,
+    ) -> None:
+        check_positive("in_channels", in_channels)
+        check_positive("out_channels", out_channels)
+        check_positive("kernel_size", kernel_size)
+        check_positive("stride", stride)
+        conv = conv_type(spatial_dims)(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=norm == "none",
+        )
+        layers: list[nn.Module] = [conv, make_norm(norm, spatial_dims, out_channels)]
+        if act:
+            layers.append(nn.SiLU(inplace=True))
+        super().__init__(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 ConvNormAct with a shortcut (1x1 projection when shape changes).
+
+    x: (N, in_channels, *spatial) -> (N, out_channels, *ceil(spatial / stride)).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        norm: NormName = "group",
+    ) -> None:
+        super().__init__()
+        self.conv1 = ConvNormAct(spatial_dims, in_channels, out_channels, 3, stride, norm=norm)
+        self.conv2 = ConvNormAct(spatial_dims, out_channels, out_channels, 3, 1, norm=norm, act=False)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = ConvNormAct(
+                spatial_dims, in_channels, out_channels, 1, stride, norm=norm, act=False
+            )
+        self.act = nn.SiLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+def mask_missing(image: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Zero every channel whose `present` flag is 0, so its content cannot reach the output.
+
+    image: (N, M, *spatial); present: (N, M) of 0/1 floats -> (N, M, *spatial).
+    """
+    if image.dim() < 3 or present.dim() != 2:
+        raise ValueError(
+            f"expected image (N, M, *spatial) and present (N, M), got image {tuple(image.shape)} "
+            f"and present {tuple(present.shape)}"
+        )
+    index = (..., *([None] * (image.dim() - 2)))
+    return image * present.to(image.dtype)[index]
+
+
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all spatial axes. x: (N, C, *spatial) -> (N, C)."""
+    return x.flatten(2).mean(dim=-1)
+
+
+def spatial_size(x: torch.Tensor) -> Sequence[int]:
+    """The spatial shape of a (N, C, *spatial) tensor."""
+    return tuple(x.shape[2:])
