@@ -1,0 +1,99 @@
+"""Attributions of the predicted class, each a map in tensor layout over the model grid.
+
+- gradcam: Grad-CAM (Selvaraju et al., 2017) on the last-stage `features` output of the
+  PyTorch network from the card's weights: channel weights are the spatial mean of the
+  class logit's gradient; the map is ReLU of the weighted sum (feature-grid resolution).
+- integrated_gradients: captum `IntegratedGradients` from an all-zero baseline (what a
+  missing modality looks like), summed over channels as |attribution| (full resolution).
+- occlusion: through ONNX Runtime, so it explains exactly the served graph: blocks of the
+  input are zeroed in turn and the drop of the class probability is the block's score.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from app.explain.case import Case
+from app.runtime import ServedModel
+
+METHODS = ("gradcam", "integrated_gradients", "occlusion")
+IG_STEPS = 16
+OCCLUSION_BLOCKS = (3, 3, 3)  # blocks along D, H, W
+
+
+def _tensors(case: Case) -> tuple[Any, Any]:
+    import torch
+
+    return torch.from_numpy(case.image[None].copy()), torch.from_numpy(case.present[None].copy())
+
+
+def gradcam(network: Any, case: Case) -> np.ndarray:
+    import torch
+
+    image, present = _tensors(case)
+    with torch.enable_grad():
+        out = network(image, present)
+        features = out.features
+        (gradient,) = torch.autograd.grad(out.logits[0, case.class_index], features)
+    weights = gradient.mean(dim=(2, 3, 4), keepdim=True)
+    cam = torch.relu((weights * features).sum(dim=1))[0]
+    return cam.detach().numpy().astype(np.float32)
+
+
+def integrated_gradients(network: Any, case: Case) -> np.ndarray:
+    import torch
+    from captum.attr import IntegratedGradients
+
+    image, present = _tensors(case)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return network(x, present.expand(x.shape[0], -1)).logits
+
+    attribution = IntegratedGradients(forward).attribute(
+        image,
+        baselines=torch.zeros_like(image),
+        target=case.class_index,
+        n_steps=IG_STEPS,
+        internal_batch_size=4,
+    )
+    return attribution[0].abs().sum(dim=0).detach().numpy().astype(np.float32)
+
+
+def occlusion(model: ServedModel, case: Case) -> np.ndarray:
+    from app.prediction import softmax
+
+    target = case.class_index
+    base = float(case.outputs["probabilities"][target])
+    shape = case.image.shape[1:]
+    edges = [
+        np.linspace(0, s, n + 1).round().astype(int) for s, n in zip(shape, OCCLUSION_BLOCKS, strict=True)
+    ]
+    blocks = list(itertools.product(*(range(n) for n in OCCLUSION_BLOCKS)))
+    scores = np.zeros(OCCLUSION_BLOCKS, dtype=np.float32)
+    batch = 9
+    for start in range(0, len(blocks), batch):
+        chunk = blocks[start : start + batch]
+        images = np.repeat(case.image[None], len(chunk), axis=0)
+        for n, (a, b, c) in enumerate(chunk):
+            images[
+                n,
+                :,
+                edges[0][a] : edges[0][a + 1],
+                edges[1][b] : edges[1][b + 1],
+                edges[2][c] : edges[2][c + 1],
+            ] = 0
+        logits = model.run(images, np.repeat(case.present[None], len(chunk), axis=0))["logits"]
+        for n, block in enumerate(chunk):
+            scores[block] = base - float(softmax(logits[n].astype(np.float64))[target])
+    return scores
+
+
+def compute(method: str, case: Case, model: ServedModel) -> np.ndarray:
+    if method == "gradcam":
+        return gradcam(model.torch_model(), case)
+    if method == "integrated_gradients":
+        return integrated_gradients(model.torch_model(), case)
+    return occlusion(model, case)

@@ -1,0 +1,78 @@
+"""Reading a multipart upload within limits: bytes (while streaming) and file count."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import MissingFieldError, TooLargeError, TooManyFilesError, UnsupportedMediaError
+from app.ingest.study import Upload
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over `limit` bytes: by Content-Length up front, else while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise TooLargeError(f"the upload exceeds {self.limit} bytes", field="body")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def read_uploads(
+    request: Request, max_files: int, max_bytes: int
+) -> tuple[dict[str, list[Upload]], dict[str, str]]:
+    """Files by field name, and the plain form fields."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise UnsupportedMediaError(
+            f"send multipart/form-data with one field per modality, got {content_type!r}",
+            field="body",
+        )
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_bytes:
+        raise TooLargeError(f"the upload of {length} bytes exceeds {max_bytes} bytes", field="body")
+    try:
+        form = await request.form(max_files=max_files, max_fields=100)
+    except StarletteHTTPException as exc:
+        if "Too many files" in str(exc.detail):
+            raise TooManyFilesError(f"more than {max_files} files were sent", field="body") from None
+        raise UnsupportedMediaError(
+            f"the multipart body cannot be parsed ({exc.detail})", field="body"
+        ) from None
+    files: dict[str, list[Upload]] = defaultdict(list)
+    fields: dict[str, str] = {}
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            data = await value.read()
+            files[name].append(Upload(name, value.filename or name, value.content_type or "", data))
+        else:
+            fields[name] = str(value)
+    await form.close()
+    return dict(files), fields
+
+
+def task_name(fields: dict[str, str], request: Request) -> str:
+    task = fields.get("task") or request.query_params.get("task")
+    if not task:
+        raise MissingFieldError("the `task` field is required (form field or query parameter)", field="task")
+    return task

@@ -1,0 +1,115 @@
+"""Builds the FastAPI app: settings, store, models, middleware, routers, the error handler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api.deps import AuthDep
+from app.api.routes import explain, health, predict, predictions
+from app.api.routes import models as models_route
+from app.errors import install_error_handler
+from app.ingest.uploads import BodyLimitMiddleware
+from app.logs import configure_logging, request_id_var
+from app.metrics import Metrics
+from app.runtime import InferenceGate, ModelRegistry
+from app.settings import Settings
+from app.store import Store
+
+log = logging.getLogger("app.main")
+
+
+async def _retention_loop(store: Store, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.retention_interval_s)
+        removed = await asyncio.to_thread(store.purge, settings.retention_days)
+        log.info("retention", extra={"removed": removed})
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    app.state.store = Store(settings.store_dir)
+    removed = await asyncio.to_thread(app.state.store.purge, settings.retention_days)
+    log.info("store opened", extra={"removed": removed})
+    registry = ModelRegistry.from_folder(settings.model_dir, settings)
+    app.state.models = registry
+    await asyncio.to_thread(registry.load, settings)
+    log.info("models loaded", extra={"status": "ready" if registry.ready else "not ready"})
+    app.state.gate = InferenceGate(settings.max_concurrent_inferences)
+    janitor = asyncio.create_task(_retention_loop(app.state.store, settings))
+    try:
+        yield
+    finally:
+        janitor.cancel()
+
+
+def _observe(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def request_context(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id
+        token = request_id_var.set(request_id)
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers["X-Request-ID"] = request_id
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - start
+            metrics: Metrics = request.app.state.metrics
+            metrics.requests.labels(route=path, method=request.method, status=str(status)).inc()
+            metrics.latency.labels(route=path).observe(elapsed)
+            log.info(
+                "request",
+                extra={
+                    "route": path,
+                    "method": request.method,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 1),
+                },
+            )
+            request_id_var.reset(token)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service, configured by `settings` (default: from the environment and `.env`)."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="REACT-KD Serve",
+        version="0.1.0",
+        description="Grades liver tumours (CT, PET) and gliomas (MRI). Research use only, not for diagnosis.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    install_error_handler(app)
+    _observe(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    if settings.allow_cors:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allow_cors,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    v1 = APIRouter(prefix="/v1", dependencies=[AuthDep])
+    for module in (predict, predictions, explain, models_route):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,147 @@
+"""The prediction pipeline: study -> model input -> ONNX outputs -> response + stored files."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from app.errors import InvalidStudyError, MissingModalityError, NonFiniteVoxelsError
+from app.ingest.study import Study, Upload
+from app.quality import input_warnings
+from app.runtime import ServedModel
+from app.schemas import Modalities, ModelRef, Prediction, SeriesAssignment, StudyInfo
+from app.store import npz_bytes
+from models.contract import ContractError, ModelInput, prepare_input, reference_modality
+from models.tasks import TaskSpec
+
+
+def preprocess(study: Study, task: TaskSpec) -> ModelInput:
+    """`prepare_input`, with its contract errors turned into typed problems."""
+    try:
+        return prepare_input(study.volumes, task)
+    except ContractError as exc:
+        if "NaN" in exc.reason:
+            raise NonFiniteVoxelsError(exc.reason, field=exc.field) from None
+        if "needs" in exc.reason:
+            raise MissingModalityError(exc.reason, field=exc.field) from None
+        raise InvalidStudyError(exc.reason, field=exc.field) from None
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max()
+    exp = np.exp(shifted)
+    return exp / exp.sum()
+
+
+def infer(model: ServedModel, model_input: ModelInput) -> dict[str, np.ndarray]:
+    outputs = model.run(model_input.image[None], model_input.present[None])
+    return {key: value[0] for key, value in outputs.items()}
+
+
+def links(prediction_id: str) -> dict[str, str]:
+    base = f"/v1/explain/{prediction_id}"
+    return {
+        "self": f"/v1/predictions/{prediction_id}",
+        "explanations": base,
+        "attention": f"{base}/attention?format=png",
+        "attention_nifti": f"{base}/attention?format=nifti",
+        "attention_dicom": f"{base}/attention?format=dicom",
+        "gradcam": f"{base}/attribution?method=gradcam",
+        "integrated_gradients": f"{base}/attribution?method=integrated_gradients",
+        "occlusion": f"{base}/attribution?method=occlusion",
+        "graph": f"{base}/graph",
+    }
+
+
+@dataclass
+class Outcome:
+    response: Prediction
+    files: dict[str, bytes]
+
+
+def build_outcome(
+    prediction_id: str,
+    task: TaskSpec,
+    model: ServedModel,
+    study: Study,
+    model_input: ModelInput,
+    outputs: dict[str, np.ndarray],
+    uploads: dict[str, list[Upload]],
+) -> Outcome:
+    probabilities = softmax(outputs["logits"].astype(np.float64))
+    label = task.classes[int(np.argmax(probabilities))]
+    response = Prediction(
+        id=prediction_id,
+        task=task.name,
+        label=label,
+        probabilities={c: float(p) for c, p in zip(task.classes, probabilities, strict=True)},
+        modalities=Modalities(used=list(model_input.used), missing=list(model_input.missing)),
+        model=ModelRef(name=model.name, version=model.version, sha256=model.sha256),
+        warnings=[*study.warnings, *input_warnings(study.volumes, task)],
+        study=StudyInfo(
+            study_uid=study.study_uid,
+            series_uids=study.series_uids,
+            assignments=[
+                SeriesAssignment(
+                    modality=s.modality,
+                    kind=s.kind,
+                    reason=s.reason,
+                    series_uid=s.series_uid,
+                    instances=s.instances,
+                    filename=s.filename,
+                )
+                for s in study.sources.values()
+            ],
+            ignored=study.ignored,
+        ),
+        links=links(prediction_id),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    return Outcome(response, _files(task, study, model_input, outputs, probabilities, uploads))
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name.rsplit("/", 1)[-1])[:100] or "upload"
+
+
+def _files(
+    task: TaskSpec,
+    study: Study,
+    model_input: ModelInput,
+    outputs: dict[str, np.ndarray],
+    probabilities: np.ndarray,
+    uploads: dict[str, list[Upload]],
+) -> dict[str, bytes]:
+    reference = reference_modality(task, set(study.volumes))
+    volume = study.volumes[reference]
+    files = {
+        "input.npz": npz_bytes(
+            image=model_input.image,
+            present=model_input.present,
+            grid_affine=model_input.grid.affine,
+            grid_shape=np.asarray(model_input.grid.shape),
+        ),
+        "outputs.npz": npz_bytes(probabilities=probabilities, **outputs),
+        "reference.npz": npz_bytes(array=volume.array.astype(np.float32), affine=volume.affine),
+        "meta.json": json.dumps(
+            {
+                "reference": reference,
+                "reference_kind": study.sources[reference].kind,
+                "classes": list(task.classes),
+                "used": list(model_input.used),
+            }
+        ).encode(),
+    }
+    headers = study.sources[reference].headers
+    if headers:
+        files["headers.json"] = json.dumps([h.to_json_dict() for h in headers]).encode()
+    if study.mask is not None:
+        files["mask.npz"] = npz_bytes(array=study.mask.array, affine=study.mask.affine)
+    for field_name, items in uploads.items():
+        for index, upload in enumerate(items):
+            files[f"uploads/{_safe_name(field_name)}/{index:05d}-{_safe_name(upload.filename)}"] = upload.data
+    return files
