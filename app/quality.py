@@ -4,7 +4,7 @@ Heuristics, documented so their limits are clear:
 
 - Missing optional modalities (PET for `hcc`): the student was trained to answer without
   them, but with less information.
-- Unusual spacing: a voxel side larger than twice the model grid's spacing (detail is
+- Unusual spacing: a voxel side larger than 1.5 times the model grid's spacing (detail is
   lost when upsampling) or smaller than 0.3 mm (an unusual reconstruction).
 - Low dose (CT): noise is estimated in soft tissue (-100..200 HU) as the median absolute
   deviation of the image minus its 3x3 in-plane mean, scaled to a Gaussian sigma. Portal
@@ -55,7 +55,7 @@ def input_warnings(volumes: dict[str, Volume], task: TaskSpec) -> list[str]:
             warnings.append(f"{name} missing: answered from the other modalities, with less information")
     for name, volume in volumes.items():
         spacing = volume.spacing
-        coarse = max(task.spacing_mm) * 2
+        coarse = max(task.spacing_mm) * 1.5
         if max(spacing) > coarse or min(spacing) < 0.3:
             warnings.append(
                 f"{name}: unusual voxel spacing {tuple(round(s, 2) for s in spacing)} mm "

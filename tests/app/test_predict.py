@@ -1,0 +1,161 @@
+"""POST /v1/predict and GET /v1/predictions/{id} on generated cases and pydicom's files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import (
+    assert_problem,
+    ct_volume,
+    dicom_files,
+    mr_volume,
+    nifti_bytes,
+    pet_volume,
+    series_zip,
+    zip_bytes,
+)
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+NII = "application/gzip"
+
+
+def _post(client, task, files, data=None):  # type: ignore[no-untyped-def]
+    return client.post("/v1/predict", data={"task": task, **(data or {})}, files=files)
+
+
+@pytest.fixture(scope="module")
+def ct_case(client):  # type: ignore[no-untyped-def]
+    response = _post(client, "hcc", [("ct", ("ct.nii.gz", nifti_bytes(ct_volume()), NII))])
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_ct_only_prediction_shape(ct_case) -> None:  # type: ignore[no-untyped-def]
+    body = ct_case
+    assert body["task"] == "hcc"
+    assert set(body["probabilities"]) == {"well", "moderate", "poor"}
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert body["modalities"] == {"used": ["ct"], "missing": ["pet_fdg", "pet_act"]}
+    assert body["model"]["name"] == "hcc_test" and len(body["model"]["sha256"]) == 64
+    assert any("pet_fdg missing" in w for w in body["warnings"])
+    assert any("unusual voxel spacing" in w for w in body["warnings"])
+    assert body["links"]["self"] == f"/v1/predictions/{body['id']}"
+
+
+def test_get_prediction_returns_the_stored_answer(client, ct_case) -> None:  # type: ignore[no-untyped-def]
+    response = client.get(f"/v1/predictions/{ct_case['id']}")
+    assert response.status_code == 200
+    assert response.json() == ct_case
+
+
+def test_shuffled_dicom_zip_matches_nifti(client, ct_case) -> None:  # type: ignore[no-untyped-def]
+    response = _post(client, "hcc", [("ct", ("ct.zip", series_zip(ct_volume(), seed=3), "application/zip"))])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    for name, p in ct_case["probabilities"].items():
+        assert body["probabilities"][name] == pytest.approx(p, abs=1e-4)
+    assert body["study"]["study_uid"] and body["study"]["series_uids"]["ct"]
+
+
+def test_repeated_dicom_files_in_one_field(client, ct_case) -> None:  # type: ignore[no-untyped-def]
+    files = [("ct", (f"{n}.dcm", d, "application/dicom")) for n, d in enumerate(dicom_files(ct_volume()))]
+    body = _post(client, "hcc", files).json()
+    assert body["probabilities"]["well"] == pytest.approx(ct_case["probabilities"]["well"], abs=1e-4)
+
+
+def test_task_as_query_parameter(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.post("/v1/predict?task=hcc", files=[("ct", ("ct.nii", nifti_bytes(ct_volume(), False), NII))])
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("fields", "used"),
+    [(["ct", "pet_fdg"], ["ct", "pet_fdg"]), (["ct", "pet_fdg", "pet_act"], ["ct", "pet_fdg", "pet_act"])],
+)
+def test_hcc_with_pet(client, fields, used) -> None:  # type: ignore[no-untyped-def]
+    volumes = {"ct": ct_volume(), "pet_fdg": pet_volume(1), "pet_act": pet_volume(2)}
+    files = [(f, (f"{f}.nii.gz", nifti_bytes(volumes[f]), NII)) for f in fields]
+    body = _post(client, "hcc", files).json()
+    assert body["modalities"]["used"] == used
+    assert body["modalities"]["missing"] == [m for m in ("ct", "pet_fdg", "pet_act") if m not in used]
+
+
+def _pet_series(tracer: str, units: str = "BQML") -> list[bytes]:
+    item = Dataset()
+    item.Radiopharmaceutical = tracer
+    item.RadionuclideTotalDose = 370e6
+    item.RadionuclideHalfLife = 6586.2
+    item.RadiopharmaceuticalStartTime = "100000"
+    pet = pet_volume()
+    pet = type(pet)(pet.array * 1000, pet.affine)  # Bq/ml-ish, stored with slope 1
+    extra = {
+        "Units": units,
+        "PatientWeight": 70.0,
+        "SeriesTime": "110000",
+        "RadiopharmaceuticalInformationSequence": DicomSequence([item]),
+    }
+    return dicom_files(pet, modality="PT", rescale_intercept=0.0, extra=extra)
+
+
+def test_study_zip_assigns_series_from_tags(client) -> None:  # type: ignore[no-untyped-def]
+    members = {}
+    for prefix, files in (
+        ("ct", dicom_files(ct_volume(), study_uid="1.2.3")),
+        ("fdg", _pet_series("Fluorodeoxyglucose")),
+        ("act", _pet_series("Acetate C-11")),
+        ("mr", dicom_files(mr_volume(), modality="MR", series_description="T2 AX")),
+    ):
+        members.update({f"{prefix}/{n}.dcm": d for n, d in enumerate(files)})
+    response = _post(client, "hcc", [("study", ("study.zip", zip_bytes(members), "application/zip"))])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["modalities"]["used"] == ["ct", "pet_fdg", "pet_act"]
+    reasons = {a["modality"]: a["reason"] for a in body["study"]["assignments"]}
+    assert "FDG" in reasons["pet_fdg"] and "SUVbw" in reasons["pet_fdg"]
+    assert "acetate" in reasons["pet_act"]
+    assert any("not an input" in i["reason"] for i in body["study"]["ignored"])
+
+
+def test_pydicom_ct_small_is_answered(client) -> None:  # type: ignore[no-untyped-def]
+    data = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    response = _post(client, "hcc", [("ct", ("CT_small.dcm", data, "application/dicom"))])
+    assert response.status_code == 200, response.text
+    assert response.json()["modalities"]["used"] == ["ct"]
+
+
+def test_pydicom_truncated_pixel_data_is_a_problem(client) -> None:  # type: ignore[no-untyped-def]
+    data = open(get_testdata_file("MR_truncated.dcm"), "rb").read()
+    response = _post(client, "hcc", [("ct", ("MR_truncated.dcm", data, "application/dicom"))])
+    assert_problem(response, 422, "corrupt-pixel-data", "ct")
+
+
+def test_pydicom_no_meta_is_not_dicom(client) -> None:  # type: ignore[no-untyped-def]
+    data = open(get_testdata_file("no_meta.dcm"), "rb").read()
+    response = _post(client, "hcc", [("ct", ("no_meta.dcm", data, "application/dicom"))])
+    assert_problem(response, 400, "not-dicom", "ct")
+
+
+@pytest.mark.parametrize("sequence", ["t1", "t1ce", "t2", "flair"])
+def test_brats_single_sequence(client, has_brats, sequence) -> None:  # type: ignore[no-untyped-def]
+    if not has_brats:
+        pytest.skip("brats_student is not registered yet")
+    response = _post(client, "brats", [(sequence, ("mr.nii.gz", nifti_bytes(mr_volume()), NII))])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["modalities"]["used"] == [sequence]
+    assert set(body["probabilities"]) == {"LGG", "HGG"}
+
+
+def test_brats_pydicom_mr_small(client, has_brats) -> None:  # type: ignore[no-untyped-def]
+    if not has_brats:
+        pytest.skip("brats_student is not registered yet")
+    data = open(get_testdata_file("MR_small.dcm"), "rb").read()
+    response = _post(client, "brats", [("t2", ("MR_small.dcm", data, "application/dicom"))])
+    assert response.status_code == 200, response.text
+
+
+def test_probabilities_are_finite(ct_case) -> None:  # type: ignore[no-untyped-def]
+    assert np.all(np.isfinite(list(ct_case["probabilities"].values())))
