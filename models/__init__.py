@@ -1,6 +1,6 @@
 """REACT-KD networks and the input contract shared by training and serving (no I/O here)."""
 
-from models import hcc  # noqa: F401  registers networks
+from models import brats, hcc  # noqa: F401  registers networks
 from models.contract import ContractError, Grid, ModelInput, Volume, prepare_input
 from models.registry import ModelOutput, create_model, list_models, model_from_checkpoint, register_model
 from models.tasks import TASKS, TaskSpec, get_task

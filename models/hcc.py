@@ -25,29 +25,19 @@ import torch
 from torch import nn
 
 from models.cbam import CBAM3D
-from models.layers import ConvNormAct, NormName, ResidualBlock, check_positive, global_avg_pool, mask_missing
+from models.layers import (
+    ClassifierHead,
+    ConvNormAct,
+    NormName,
+    ResidualBlock,
+    check_positive,
+    global_avg_pool,
+    mask_missing,
+)
 from models.msgff import MSGFF
 from models.registry import ModelOutput, register_model
 
 CT, PET_FDG, PET_ACT = 0, 1, 2
-
-
-class ClassifierHead(nn.Module):
-    """Linear head over pooled features concatenated with the `present` vector.
-
-    pooled: (N, F), present: (N, M) -> logits (N, C).
-    """
-
-    def __init__(self, features: int, modalities: int, num_classes: int, dropout: float = 0.2) -> None:
-        super().__init__()
-        check_positive("num_classes", num_classes)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(features + modalities, num_classes)
-
-    def forward(self, pooled: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.cat([self.dropout(pooled), present.to(pooled.dtype)], dim=1))
 
 
 def _stages(widths: Sequence[int], norm: NormName, depth: int = 1) -> nn.ModuleList:

@@ -133,6 +133,24 @@ class ResidualBlock(nn.Module):
         return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
 
 
+class ClassifierHead(nn.Module):
+    """Linear head over pooled features concatenated with the `present` vector.
+
+    pooled: (N, F), present: (N, M) -> logits (N, C).
+    """
+
+    def __init__(self, features: int, modalities: int, num_classes: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        check_positive("num_classes", num_classes)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(features + modalities, num_classes)
+
+    def forward(self, pooled: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat([self.dropout(pooled), present.to(pooled.dtype)], dim=1))
+
+
 def mask_missing(image: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """Zero every channel whose `present` flag is 0, so its content cannot reach the output.
 
