@@ -1,0 +1,161 @@
+"""`reactkd`: the command line of REACT-KD Serve.
+
+    reactkd synth hcc --out DIR --cases N --seed S [--external]
+    reactkd synth brats --out DIR --cases N --seed S
+    reactkd train teacher --task hcc --kind structure-function --data DIR/manifest.csv
+    reactkd train student --task hcc --teachers SF.pt DOSE.pt --data DIR/manifest.csv
+    reactkd export runs/NAME/best.pt --out models/NAME.onnx [--data DIR/manifest.csv]
+    reactkd serve --host 127.0.0.1 --port 8000
+
+Every command prints what it wrote; long ones show progress bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("reactkd")
+
+
+def _synth(args: argparse.Namespace) -> None:
+    shape = {"shape": tuple(args.shape)} if args.shape else {}
+    if args.task == "hcc":
+        from training.data.synth_hcc import write_hcc_cohort
+
+        manifest = write_hcc_cohort(
+            args.out, args.cases, args.seed, external=args.external, workers=args.workers, **shape
+        )
+    else:
+        from training.data.synth_brats import write_brats_cohort
+
+        manifest = write_brats_cohort(args.out, args.cases, args.seed, workers=args.workers, **shape)
+    print(f"wrote {args.cases} {args.task} cases: {manifest}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from training.config import load_config
+    from training.train import train
+
+    overrides = {
+        "task": args.task,
+        "role": args.role,
+        "kind": getattr(args, "kind", None),
+        "data": args.data,
+        "out": args.out,
+        "name": args.name,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "max_cases": args.max_cases,
+        "device": args.device,
+        "teachers": getattr(args, "teachers", None),
+        "rgd_weight": getattr(args, "rgd_weight", None),
+        "alpha": getattr(args, "alpha", None),
+        "temperature": getattr(args, "temperature", None),
+        "modality_dropout": getattr(args, "modality_dropout", None),
+    }
+    cfg = load_config(args.config, overrides)
+    best = train(cfg, resume=args.resume)
+    print(f"best checkpoint: {best}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from training.export import export_model
+
+    training_data = json.loads(args.training_data) if args.training_data else None
+    card = export_model(
+        args.checkpoint, args.out, version=args.version, training_data=training_data, data=args.data
+    )
+    diff = card["parity"]["max_abs_logit_diff"]
+    print(f"wrote {args.out} (sha256 {card['onnx_sha256'][:12]}, ONNX Runtime vs PyTorch {diff:.1e})")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    # The service is named by import string: training never imports app (DESIGN.md).
+    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reactkd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synth", help="write a synthetic cohort in a real dataset layout")
+    synth.add_argument("task", choices=["hcc", "brats"])
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--cases", type=int, required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--external", action="store_true", help="HCC: the shifted external CT-only cohort")
+    synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    synth.add_argument(
+        "--size", choices=["full", "small"], default="full", help="small: tiny volumes for tests"
+    )
+    synth.set_defaults(func=_synth)
+
+    train = commands.add_parser("train", help="train a teacher or distil a student")
+    roles = train.add_subparsers(dest="role", required=True)
+    for role in ("teacher", "student"):
+        sub = roles.add_parser(role)
+        sub.add_argument("--config", type=Path, help="YAML or TOML run config; flags override it")
+        sub.add_argument("--task", choices=["hcc", "brats"])
+        sub.add_argument("--data", type=Path, help="HCC manifest.csv or BraTS root")
+        sub.add_argument("--out", type=Path, help="runs folder (default runs/)")
+        sub.add_argument("--name", help="run name (default TASK-KIND-sSEED)")
+        sub.add_argument("--seed", type=int)
+        sub.add_argument("--epochs", type=int)
+        sub.add_argument("--batch-size", type=int)
+        sub.add_argument("--lr", type=float)
+        sub.add_argument("--max-cases", type=int)
+        sub.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        sub.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
+        if role == "teacher":
+            sub.add_argument("--kind", help="structure-function | dose-aware (hcc), hybrid (brats)")
+        else:
+            sub.add_argument("--teachers", type=Path, nargs="*", help="teacher checkpoints")
+            sub.add_argument("--alpha", type=float)
+            sub.add_argument("--temperature", type=float)
+            sub.add_argument("--rgd-weight", type=float)
+            sub.add_argument("--modality-dropout", type=float)
+        sub.set_defaults(func=_train)
+
+    export = commands.add_parser("export", help="ONNX + model card, parity checked")
+    export.add_argument("checkpoint", type=Path)
+    export.add_argument("--out", type=Path, required=True, help="NAME.onnx")
+    export.add_argument("--version", default="0.1.0")
+    export.add_argument("--data", type=Path, help="cohort: adds test metrics and class prototypes to the card")
+    export.add_argument("--training-data", help='JSON for the card, e.g. {"synthetic": true, ...}')
+    export.set_defaults(func=_export)
+
+    serve = commands.add_parser("serve", help="start the HTTP service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
