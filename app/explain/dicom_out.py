@@ -21,8 +21,23 @@ from models.contract import Volume
 SOFTWARE = "REACT-KD Serve 0.1 (research use only)"
 
 
+# Type 2 attributes highdicom copies from the source; empty when the source lacks them.
+_TYPE2 = (
+    "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+
+
+def _complete(ds: Dataset) -> Dataset:
+    for keyword in _TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
 def parametric_map(attention: Volume, sources: list[Dataset], description: str) -> bytes:
     """Parametric Map of `attention` (on the grid of the reference series) referencing `sources`."""
+    sources = [_complete(ds) for ds in sources]
     frames = np.ascontiguousarray(np.transpose(attention.array, (2, 1, 0))).astype(np.float32)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="ATTN",
