@@ -23,8 +23,15 @@ SOFTWARE = "REACT-KD Serve 0.1 (research use only)"
 
 # Type 2 attributes highdicom copies from the source; empty when the source lacks them.
 _TYPE2 = (
-    "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
 )
 
 

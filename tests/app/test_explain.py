@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import assert_problem, ct_volume, mr_volume, nifti_bytes, series_zip
+from app_helpers import assert_problem, ct_volume, mr_volume, nifti_bytes, series_zip
 
 NII = "application/gzip"
 

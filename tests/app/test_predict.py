@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import (
+from app_helpers import (
     assert_problem,
     ct_volume,
     dicom_files,
@@ -67,7 +69,9 @@ def test_repeated_dicom_files_in_one_field(client, ct_case) -> None:  # type: ig
 
 
 def test_task_as_query_parameter(client) -> None:  # type: ignore[no-untyped-def]
-    response = client.post("/v1/predict?task=hcc", files=[("ct", ("ct.nii", nifti_bytes(ct_volume(), False), NII))])
+    response = client.post(
+        "/v1/predict?task=hcc", files=[("ct", ("ct.nii", nifti_bytes(ct_volume(), False), NII))]
+    )
     assert response.status_code == 200, response.text
 
 
@@ -120,20 +124,20 @@ def test_study_zip_assigns_series_from_tags(client) -> None:  # type: ignore[no-
 
 
 def test_pydicom_ct_small_is_answered(client) -> None:  # type: ignore[no-untyped-def]
-    data = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     response = _post(client, "hcc", [("ct", ("CT_small.dcm", data, "application/dicom"))])
     assert response.status_code == 200, response.text
     assert response.json()["modalities"]["used"] == ["ct"]
 
 
 def test_pydicom_truncated_pixel_data_is_a_problem(client) -> None:  # type: ignore[no-untyped-def]
-    data = open(get_testdata_file("MR_truncated.dcm"), "rb").read()
+    data = Path(get_testdata_file("MR_truncated.dcm")).read_bytes()
     response = _post(client, "hcc", [("ct", ("MR_truncated.dcm", data, "application/dicom"))])
     assert_problem(response, 422, "corrupt-pixel-data", "ct")
 
 
 def test_pydicom_no_meta_is_not_dicom(client) -> None:  # type: ignore[no-untyped-def]
-    data = open(get_testdata_file("no_meta.dcm"), "rb").read()
+    data = Path(get_testdata_file("no_meta.dcm")).read_bytes()
     response = _post(client, "hcc", [("ct", ("no_meta.dcm", data, "application/dicom"))])
     assert_problem(response, 400, "not-dicom", "ct")
 
@@ -152,7 +156,7 @@ def test_brats_single_sequence(client, has_brats, sequence) -> None:  # type: ig
 def test_brats_pydicom_mr_small(client, has_brats) -> None:  # type: ignore[no-untyped-def]
     if not has_brats:
         pytest.skip("brats_student is not registered yet")
-    data = open(get_testdata_file("MR_small.dcm"), "rb").read()
+    data = Path(get_testdata_file("MR_small.dcm")).read_bytes()
     response = _post(client, "brats", [("t2", ("MR_small.dcm", data, "application/dicom"))])
     assert response.status_code == 200, response.text
 

@@ -1,0 +1,198 @@
+"""Every error kind is a problem+json with a stable type, never a 500."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import stat
+import zipfile
+
+import numpy as np
+import pytest
+from app_helpers import (
+    assert_problem,
+    ct_volume,
+    dicom_bytes,
+    make_settings,
+    nifti_bytes,
+    pet_volume,
+    series_zip,
+    zip_bytes,
+)
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from models.contract import Volume
+from models.dicom import series_from_volume
+
+NII = "application/gzip"
+
+
+def _post(client, files, task="hcc"):  # type: ignore[no-untyped-def]
+    return client.post("/v1/predict", data={"task": task}, files=files)
+
+
+def test_unsupported_media(client) -> None:  # type: ignore[no-untyped-def]
+    assert_problem(_post(client, [("ct", ("a.txt", b"hello", "text/plain"))]), 415, "unsupported-media", "ct")
+    assert_problem(client.post("/v1/predict", json={"task": "hcc"}), 415, "unsupported-media", "body")
+
+
+def test_not_dicom(client) -> None:  # type: ignore[no-untyped-def]
+    response = _post(client, [("ct", ("x.dcm", b"\x00" * 300, "application/dicom"))])
+    assert_problem(response, 400, "not-dicom", "ct")
+    assert_problem(
+        _post(client, [("ct", ("x.zip", zip_bytes({"readme.txt": b"hi"}), "application/zip"))]),
+        400,
+        "not-dicom",
+    )
+
+
+def test_several_series(client) -> None:  # type: ignore[no-untyped-def]
+    two = zip_bytes(
+        {
+            **{f"a/{n}.dcm": dicom_bytes(d) for n, d in enumerate(series_from_volume(ct_volume()))},
+            **{f"b/{n}.dcm": dicom_bytes(d) for n, d in enumerate(series_from_volume(ct_volume()))},
+        }
+    )
+    body = assert_problem(
+        _post(client, [("ct", ("two.zip", two, "application/zip"))]), 400, "several-series", "ct"
+    )
+    assert "study" in body["detail"]
+
+
+def test_required_modality_missing(client) -> None:  # type: ignore[no-untyped-def]
+    response = _post(client, [("pet_fdg", ("p.nii.gz", nifti_bytes(pet_volume()), NII))])
+    assert_problem(response, 422, "missing-modality", "ct")
+
+
+def test_unknown_modality_field(client) -> None:  # type: ignore[no-untyped-def]
+    response = _post(client, [("flair", ("f.nii.gz", nifti_bytes(ct_volume()), NII))])
+    assert_problem(response, 422, "unknown-modality", "flair")
+
+
+def test_zip_bomb(client) -> None:  # type: ignore[no-untyped-def]
+    bomb = zip_bytes({"zeros.dcm": b"\x00" * (8 << 20)})
+    assert_problem(_post(client, [("ct", ("bomb.zip", bomb, "application/zip"))]), 413, "zip-bomb", "ct")
+
+
+@pytest.mark.parametrize("name", ["../evil.dcm", "/etc/passwd", "C:/x.dcm", "a/../../b.dcm"])
+def test_unsafe_member_names(client, name) -> None:  # type: ignore[no-untyped-def]
+    data = zip_bytes({name: b"x"})
+    assert_problem(_post(client, [("ct", ("u.zip", data, "application/zip"))]), 400, "unsafe-archive", "ct")
+
+
+def test_symlink_member(client) -> None:  # type: ignore[no-untyped-def]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        info = zipfile.ZipInfo("link.dcm")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    response = _post(client, [("ct", ("l.zip", buffer.getvalue(), "application/zip"))])
+    assert_problem(response, 400, "unsafe-archive", "ct")
+
+
+def test_nested_zip_refused(client) -> None:  # type: ignore[no-untyped-def]
+    inner = series_zip(ct_volume())
+    response = _post(client, [("ct", ("n.zip", zip_bytes({"inner.zip": inner}), "application/zip"))])
+    assert_problem(response, 415, "unsupported-media", "ct")
+
+
+def test_corrupt_pixel_data(client) -> None:  # type: ignore[no-untyped-def]
+    datasets = series_from_volume(ct_volume())
+    datasets[2].PixelData = datasets[2].PixelData[:100]
+    files = [("ct", (f"{n}.dcm", dicom_bytes(d), "application/dicom")) for n, d in enumerate(datasets)]
+    assert_problem(_post(client, files), 422, "corrupt-pixel-data", "ct")
+
+
+def test_nan_voxels(client) -> None:  # type: ignore[no-untyped-def]
+    ct = ct_volume()
+    array = ct.array.copy()
+    array[3, 3, 3] = np.nan
+    response = _post(client, [("ct", ("nan.nii.gz", nifti_bytes(Volume(array, ct.affine)), NII))])
+    assert_problem(response, 422, "non-finite-voxels", "ct")
+
+
+def test_unknown_task_and_missing_task(client) -> None:  # type: ignore[no-untyped-def]
+    files = [("ct", ("ct.nii.gz", nifti_bytes(ct_volume()), NII))]
+    assert_problem(_post(client, files, task="lung"), 422, "unknown-task", "task")
+    assert_problem(client.post("/v1/predict", files=files), 422, "missing-field", "task")
+    assert_problem(
+        client.post("/v1/predict", data={"task": "hcc"}, files=[("other", ("a", b"", ""))]),
+        422,
+        "unknown-modality",
+    )
+
+
+def test_no_image_is_missing_field(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.post(
+        "/v1/predict", data={"task": "hcc", "note": "x"}, files=[("mask", ("m.nii.gz", b"", NII))]
+    )
+    assert_problem(response, 422, "missing-field", "ct")
+
+
+def test_unknown_id(client) -> None:  # type: ignore[no-untyped-def]
+    assert_problem(client.get("/v1/predictions/" + "0" * 32), 404, "unknown-id", "id")
+    assert_problem(client.get("/v1/explain/not-an-id/attention"), 404, "unknown-id", "id")
+
+
+def test_unknown_route_is_a_problem(client) -> None:  # type: ignore[no-untyped-def]
+    assert_problem(client.get("/v1/nothing"), 404, "not-found")
+
+
+@pytest.fixture(scope="module")
+def strict_client(model_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
+    settings = make_settings(
+        model_dir, tmp_path_factory.mktemp("strict"), api_keys="k1,k2", max_upload_bytes=200_000, max_files=3
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_unauthorized(strict_client) -> None:  # type: ignore[no-untyped-def]
+    assert_problem(strict_client.get("/v1/models"), 401, "unauthorized")
+    assert_problem(strict_client.get("/v1/models", headers={"X-API-Key": "bad"}), 401, "unauthorized")
+    assert_problem(strict_client.get("/metrics"), 401, "unauthorized")
+    assert strict_client.get("/v1/models", headers={"X-API-Key": "k2"}).status_code == 200
+    assert strict_client.get("/v1/models", headers={"Authorization": "Bearer k1"}).status_code == 200
+    assert strict_client.get("/healthz").status_code == 200
+    assert strict_client.get("/readyz").status_code == 200
+
+
+def test_too_large(strict_client) -> None:  # type: ignore[no-untyped-def]
+    big = [("ct", ("ct.nii", b"\x00" * 300_000, NII))]
+    response = strict_client.post("/v1/predict", data={"task": "hcc"}, files=big, headers={"X-API-Key": "k1"})
+    assert_problem(response, 413, "too-large", "body")
+
+
+def test_too_many_files(strict_client) -> None:  # type: ignore[no-untyped-def]
+    files = [("ct", (f"{n}.dcm", b"x", "application/dicom")) for n in range(4)]
+    response = strict_client.post(
+        "/v1/predict", data={"task": "hcc"}, files=files, headers={"X-API-Key": "k1"}
+    )
+    assert_problem(response, 413, "too-many-files", "body")
+    members = zip_bytes({f"{n}.dcm": b"x" for n in range(5)})
+    response = strict_client.post(
+        "/v1/predict",
+        data={"task": "hcc"},
+        files=[("ct", ("z.zip", members, "application/zip"))],
+        headers={"X-API-Key": "k1"},
+    )
+    assert_problem(response, 413, "too-many-files", "ct")
+
+
+def test_broken_model_is_not_ready_while_others_serve(model_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "models"
+    shutil.copytree(model_dir, folder)
+    card_path = folder / "hcc_test.json"
+    card = json.loads(card_path.read_text())
+    card["onnx_sha256"] = "0" * 64
+    card_path.write_text(json.dumps(card))
+    with TestClient(create_app(make_settings(folder, tmp_path / "store"))) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "sha256" in ready.json()["models"]["hcc_test"]
+        response = _post(client, [("ct", ("ct.nii.gz", nifti_bytes(ct_volume()), NII))])
+        assert_problem(response, 503, "model-not-ready", "task")
+        if (folder / "brats_test.json").exists():
+            models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+            assert models["brats_test"]["status"] == "ready"

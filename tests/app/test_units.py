@@ -1,0 +1,100 @@
+"""Settings, store, inference gate, series assignment and SUV conversion."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+from app.errors import BusyError, UnknownIdError
+from app.ingest.assign import guess_modality
+from app.ingest.pet import suv_factor
+from app.runtime import InferenceGate
+from app.settings import Settings
+from app.store import Store, new_id
+
+
+def test_settings_split_keys_and_refuse_open_production(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("REACTKD_API_KEYS", "a, b,")
+    assert Settings(_env_file=None).api_keys == ["a", "b"]  # type: ignore[call-arg]
+    monkeypatch.delenv("REACTKD_API_KEYS")
+    with pytest.raises(ValidationError, match="REACTKD_API_KEYS must be set"):
+        Settings(_env_file=None, environment="production")  # type: ignore[call-arg]
+
+
+def test_store_save_get_and_purge(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = Store(tmp_path)
+    pid = new_id()
+    saved = store.save(pid, task="hcc", model="m", response={"id": pid}, files={"a/b.bin": b"x"})
+    assert store.get(pid).response == {"id": pid} and store.read(saved, "a/b.bin") == b"x"
+    orphan = store.files / ".tmp-crashed"
+    orphan.mkdir()
+    assert store.purge(30, now=time.time() + 31 * 86400) == 1
+    assert not saved.folder.exists() and not orphan.exists()
+    with pytest.raises(UnknownIdError):
+        store.get(pid)
+
+
+def test_gate_refuses_when_full() -> None:
+    async def scenario() -> None:
+        gate = InferenceGate(1)
+        slow = asyncio.create_task(gate.run(time.sleep, 0.3, timeout=5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(BusyError) as info:
+            await gate.run(time.sleep, 0, timeout=5)
+        assert info.value.headers["Retry-After"]
+        await slow
+
+    asyncio.run(scenario())
+
+
+def _pet(tracer: str) -> Dataset:
+    ds = Dataset()
+    ds.Modality = "PT"
+    item = Dataset()
+    item.Radiopharmaceutical = tracer
+    ds.RadiopharmaceuticalInformationSequence = DicomSequence([item])
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("modality", "description", "tracer", "expected"),
+    [
+        ("CT", "", "", "ct"),
+        ("PT", "", "Fluorodeoxyglucose", "pet_fdg"),
+        ("PT", "", "11C-acetate", "pet_act"),
+        ("MR", "AX T1 POST GD", "", "t1ce"),
+        ("MR", "t1_mprage", "", "t1"),
+        ("MR", "T2 TSE", "", "t2"),
+        ("MR", "T2 FLAIR", "", "flair"),
+        ("SR", "", "", None),
+    ],
+)
+def test_guess_modality(modality, description, tracer, expected) -> None:  # type: ignore[no-untyped-def]
+    ds = _pet(tracer) if tracer else Dataset()
+    ds.Modality = modality
+    ds.SeriesDescription = description
+    guess = guess_modality(ds)
+    assert guess.modality == expected and guess.reason
+
+
+def test_suv_factor_decay_and_missing_tags() -> None:
+    ds = _pet("FDG")
+    ds.Units = "BQML"
+    ds.PatientWeight = 70
+    ds.SeriesTime = "110000"
+    item = ds.RadiopharmaceuticalInformationSequence[0]
+    item.RadionuclideTotalDose = 370e6
+    item.RadionuclideHalfLife = 6586.2
+    item.RadiopharmaceuticalStartTime = "100000"
+    factor, note = suv_factor(ds)
+    decayed = 370e6 * np.exp(-np.log(2) * 3600 / 6586.2)
+    assert factor == pytest.approx(70000 / decayed) and "SUVbw" in note
+    del ds.PatientWeight
+    factor, note = suv_factor(ds)
+    assert factor is None and "NOT converted" in note
