@@ -69,6 +69,9 @@ def _observe(app: FastAPI) -> None:
         finally:
             route = request.scope.get("route")
             path = getattr(route, "path", "unmatched")
+            # Nested routers report their own template; restore the /v1 prefix (low cardinality).
+            if request.url.path.startswith("/v1/") and not path.startswith("/v1") and path != "unmatched":
+                path = "/v1" + path
             elapsed = time.perf_counter() - start
             metrics: Metrics = request.app.state.metrics
             metrics.requests.labels(route=path, method=request.method, status=str(status)).inc()

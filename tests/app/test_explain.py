@@ -113,7 +113,7 @@ def test_health_ready_metrics(client) -> None:  # type: ignore[no-untyped-def]
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
     text = client.get("/metrics").text
-    assert "reactkd_requests_total" in text
+    assert 'route="/v1/models"' in text and "reactkd_requests_total" in text
     for stage in ("ingest", "preprocess", "inference", "explain"):
         assert f'stage="{stage}"' in text
 
