@@ -75,7 +75,7 @@ class GraphNode(BaseModel):
 class GraphEdge(BaseModel):
     source: int
     target: int
-    weight: float
+    weight: float = Field(description="cosine distance between the features of the two touching regions")
 
 
 class RegionGraph(BaseModel):

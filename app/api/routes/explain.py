@@ -200,12 +200,10 @@ async def graph(
                 cam = _attribution_map(case, store, models, "gradcam")
             except NotAvailableError:
                 cam = None
-            nodes, edges, distances, weights, source = build_graph(case, cam)
+            nodes, edges, case_graph, source = build_graph(case, cam)
             served = models.served.get(case.task.name)
             prototypes = served.card.get("prototypes") if served is not None else None
-            gw = (
-                prototype_distances(distances, weights, prototypes) if prototypes and len(nodes) > 1 else None
-            )
+            gw = prototype_distances(case_graph, prototypes) if prototypes and len(nodes) > 1 else None
             return RegionGraph(
                 id=prediction_id,
                 regions=source,
