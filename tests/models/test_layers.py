@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.layers import ConvNormAct, ResidualBlock, check_positive, conv_type, make_norm, mask_missing
+
+
+@pytest.mark.parametrize("spatial_dims", [1, 2, 3])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_norm_act_shapes(spatial_dims: int, stride: int) -> None:
+    x = torch.randn(2, 4, *([9] * spatial_dims))
+    y = ConvNormAct(spatial_dims, 4, 8, stride=stride)(x)
+    assert y.shape == (2, 8, *([-(-9 // stride)] * spatial_dims))
+    z = ResidualBlock(spatial_dims, 4, 6, stride=stride)(x)
+    assert z.shape == (2, 6, *([-(-9 // stride)] * spatial_dims))
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])
+def test_norms(norm: str) -> None:
+    assert make_norm(norm, 3, 12)(torch.randn(2, 12, 3, 3, 3)).shape == (2, 12, 3, 3, 3)  # type: ignore[arg-type]
+
+
+def test_bad_arguments_name_the_value() -> None:
+    with pytest.raises(ValueError, match="spatial_dims=4"):
+        conv_type(4)
+    with pytest.raises(ValueError, match="norm='layer'"):
+        make_norm("layer", 3, 8)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="width=0"):
+        check_positive("width", 0)
+
+
+def test_mask_missing_zeroes_absent_channels() -> None:
+    image = torch.randn(2, 3, 4, 4, 4)
+    present = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    masked = mask_missing(image, present)
+    assert torch.equal(masked[0, 1], torch.zeros(4, 4, 4))
+    assert torch.equal(masked[1, 0], torch.zeros(4, 4, 4))
+    assert torch.equal(masked[0, 0], image[0, 0])
+    with pytest.raises(ValueError, match=r"present \(2, 3, 1\)"):
+        mask_missing(image, present[..., None])
