@@ -1,0 +1,81 @@
+"""CaseDataset: un-augmented items are the input contract; masks, low dose and augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.contract import prepare_input
+from models.tasks import BRATS, HCC
+from training.data.dataset import CaseDataset
+from training.data.readers import CaseRecord, load_case, read_hcc_manifest, read_records
+
+
+@pytest.fixture(scope="module")
+def hcc_records(hcc_manifest: Path) -> list[CaseRecord]:
+    return read_hcc_manifest(hcc_manifest)[:3]
+
+
+def test_plain_item_is_prepare_input(hcc_records: list[CaseRecord]) -> None:
+    item = CaseDataset(hcc_records, HCC)[0]
+    expected = prepare_input(load_case(hcc_records[0]).volumes, HCC)
+    np.testing.assert_array_equal(item["image"].numpy(), expected.image)
+    np.testing.assert_array_equal(item["present"].numpy(), expected.present)
+    assert item["image"].dtype == torch.float32 and item["label"].dtype == torch.int64
+    assert item["case_id"] == hcc_records[0].case_id
+    for name in ("liver", "tumor"):
+        mask = item["masks"][name]
+        assert mask.dtype == torch.uint8 and tuple(mask.shape) == HCC.shape
+        assert 0 < int(mask.sum()) < mask.numel()
+    assert int((item["masks"]["tumor"] & ~item["masks"]["liver"].bool()).sum()) == 0
+
+
+def test_missing_modalities_and_masks_stay_zero_under_augmentation(hcc_records: list[CaseRecord]) -> None:
+    record = hcc_records[0]
+    ct_only = CaseRecord(record.case_id, "hcc", record.label, record.split, {"ct": record.paths["ct"]})
+    dataset = CaseDataset([ct_only], HCC, augment=True, low_dose=(0.05, 0.2), seed=1)
+    for _ in range(2):
+        item = dataset[0]
+        assert item["present"].tolist() == [1.0, 0.0, 0.0]
+        assert float(item["image"][1:].abs().max()) == 0.0
+        assert float(item["image_low_dose"][1:].abs().max()) == 0.0
+        assert all(int(m.sum()) == 0 for m in item["masks"].values())
+        assert tuple(item["image"].shape) == (3, *HCC.shape)
+
+
+def test_low_dose_image_is_noisier_ct_only(hcc_records: list[CaseRecord]) -> None:
+    dataset = CaseDataset(hcc_records, HCC, low_dose=(0.05, 0.05), cache=True)
+    item = dataset[1]
+    assert float(item["dose"]) == pytest.approx(0.05)
+    full, low = item["image"].numpy(), item["image_low_dose"].numpy()
+    np.testing.assert_array_equal(full[1:], low[1:])
+    liver = item["masks"]["liver"].numpy() > 0
+    assert low[0][liver].std() > 1.3 * full[0][liver].std()
+    assert abs(low[0][liver].mean() - full[0][liver].mean()) < 0.02
+    assert 1 in dataset._cache  # the prepared input was kept
+
+
+def test_augmentation_moves_image_and_masks_together(hcc_records: list[CaseRecord]) -> None:
+    dataset = CaseDataset(hcc_records, HCC, augment=True, seed=3)
+    item = dataset[2]
+    tumor = item["masks"]["tumor"].numpy() > 0
+    liver = item["masks"]["liver"].numpy() > 0
+    # The FDG channel stays brighter inside the moved tumour mask than in the moved liver.
+    fdg = item["image"][1].numpy()
+    if tumor.sum() > 5 and hcc_records[2].label == 2:
+        assert fdg[tumor].mean() > fdg[liver & ~tumor].mean()
+    assert set(np.unique(item["masks"]["liver"].numpy())) <= {0, 1}
+
+
+def test_brats_items_carry_seg_and_brain(brats_root: Path) -> None:
+    records = read_records("brats", brats_root)[:2]
+    item = CaseDataset(records, BRATS, low_dose=(0.1, 0.5))[0]
+    assert set(item["masks"]) == {"seg", "brain"}
+    assert set(np.unique(item["masks"]["seg"].numpy())) <= {0, 1, 2, 4}
+    assert int(item["masks"]["brain"].sum()) > 0
+    assert "image_low_dose" not in item  # no CT in BraTS
+    batch = torch.utils.data.default_collate([item, item])
+    assert tuple(batch["image"].shape) == (2, 4, *BRATS.shape)
