@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--external", action="store_true", help="HCC: the shifted external CT-only cohort")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     synth.add_argument(
-        "--size", choices=["full", "small"], default="full", help="small: tiny volumes for tests"
+        "--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="voxels per axis (smaller: quick tests)"
     )
     synth.set_defaults(func=_synth)
 
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint", type=Path)
     export.add_argument("--out", type=Path, required=True, help="NAME.onnx")
     export.add_argument("--version", default="0.1.0")
-    export.add_argument("--data", type=Path, help="cohort: adds test metrics and class prototypes to the card")
+    export.add_argument("--data", type=Path, help="cohort: test metrics and class prototypes for the card")
     export.add_argument("--training-data", help='JSON for the card, e.g. {"synthetic": true, ...}')
     export.set_defaults(func=_export)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,7 +133,7 @@ def export_model(
     if data is not None:
         from training.evaluate import cohort_evidence
 
-        metrics, prototypes = cohort_evidence(out, data)
+        metrics, prototypes = cohort_evidence(out, task, data)
     weights = out.with_suffix(".pt")
     torch.save({key: state[key] for key in ("model", "model_kwargs", "task", "state_dict")}, weights)
     card = model_card(
@@ -146,8 +147,20 @@ def export_model(
         metrics=metrics,
         prototypes=prototypes,
     )
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2))
+    card = json_safe(card)
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2, allow_nan=False))
     return card
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities (an AUC of a class absent from a split) become null: strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def model_card(

@@ -1,0 +1,177 @@
+"""Evaluate a checkpoint or an ONNX student on a cohort and write a report.
+
+`predict_records` runs a model over cases (any modality subset); `classification_metrics`
+turns probabilities into the numbers of a report: AUC per class and macro with bootstrap
+95 % confidence intervals, accuracy, balanced accuracy, macro F1, the confusion matrix,
+expected calibration error, and decision curve analysis (net benefit of acting on the model
+against treating all and treating none) for the class of most concern (the last one:
+poorly differentiated HCC, high-grade glioma).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
+from tqdm.auto import tqdm
+
+from models import TaskSpec, get_task, model_from_checkpoint, prepare_input
+from training.data.readers import CaseRecord, load_case
+from training.metrics import macro_auc, per_class_auc
+
+log = logging.getLogger(__name__)
+
+
+class Predictor:
+    """Probabilities from a `.pt` checkpoint (PyTorch) or a `.onnx` student (ONNX Runtime)."""
+
+    def __init__(self, path: Path, task: TaskSpec | None = None) -> None:
+        self.path = Path(path)
+        if self.path.suffix == ".onnx":
+            # The task is in the model card beside the file (or given, before the card exists).
+            self.task = task or get_task(json.loads(self.path.with_suffix(".json").read_text())["task"])
+            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            self.model = None
+        else:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            self.task = get_task(state["task"])
+            self.model = model_from_checkpoint(state)
+
+    def __call__(self, image: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """image (N, M, D, H, W), present (N, M) -> probabilities (N, C)."""
+        if self.model is None:
+            logits = self.session.run(["logits"], {"image": image, "present": present})[0]
+        else:
+            with torch.no_grad():
+                logits = self.model(torch.from_numpy(image), torch.from_numpy(present)).logits.numpy()
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_records(
+    predictor: Predictor, records: Sequence[CaseRecord], subset: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities over `records`, given only the modalities in `subset`."""
+    labels, probs = [], []
+    for record in tqdm(records, desc=f"evaluate {predictor.path.name}", leave=False):
+        case = load_case(record)
+        volumes = {m: v for m, v in case.volumes.items() if subset is None or m in subset}
+        prepared = prepare_input(volumes, predictor.task)
+        probs.append(predictor(prepared.image[None], prepared.present[None])[0])
+        labels.append(case.label)
+    return np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+
+
+def bootstrap_ci(
+    labels: np.ndarray, probs: np.ndarray, n: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the macro AUC (resampling cases)."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        idx = rng.integers(0, len(labels), len(labels))
+        value = macro_auc(labels[idx], probs[idx])
+        if not np.isnan(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """ECE of the top-class confidence over equal-width bins."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(ece)
+
+
+def net_benefit(labels: np.ndarray, risk: np.ndarray, thresholds: np.ndarray) -> dict[str, list[float]]:
+    """Decision curve: net benefit of the model, of treating all, of treating none.
+
+    ``NB(t) = TP/n - FP/n * t / (1 - t)`` for acting where ``risk >= t`` (Vickers 2006).
+    """
+    n = len(labels)
+    prevalence = labels.mean() if n else 0.0
+    model, treat_all = [], []
+    for t in thresholds:
+        act = risk >= t
+        tp = np.sum(act & (labels == 1))
+        fp = np.sum(act & (labels == 0))
+        odds = t / (1 - t)
+        model.append(float(tp / n - fp / n * odds))
+        treat_all.append(float(prevalence - (1 - prevalence) * odds))
+    return {"thresholds": thresholds.tolist(), "model": model, "treat_all": treat_all,
+            "treat_none": [0.0] * len(thresholds)}
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, task: TaskSpec) -> dict[str, Any]:
+    predicted = probs.argmax(axis=1)
+    low, high = bootstrap_ci(labels, probs)
+    concern = task.num_classes - 1
+    return {
+        "n": len(labels),
+        "macro_auc": macro_auc(labels, probs),
+        "macro_auc_ci95": [low, high],
+        "auc_per_class": dict(zip(task.classes, per_class_auc(labels, probs), strict=True)),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+        "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=range(task.num_classes)).tolist(),
+        "ece": expected_calibration_error(labels, probs),
+        "decision_curve": {
+            "class": task.classes[concern],
+            **net_benefit((labels == concern).astype(int), probs[:, concern], np.linspace(0.05, 0.95, 19)),
+        },
+    }
+
+
+def cohort_evidence(
+    onnx_path: Path, task: TaskSpec, data: Path, max_train: int = 120
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a model card reports from a cohort: test-split metrics and class prototypes.
+
+    Metrics are those of `classification_metrics` on the test split with every modality
+    given, plus the macro AUC under each allowed modality subset; prototypes are GW
+    barycenters of supervoxel region graphs of (up to `max_train`) training cases.
+    """
+    from models.topology import case_graph
+    from training.data.readers import read_records
+    from training.prototypes import class_prototypes
+
+    predictor = Predictor(onnx_path, task)
+    records = read_records(task.name, data)
+    test = [r for r in records if r.split == "test" and r.label is not None]
+    train = [r for r in records if r.split == "train" and r.label is not None][:max_train]
+
+    labels, probs = predict_records(predictor, test)
+    metrics: dict[str, Any] = {"test": classification_metrics(labels, probs, task), "by_subset": {}}
+    for subset in task.allowed_subsets():
+        y, p = predict_records(predictor, test, subset)
+        metrics["by_subset"]["+".join(subset)] = macro_auc(y, p)
+
+    graphs, graph_labels = [], []
+    for record in tqdm(train, desc="prototype graphs", leave=False):
+        case = load_case(record)
+        prepared = prepare_input(case.volumes, task)
+        features = predictor.session.run(
+            ["features"], {"image": prepared.image[None], "present": prepared.present[None]}
+        )[0][0]
+        _, graph = case_graph(prepared.image, features)
+        graphs.append((graph.distances, graph.weights))
+        graph_labels.append(case.label)
+    return metrics, class_prototypes(graphs, graph_labels, task.classes)
