@@ -29,6 +29,7 @@ from models.layers import (
     ConvNormAct,
     NormName,
     check_positive,
+    conv_type,
     global_avg_pool,
     mask_missing,
 )
@@ -203,7 +204,7 @@ class ViTBranch(nn.Module):
             check_positive(name, value)
         grid = tuple(max(int(s) // patch_size, 1) for s in img_size)
         self.patch_size = patch_size
-        self.embed = nn.Conv3d(in_channels, hidden_size, patch_size, stride=patch_size)
+        self.embed = conv_type(3)(in_channels, hidden_size, patch_size, stride=patch_size)
         self.position = nn.Parameter(torch.zeros(1, hidden_size, *grid))
         nn.init.trunc_normal_(self.position, std=0.02)
         self.blocks = nn.ModuleList(

@@ -31,6 +31,7 @@ from models.layers import (
     NormName,
     ResidualBlock,
     check_positive,
+    conv_type,
     global_avg_pool,
     mask_missing,
 )
@@ -162,8 +163,8 @@ class HCCTeacherSF(nn.Module):
         self.fdg_branch = BranchEncoder(2, widths, norm, depth)
         self.act_branch = BranchEncoder(2, widths, norm, depth)
         self.cbam = CBAM3D(widths[-1], reduction)  # shared by both branches
-        self.fdg_proj = nn.Conv3d(widths[-1], widths[-1], 1)
-        self.act_proj = nn.Conv3d(widths[-1], widths[-1], 1)
+        self.fdg_proj = conv_type(3)(widths[-1], widths[-1], 1)
+        self.act_proj = conv_type(3)(widths[-1], widths[-1], 1)
         self.head = ClassifierHead(widths[-1], in_channels, num_classes, dropout)
         self.num_features = widths[-1]
         if msgff:

@@ -39,3 +39,19 @@ def test_mask_missing_zeroes_absent_channels() -> None:
     assert torch.equal(masked[0, 0], image[0, 0])
     with pytest.raises(ValueError, match=r"present \(2, 3, 1\)"):
         mask_missing(image, present[..., None])
+
+
+@pytest.mark.parametrize("spatial_dims", [1, 2, 3])
+@pytest.mark.parametrize(("batch", "stride", "groups"), [(1, 1, 1), (1, 2, 2), (3, 2, 1)])
+def test_onednn_conv_matches_the_reference(spatial_dims: int, batch: int, stride: int, groups: int) -> None:
+    torch.manual_seed(0)
+    conv = conv_type(spatial_dims)(4, 6, 3, stride=stride, padding=1, groups=groups)
+    x = torch.randn(batch, 4, *([7] * spatial_dims), requires_grad=True)
+    reference = getattr(torch.nn.functional, f"conv{spatial_dims}d")(
+        x, conv.weight, conv.bias, stride, 1, 1, groups
+    )
+    y = conv(x)
+    torch.testing.assert_close(y, reference, rtol=1e-5, atol=1e-5)
+    (grad_x,) = torch.autograd.grad(y.square().sum(), x)
+    (want_x,) = torch.autograd.grad(reference.square().sum(), x)
+    torch.testing.assert_close(grad_x, want_x, rtol=1e-4, atol=1e-4)
