@@ -1,0 +1,59 @@
+"""Synthetic BraTS cohort: layout, determinism, MRI contrasts and what the grades mean."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from conftest import BRATS_SHAPE
+
+from training.data.synth_brats import generate_brats_case
+
+
+def test_layout_and_labels(brats_root: Path) -> None:
+    cases = sorted((brats_root / "HGG").iterdir()) + sorted((brats_root / "LGG").iterdir())
+    assert len(cases) == 12 and len(list((brats_root / "HGG").iterdir())) > len(
+        list((brats_root / "LGG").iterdir())
+    )
+    for folder in cases:
+        assert folder.name.startswith("BraTS19_SYN_") and folder.name.endswith("_1")
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == sorted(f"{folder.name}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair", "seg"))
+        seg = np.asarray(nib.load(str(folder / f"{folder.name}_seg.nii.gz")).dataobj)
+        assert set(np.unique(seg)) <= {0, 1, 2, 4} and seg.shape == BRATS_SHAPE
+
+
+def test_deterministic_per_seed() -> None:
+    a = generate_brats_case(4, 1, shape=BRATS_SHAPE, spacing=4.0)
+    b = generate_brats_case(4, 1, shape=BRATS_SHAPE, spacing=4.0)
+    c = generate_brats_case(5, 1, shape=BRATS_SHAPE, spacing=4.0)
+    np.testing.assert_array_equal(a[1]["flair"], b[1]["flair"])
+    np.testing.assert_array_equal(a[2], b[2])
+    assert not np.array_equal(a[1]["flair"], c[1]["flair"])
+
+
+def test_mri_contrasts_of_normal_tissue() -> None:
+    _, images, seg, _ = generate_brats_case(0, 0, shape=BRATS_SHAPE, spacing=4.0)
+    t1, t2, flair = images["t1"], images["t2"], images["flair"]
+    # Tissue classes by their T2 / T1 look outside the tumour: CSF has the brightest T2.
+    normal = (seg == 0) & (t1 > 0)
+    csf = normal & (t2 > 850)
+    wm = normal & (t1 > 600) & (t2 < 520)
+    gm = normal & (t1 > 420) & (t1 < 600) & (t2 > 520) & (t2 < 750)
+    assert csf.sum() > 10 and wm.sum() > 10 and gm.sum() > 10
+    assert t1[wm].mean() > t1[gm].mean() > t1[csf].mean()
+    assert t2[csf].mean() > t2[gm].mean() > t2[wm].mean()
+    assert flair[csf].mean() < flair[wm].mean()
+
+
+def test_hgg_enhances_more_and_has_larger_edema(brats_root: Path) -> None:
+    stats: dict[str, list[tuple[int, int]]] = {"HGG": [], "LGG": []}
+    for grade in stats:
+        for folder in (brats_root / grade).iterdir():
+            seg = np.asarray(nib.load(str(folder / f"{folder.name}_seg.nii.gz")).dataobj)
+            stats[grade].append((int((seg == 4).sum()), int((seg == 2).sum())))
+    enhancing = {g: np.mean([s[0] for s in v]) for g, v in stats.items()}
+    edema = {g: np.mean([s[1] for s in v]) for g, v in stats.items()}
+    assert enhancing["HGG"] > enhancing["LGG"], enhancing
+    assert edema["HGG"] > edema["LGG"], edema
