@@ -1,40 +1,39 @@
 #!/usr/bin/env bash
 # The exact recipe of the shipped demo models: synthetic cohorts, teachers, distilled
-# students, ONNX export with model cards. Run with `make demo-models` (CPU, 2 cores: about
-# an hour). Everything it makes is trained on SYNTHETIC data and says so in its card.
+# students, ONNX export with model cards. `make demo-models` runs it (CPU, 2 cores: about
+# an hour). Everything it makes is trained on SYNTHETIC data and its card says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 WORK=${WORK:-build/demo}
 OUT=${OUT:-app/demo_models}
 SEED=${SEED:-7}
-HCC_CASES=${HCC_CASES:-240}
+HCC_CASES=${HCC_CASES:-200}
 BRATS_CASES=${BRATS_CASES:-120}
-EPOCHS=${EPOCHS:-25}
+BRATS_GRID=${BRATS_GRID:-"--shape 96 96 64 --spacing 2.5"}
+RUNS="$WORK/runs"
 mkdir -p "$WORK" "$OUT"
-
-SYNTH_HCC="{\"synthetic\": true, \"description\": \"REACT-KD Serve synthetic HCC benchmark (docs/benchmark.md): reactkd synth hcc --cases $HCC_CASES --seed $SEED; trained on its train split, selected on val\"}"
-SYNTH_BRATS="{\"synthetic\": true, \"description\": \"REACT-KD Serve synthetic BraTS benchmark (docs/benchmark.md): reactkd synth brats --cases $BRATS_CASES --seed $SEED --shape 120 120 78; trained on its train split, selected on val\"}"
+card() {  # training-data note for a model card
+  printf '{"synthetic": true, "description": "%s"}' "$1"
+}
 
 # --- HCC: two teachers, then the distilled CT student
 [ -f "$WORK/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases "$HCC_CASES" --seed "$SEED"
-$BIN/reactkd train teacher --task hcc --kind structure-function --data "$WORK/hcc/manifest.csv" \
-    --out "$WORK/runs" --epochs "$EPOCHS" --seed "$SEED"
-$BIN/reactkd train teacher --task hcc --kind dose-aware --data "$WORK/hcc/manifest.csv" \
-    --out "$WORK/runs" --epochs "$EPOCHS" --seed "$SEED"
-$BIN/reactkd train student --task hcc --data "$WORK/hcc/manifest.csv" --out "$WORK/runs" \
-    --epochs "$EPOCHS" --seed "$SEED" \
-    --teachers "$WORK/runs/hcc-structure-function-s$SEED/best.pt" "$WORK/runs/hcc-dose-aware-s$SEED/best.pt"
-$BIN/reactkd export "$WORK/runs/hcc-student-s$SEED/best.pt" --out "$OUT/hcc_student.onnx" \
-    --data "$WORK/hcc/manifest.csv" --training-data "$SYNTH_HCC"
+HCC="$WORK/hcc/manifest.csv"
+$BIN/reactkd train teacher --config configs/demo/hcc_teacher_sf.yaml --data "$HCC" --out "$RUNS" --seed "$SEED"
+$BIN/reactkd train teacher --config configs/demo/hcc_teacher_dose.yaml --data "$HCC" --out "$RUNS" --seed "$SEED"
+$BIN/reactkd train student --config configs/demo/hcc_student.yaml --data "$HCC" --out "$RUNS" --seed "$SEED" \
+  --teachers "$RUNS/hcc-structure-function-s$SEED/best.pt" "$RUNS/hcc-dose-aware-s$SEED/best.pt"
+$BIN/reactkd export "$RUNS/hcc-student-s$SEED/best.pt" --out "$OUT/hcc_student.onnx" --data "$HCC" \
+  --training-data "$(card "Synthetic HCC benchmark of this project (docs/benchmark.md): reactkd synth hcc --cases $HCC_CASES --seed $SEED; trained on its train split, selected on val, metrics on test. Not real patients.")"
 
 # --- BraTS: hybrid CNN+ViT teacher, then the EfficientNet-style student
 [ -d "$WORK/brats/HGG" ] || $BIN/reactkd synth brats --out "$WORK/brats" --cases "$BRATS_CASES" --seed "$SEED" \
-    --shape 120 120 78
-$BIN/reactkd train teacher --task brats --kind hybrid --data "$WORK/brats" --out "$WORK/runs" \
-    --epochs "$EPOCHS" --seed "$SEED"
-$BIN/reactkd train student --task brats --data "$WORK/brats" --out "$WORK/runs" --epochs "$EPOCHS" \
-    --seed "$SEED" --teachers "$WORK/runs/brats-hybrid-s$SEED/best.pt" --rgd-weight 0
-$BIN/reactkd export "$WORK/runs/brats-student-s$SEED/best.pt" --out "$OUT/brats_student.onnx" \
-    --data "$WORK/brats" --training-data "$SYNTH_BRATS"
+  $BRATS_GRID
+BRATS="$WORK/brats"
+$BIN/reactkd train teacher --config configs/demo/brats_teacher_hybrid.yaml --data "$BRATS" --out "$RUNS" --seed "$SEED"
+$BIN/reactkd train student --config configs/demo/brats_student.yaml --data "$BRATS" --out "$RUNS" --seed "$SEED" \
+  --teachers "$RUNS/brats-hybrid-s$SEED/best.pt"
+$BIN/reactkd export "$RUNS/brats-student-s$SEED/best.pt" --out "$OUT/brats_student.onnx" --data "$BRATS" \
+  --training-data "$(card "Synthetic BraTS-like benchmark of this project in the BraTS 2019 layout (docs/benchmark.md): reactkd synth brats --cases $BRATS_CASES --seed $SEED $BRATS_GRID; trained on its train split, selected on val, metrics on test. Not real patients.")"
 ls -la "$OUT"

@@ -33,7 +33,10 @@ def _synth(args: argparse.Namespace) -> None:
     else:
         from training.data.synth_brats import write_brats_cohort
 
-        manifest = write_brats_cohort(args.out, args.cases, args.seed, workers=args.workers, **shape)
+        spacing = {"spacing": args.spacing} if args.spacing else {}
+        manifest = write_brats_cohort(
+            args.out, args.cases, args.seed, workers=args.workers, **shape, **spacing
+        )
     print(f"wrote {args.cases} {args.task} cases: {manifest}")
 
 
@@ -100,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="voxels per axis (smaller: quick tests)"
     )
+    synth.add_argument("--spacing", type=float, help="BraTS: isotropic voxel size in mm (default 1)")
     synth.set_defaults(func=_synth)
 
     train = commands.add_parser("train", help="train a teacher or distil a student")
