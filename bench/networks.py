@@ -6,7 +6,11 @@ latency at the task's model grid (`TaskSpec.shape`) in PyTorch and in ONNX Runti
 execution provider, the served runtime), side by side in one run, with the teacher/student
 and ORT/PyTorch ratios.
 
-    python -m bench.networks [--repeats 7] [--models hcc_student hcc_teacher_sf ...]
+    python -m bench.networks [--repeats 7] [--threads 1 2] [--models hcc_student ...]
+
+Other work on the machine inflates multi-threaded latencies of small networks most (their
+many short kernels wait for preempted threads); the 1-minute load average is printed so a
+reader can tell, and one thread is always measured beside all of them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -44,8 +49,13 @@ def task_inputs(name: str, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def count_macs(model: nn.Module, image: torch.Tensor, present: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass (FLOPs counted by torch / 2)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    """Multiply-accumulates of one forward pass (FLOPs counted by torch / 2).
+
+    oneDNN is switched off meanwhile so convolutions take the aten path the counter knows
+    (it does not count `mkldnn_convolution`, which `models.layers` calls in eager mode).
+    """
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), counter:
         model(image, present)
     return counter.get_total_flops() // 2
 
@@ -79,54 +89,63 @@ def export_onnx(model: nn.Module, image: torch.Tensor, present: torch.Tensor, pa
         )
 
 
-def bench_network(name: str, repeats: int, workdir: Path) -> dict[str, Any]:
-    """Parameters, MACs and PyTorch / ONNX Runtime latency of one network at batch 1."""
+def bench_network(name: str, repeats: int, threads: list[int], workdir: Path) -> dict[str, Any]:
+    """Parameters, MACs and PyTorch / ONNX Runtime latency of one network at batch 1, for
+    each thread count in `threads`."""
     torch.manual_seed(0)
     model = create_model(name).eval()
     image, present = task_inputs(name)
-    with torch.inference_mode():
-        torch_ms = median_ms(lambda: model(image, present), repeats)
-        reference = model(image, present).logits.numpy()
     path = workdir / f"{name}.onnx"
     start = time.perf_counter()
     export_onnx(model, image, present, path)
     export_s = time.perf_counter() - start
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feeds = {"image": image.numpy(), "present": present.numpy()}
-    ort_ms = median_ms(lambda: session.run(None, feeds), repeats)
+    latency: dict[str, dict[str, float]] = {}
+    for count in threads:
+        torch.set_num_threads(count)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = count
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        with torch.inference_mode():
+            torch_ms = median_ms(lambda: model(image, present), repeats)
+        ort_ms = median_ms(lambda: session.run(None, feeds), repeats)  # noqa: B023
+        latency[str(count)] = {
+            "torch_ms": round(torch_ms, 2),
+            "ort_ms": round(ort_ms, 2),
+            "ort_over_torch": round(ort_ms / torch_ms, 3),
+        }
+    with torch.inference_mode():
+        reference = model(image, present).logits.numpy()
     logits = session.run(["logits"], feeds)[0]
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "macs": count_macs(model, image, present),
         "input_shape": list(image.shape),
-        "torch_ms": round(torch_ms, 2),
-        "ort_ms": round(ort_ms, 2),
-        "ort_over_torch": round(ort_ms / torch_ms, 3),
+        "latency_by_threads": latency,
         "onnx_mb": round(path.stat().st_size / 2**20, 3),
         "onnx_max_abs_logit_diff": float(np.abs(logits - reference).max()),
         "export_s": round(export_s, 1),
     }
 
 
-def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | bool]]:
-    """Per task: teacher/student latency in PyTorch and ORT; whether the student is >= 10x faster
-    than the teacher in PyTorch and not slower in ORT than in PyTorch."""
-    out: dict[str, dict[str, float | bool]] = {}
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float | bool]]]:
+    """Per task and thread count: teacher/student latency in PyTorch and ORT; whether the
+    student is >= 10x faster than the teacher in PyTorch and not slower in ORT than PyTorch."""
+    out: dict[str, dict[str, dict[str, float | bool]]] = {}
     for task, (student, teacher) in PAIRS.items():
         if student not in results or teacher not in results:
             continue
-        s, t = results[student], results[teacher]
-        speedup = t["torch_ms"] / s["torch_ms"]
-        out[task] = {
-            "teacher_over_student_torch": round(speedup, 2),
-            "teacher_over_student_ort": round(t["ort_ms"] / s["ort_ms"], 2),
-            "student_over_teacher_torch": round(1 / speedup, 4),
-            "student_ort_over_torch": s["ort_over_torch"],
-            "student_10x_faster_than_teacher": speedup >= 10.0,
-            "student_ort_not_slower_than_torch": s["ort_ms"] <= s["torch_ms"],
-        }
+        out[task] = {}
+        for count, s in results[student]["latency_by_threads"].items():
+            t = results[teacher]["latency_by_threads"][count]
+            speedup = t["torch_ms"] / s["torch_ms"]
+            out[task][count] = {
+                "teacher_over_student_torch": round(speedup, 2),
+                "teacher_over_student_ort": round(t["ort_ms"] / s["ort_ms"], 2),
+                "student_ort_over_torch": s["ort_over_torch"],
+                "student_10x_faster_than_teacher": speedup >= 10.0,
+                "student_ort_not_slower_than_torch": s["ort_ms"] <= s["torch_ms"],
+            }
     return out
 
 
@@ -134,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per network and runtime")
     parser.add_argument("--models", nargs="+", default=list_models(), help="registered names")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=sorted({1, torch.get_num_threads()}),
+        help="thread counts for PyTorch and ONNX Runtime (default: 1 and all)",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.models) - set(list_models()))
     if unknown:
@@ -144,12 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
-            results[name] = bench_network(name, args.repeats, Path(tmp))
+            results[name] = bench_network(name, args.repeats, args.threads, Path(tmp))
     report = {
         "environment": {
             "torch": torch.__version__,
             "onnxruntime": ort.__version__,
-            "torch_threads": torch.get_num_threads(),
+            "threads": args.threads,
+            "load_average_1min": round(os.getloadavg()[0], 2),
             "batch": 1,
             "repeats": args.repeats,
         },
