@@ -136,7 +136,7 @@ def ct_grid(rng: np.random.Generator, external: bool, shape: tuple[int, int, int
 
 def _lesion_params(rng: np.random.Generator, grade: int) -> dict[str, float]:
     """Lesion descriptors; a shared aggressiveness term makes them overlap across grades."""
-    shared = rng.normal(0.0, 0.85)
+    shared = rng.normal(0.0, 1.0)
 
     def aggressiveness() -> float:
         return float(np.clip(grade + shared + rng.normal(0.0, 0.6), -1.0, 3.5))
