@@ -44,7 +44,7 @@ class FusedMBConv(nn.Module):
 
     EfficientNetV2 fuses the expand and depthwise convolutions of MBConv where depthwise
     convolutions run poorly; 3D depthwise convolutions are slow on CPU in both PyTorch and
-    ONNX Runtime (a 4x slower student here), so every block is fused.
+    ONNX Runtime (a depthwise student measured about 3x slower here), so every block is fused.
     x: (N, in_channels, D, H, W) -> (N, out_channels, ceil(D / stride), ...).
     """
 
