@@ -43,8 +43,8 @@ class FusedMBConv(nn.Module):
     the stride), then a 1x1x1 projection, residual when shapes match.
 
     EfficientNetV2 fuses the expand and depthwise convolutions of MBConv where depthwise
-    convolutions run poorly; 3D depthwise convolutions are slow on CPU in both PyTorch and
-    ONNX Runtime (a depthwise student measured about 3x slower here), so every block is fused.
+    convolutions run poorly; 3D depthwise convolutions are slow in PyTorch on CPU (a depthwise
+    student measured about 3x slower here; ONNX Runtime not measured), so every block is fused.
     x: (N, in_channels, D, H, W) -> (N, out_channels, ceil(D / stride), ...).
     """
 
