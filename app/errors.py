@@ -118,6 +118,30 @@ class TimeoutProblem(ProblemError):
     slug, title, status = "timeout", "Request took too long", 504
 
 
+class PacsNotConfiguredError(ProblemError):
+    slug, title, status = "pacs-not-configured", "No DICOMweb server configured", 501
+
+
+class PacsUnreachableError(ProblemError):
+    slug, title, status = "pacs-unreachable", "DICOMweb server unreachable", 502
+
+
+class PacsError(ProblemError):
+    slug, title, status = "pacs-error", "DICOMweb server refused the request", 502
+
+
+class PacsTimeoutError(ProblemError):
+    slug, title, status = "pacs-timeout", "DICOMweb server did not answer in time", 504
+
+
+class ConflictingInputError(ProblemError):
+    slug, title, status = "conflicting-input", "Files and a study UID sent together", 422
+
+
+class StudyNotFoundError(ProblemError):
+    slug, title, status = "study-not-found", "Study not found in the PACS", 404
+
+
 _HTTP_SLUGS = {401: "unauthorized", 404: "not-found", 405: "method-not-allowed", 413: "too-large"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "demo_models"
@@ -36,6 +36,19 @@ class Settings(BaseSettings):
     warmup: bool = True
     allow_cors: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
+    # DICOMweb (PACS): where `study_uid` predictions fetch studies (QIDO-RS + WADO-RS), e.g.
+    # http://orthanc:8042/dicom-web. Unset: predictions take uploaded files only.
+    dicomweb_url: str | None = None
+    # STOW-RS destination of the DICOM results (SR, Parametric Map, SEG, capture); often the
+    # same as `dicomweb_url`. Unset: results are only downloadable, never pushed.
+    dicomweb_stow_url: str | None = None
+    # Push the results after every prediction made from DICOM (else on POST .../store).
+    dicomweb_auto_store: bool = False
+    # HTTP basic auth or a bearer token for both URLs (never both).
+    dicomweb_username: str | None = None
+    dicomweb_password: SecretStr | None = None
+    dicomweb_token: SecretStr | None = None
+    dicomweb_timeout_s: float = Field(default=30.0, gt=0)
 
     @field_validator("api_keys", "allow_cors", mode="before")
     @classmethod
@@ -55,4 +68,17 @@ class Settings(BaseSettings):
                 )
             if "*" in self.allow_cors:
                 raise ValueError("REACTKD_ALLOW_CORS='*' is refused in production; list the origins")
+        self._check_dicomweb()
         return self
+
+    def _check_dicomweb(self) -> None:
+        for name in ("dicomweb_url", "dicomweb_stow_url"):
+            url = getattr(self, name)
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"REACTKD_{name.upper()} must be an http(s) URL, got {url!r}")
+        if self.dicomweb_token is not None and self.dicomweb_username is not None:
+            raise ValueError("set REACTKD_DICOMWEB_TOKEN or REACTKD_DICOMWEB_USERNAME/PASSWORD, not both")
+        if (self.dicomweb_username is None) != (self.dicomweb_password is None):
+            raise ValueError("REACTKD_DICOMWEB_USERNAME and REACTKD_DICOMWEB_PASSWORD go together")
+        if self.dicomweb_auto_store and self.dicomweb_stow_url is None:
+            raise ValueError("REACTKD_DICOMWEB_AUTO_STORE needs REACTKD_DICOMWEB_STOW_URL (the destination)")

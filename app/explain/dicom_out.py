@@ -1,25 +1,55 @@
 """DICOM outputs a PACS viewer can open beside the source study.
 
-- DICOM input: a highdicom Parametric Map (float attention per voxel) on the reference
-  series' own frames, referencing it (same study, frame of reference and geometry).
-- Other input: a Secondary Capture of the PNG overlay (no source to reference).
+Every object here is derived from the reference series' headers, so it lands in the same
+study and Frame of Reference with its own new series and instance UIDs, and names the
+model (ManufacturerModelName, SoftwareVersions, algorithm identification) and says
+"research use only" in its series description:
+
+- `structured_report`: Comprehensive 3D SR, an Imaging Measurement Report (TID 1500) with
+  one measurement group (TID 1501): the predicted class as a qualitative evaluation and
+  each class probability as a NUM with unit "1".
+- `parametric_map`: float attention per voxel on the reference series' own frames
+  (OHIF shows Parametric Maps as overlays).
+- `segmentation`: a binary SEG, one segment per region-graph region, on those frames.
+- `rgb_capture`: a Secondary Capture of the PNG overlay (burned in) for viewers that show
+  nothing else.
+- `secondary_capture`: the same for inputs without DICOM headers (NIfTI): no source to
+  reference, so a new study unless one is given.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
 from models.contract import Volume
 
 SOFTWARE = "REACT-KD Serve 0.1 (research use only)"
+MANUFACTURER = "REACT-KD"
+# Private coding scheme for concepts no standard terminology has (class names, probabilities).
+SCHEME = "99REACTKD"
+RESEARCH_ONLY = "research use only"
+CODING_SCHEME = CodingSchemeIdentificationItem(
+    designator=SCHEME, name="REACT-KD Serve concepts", responsible_organization="REACT-KD"
+)
 
+# Edmondson-Steiner grades have SNOMED CT codes; other classes get private codes.
+_STANDARD_CLASS_CODES: dict[str, Code] = {
+    "well": codes.SCT.Grade1WellDifferentiated,
+    "moderate": codes.SCT.Grade2ModeratelyDifferentiated,
+    "poor": codes.SCT.Grade3PoorlyDifferentiated,
+}
+_PROCEDURES = {"CT": codes.LN.CTUnspecifiedBodyRegion, "MR": codes.LN.MRIUnspecifiedBodyRegion}
 
 # Type 2 attributes highdicom copies from the source; empty when the source lacks them.
 _TYPE2 = (
@@ -35,6 +65,24 @@ _TYPE2 = (
 )
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Which model made a result object, and where the object goes in its study."""
+
+    model_name: str
+    model_version: str
+    series_number: int = 9900
+
+    def description(self, what: str) -> str:
+        """A series description that always keeps "research use only" (LO: 64 chars)."""
+        head = f"{what} ({RESEARCH_ONLY}) "
+        return head + f"{self.model_name} v{self.model_version}"[: 64 - len(head)]
+
+    @property
+    def software_versions(self) -> str:
+        return f"{self.model_name} {self.model_version}"[:64]
+
+
 def _complete(ds: Dataset) -> Dataset:
     for keyword in _TYPE2:
         if keyword not in ds:
@@ -42,10 +90,147 @@ def _complete(ds: Dataset) -> Dataset:
     return ds
 
 
-def parametric_map(attention: Volume, sources: list[Dataset], description: str) -> bytes:
+def to_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _frames(volume_xyz: np.ndarray) -> np.ndarray:
+    """``[x, y, z]`` = ``[column, row, slice]`` -> ``[frame, row, column]`` in slice order."""
+    return np.ascontiguousarray(np.transpose(volume_xyz, (2, 1, 0)))
+
+
+def class_code(name: str) -> Code:
+    return _STANDARD_CLASS_CODES.get(name, Code(name.upper()[:16], SCHEME, name))
+
+
+def probability_code(name: str) -> Code:
+    return Code(f"P-{name.upper()}"[:16], SCHEME, f"Probability of {name}")
+
+
+def predicted_class_code(task: str) -> Code:
+    if task == "hcc":
+        return codes.SCT.HistologicGrade
+    return Code("PREDICTED-CLASS", SCHEME, f"Predicted {task} class")
+
+
+# -- structured report -------------------------------------------------------------------
+
+PEAK_ATTENTION = Code("PEAK-ATTENTION", SCHEME, "Peak attention")
+
+
+@dataclass(frozen=True)
+class AttentionPeak:
+    """The largest attention value and where it lies (RAS+ mm, converted to LPS for DICOM)."""
+
+    value: float
+    position_ras: tuple[float, float, float]
+
+    @property
+    def position_lps(self) -> tuple[float, float, float]:
+        x, y, z = self.position_ras
+        return (-x, -y, z)
+
+
+def _peak_measurements(
+    peak: AttentionPeak | None, frame_of_reference: str | None, algorithm: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.Measurement]:
+    if peak is None or not frame_of_reference:
+        return []
+    point = hd.sr.CoordinatesForMeasurement3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+        graphic_data=np.asarray([peak.position_lps], dtype=np.float64),
+        frame_of_reference_uid=frame_of_reference,
+    )
+    return [
+        hd.sr.Measurement(
+            name=PEAK_ATTENTION,
+            value=float(peak.value),
+            unit=codes.UCUM.NoUnits,
+            algorithm_id=algorithm,
+            referenced_coordinates=[point],
+        )
+    ]
+
+
+def structured_report(
+    sources: Sequence[Dataset],
+    *,
+    task: str,
+    label: str,
+    probabilities: Mapping[str, float],
+    provenance: Provenance,
+    peak: AttentionPeak | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """TID 1500 report of one prediction, with the source series as evidence.
+
+    With `peak`, the report also holds the peak attention value located by a SCOORD3D
+    point in the sources' Frame of Reference (which the report then carries).
+    """
+    sources = [_complete(ds) for ds in sources]
+    frame_of_reference = str(sources[0].get("FrameOfReferenceUID", "")) or None
+    algorithm = hd.sr.AlgorithmIdentification(name=provenance.model_name, version=provenance.model_version)
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name=provenance.model_name, manufacturer_name=MANUFACTURER
+        ),
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"REACT-KD {task} prediction"),
+        finding_type=codes.SCT.Neoplasm,
+        algorithm_id=algorithm,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=predicted_class_code(task), value=class_code(label))
+        ],
+        measurements=[
+            hd.sr.Measurement(
+                name=probability_code(name),
+                value=float(value),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=algorithm,
+            )
+            for name, value in probabilities.items()
+        ]
+        + _peak_measurements(peak, frame_of_reference, algorithm),
+    )
+    modality = str(sources[0].get("Modality", "CT"))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=_PROCEDURES.get(modality, codes.LN.CTUnspecifiedBodyRegion),
+        imaging_measurements=[group],
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=sources,
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=provenance.series_number + 1,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        series_description=provenance.description("REACT-KD report"),
+        manufacturer_model_name=provenance.model_name[:64],
+        software_versions=provenance.software_versions,
+        device_serial_number="0",
+        content_qualification=hd.ContentQualificationValues.RESEARCH,
+        coding_schemes=[CODING_SCHEME],
+    )
+    if peak is not None and frame_of_reference:
+        # Frame of Reference module: required once SCOORD3D items are present.
+        sr.FrameOfReferenceUID = frame_of_reference
+        sr.PositionReferenceIndicator = ""
+    return sr
+
+
+# -- parametric map ----------------------------------------------------------------------
+
+
+def parametric_map_dataset(
+    attention: Volume, sources: Sequence[Dataset], provenance: Provenance
+) -> hd.pm.ParametricMap:
     """Parametric Map of `attention` (on the grid of the reference series) referencing `sources`."""
     sources = [_complete(ds) for ds in sources]
-    frames = np.ascontiguousarray(np.transpose(attention.array, (2, 1, 0))).astype(np.float32)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="ATTN",
         lut_explanation="CBAM3D spatial attention",
@@ -54,33 +239,114 @@ def parametric_map(attention: Volume, sources: list[Dataset], description: str) 
         slope=1.0,
         intercept=0.0,
     )
-    pm = hd.pm.ParametricMap(
+    return hd.pm.ParametricMap(
         source_images=sources,
-        pixel_array=frames,
+        pixel_array=_frames(attention.array).astype(np.float32),
         series_instance_uid=hd.UID(),
-        series_number=9901,
+        series_number=provenance.series_number + 2,
         sop_instance_uid=hd.UID(),
         instance_number=1,
-        manufacturer="REACT-KD",
-        manufacturer_model_name="reactkd-serve",
-        software_versions=SOFTWARE,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=provenance.model_name[:64],
+        software_versions=provenance.software_versions,
         device_serial_number="0",
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
-        window_center=0.5,
-        window_width=1.0,
-        series_description=description[:64],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+        series_description=provenance.description("REACT-KD attention"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
-    buffer = io.BytesIO()
-    pm.save_as(buffer)
-    return buffer.getvalue()
+
+
+def parametric_map(attention: Volume, sources: list[Dataset], description: str) -> bytes:
+    """Parametric Map bytes (the `attention?format=dicom` download)."""
+    pm = parametric_map_dataset(attention, sources, Provenance("reactkd-serve", "0"))
+    pm.SeriesDescription = description[:64]
+    return to_bytes(pm)
+
+
+# -- segmentation ------------------------------------------------------------------------
+
+
+def segmentation(
+    labels: Volume, sources: Sequence[Dataset], segment_labels: Sequence[str], provenance: Provenance
+) -> hd.seg.Segmentation:
+    """Binary SEG of a label map with values 1..N (on the reference series' grid), N segments."""
+    sources = [_complete(ds) for ds in sources]
+    frames = _frames(labels.array).astype(np.uint16)
+    count = len(segment_labels)
+    if frames.max() > count or set(np.unique(frames)) - set(range(count + 1)):
+        raise ValueError(f"label values must lie in 0..{count}, got {np.unique(frames).tolist()[:10]}")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=provenance.model_name[:64],
+        family=codes.DCM.ArtificialIntelligence,
+        version=provenance.model_version[:64],
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name[:64],
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number, name in enumerate(segment_labels, start=1)
+    ]
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=provenance.series_number + 3,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=provenance.model_name[:64],
+        software_versions=provenance.software_versions,
+        device_serial_number="0",
+        series_description=provenance.description("REACT-KD regions"),
+        # Keep every frame, so frame n of the SEG is slice n of the source in any viewer.
+        omit_empty_frames=False,
+    )
+
+
+# -- secondary captures ------------------------------------------------------------------
+
+
+def _rgb(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def rgb_capture(png: bytes, source: Dataset, provenance: Provenance) -> hd.sc.SCImage:
+    """RGB Secondary Capture of a rendered overlay, in the source's patient and study."""
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=_complete(source),
+        pixel_array=_rgb(png),
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=hd.UID(),
+        series_number=provenance.series_number + 4,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        patient_orientation=("L", "P"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=provenance.description("REACT-KD overlay"),
+        manufacturer_model_name=provenance.model_name[:64],
+        software_versions=provenance.software_versions,
+        content_qualification=hd.ContentQualificationValues.RESEARCH,
+    )
+    # The title, colour bar and overlay are drawn into the pixels.
+    sc.BurnedInAnnotation = "YES"
+    return sc
 
 
 def secondary_capture(png: bytes, description: str, study_uid: str | None) -> bytes:
-    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     sc = hd.sc.SCImage(
-        pixel_array=rgb,
+        pixel_array=_rgb(png),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
@@ -89,7 +355,7 @@ def secondary_capture(png: bytes, description: str, study_uid: str | None) -> by
         sop_instance_uid=hd.UID(),
         series_number=9902,
         instance_number=1,
-        manufacturer="REACT-KD",
+        manufacturer=MANUFACTURER,
         patient_orientation=("L", "P"),
         series_description=description[:64],
         transfer_syntax_uid=ExplicitVRLittleEndian,

@@ -17,6 +17,9 @@ from app.explain.dicom_out import parametric_map, secondary_capture
 from app.explain.graph import build_graph, prototype_distances
 from app.explain.render import Plane, overlay_png
 from app.ingest.nifti import nifti_bytes
+from app.pacs.publish import instance, last_report, publish
+from app.pacs.results import Kind, build_results
+from app.pacs.schemas import ResultIndex, StoreReport
 from app.runtime import ModelRegistry
 from app.schemas import ExplanationIndex, ExplanationLink, RegionGraph
 from app.store import Store, npz_bytes
@@ -215,3 +218,49 @@ async def graph(
             )
 
     return await gate.run(work, timeout=settings.request_timeout_s)
+
+
+@router.get("/explain/{prediction_id}/dicom", response_model=ResultIndex)
+async def dicom_results(prediction_id: str, store: StoreDep, metrics: MetricsDep) -> ResultIndex:
+    """The DICOM results (SR, Parametric Map, SEG, capture): UIDs, links, where they were stored."""
+
+    def work() -> ResultIndex:
+        with metrics.stage("explain"):
+            case = _case(store, prediction_id)
+            results = build_results(case, store)
+            return ResultIndex(
+                id=prediction_id,
+                results=[instance(prediction_id, r) for r in results.values()],
+                stored=last_report(case, store),
+            )
+
+    return await run_in_threadpool(work)
+
+
+@router.get("/explain/{prediction_id}/dicom/{kind}", response_class=Response)
+async def dicom_result(prediction_id: str, kind: Kind, store: StoreDep, metrics: MetricsDep) -> Response:
+    """One DICOM result instance (Part-10 file) of a prediction made from a DICOM series."""
+
+    def work() -> Response:
+        with metrics.stage("explain"):
+            results = build_results(_case(store, prediction_id), store)
+            if kind not in results:
+                raise NotAvailableError(
+                    f"no {kind} result for this prediction (no region on the source grid)"
+                )
+            return _download(results[kind].data, DICOM, f"{prediction_id}-{kind}.dcm")
+
+    return await run_in_threadpool(work)
+
+
+@router.post("/explain/{prediction_id}/store", response_model=StoreReport)
+async def store_results(
+    prediction_id: str, store: StoreDep, settings: SettingsDep, metrics: MetricsDep
+) -> StoreReport:
+    """Send the DICOM results to the configured STOW-RS destination (same instances every time)."""
+
+    def work() -> StoreReport:
+        with metrics.stage("store"):
+            return publish(_case(store, prediction_id), store, settings)
+
+    return await run_in_threadpool(work)

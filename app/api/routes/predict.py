@@ -1,21 +1,41 @@
-"""POST /v1/predict: a study in, a grade with probabilities and links to explanations out."""
+"""POST /v1/predict: a study in, a grade with probabilities and links to explanations out.
+
+The study is uploaded (multipart files) or named by `study_uid` (a JSON body, or a form
+field without files) and fetched from the configured DICOMweb server.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from pydicom.dataset import Dataset
 
 from app.api.deps import GateDep, MetricsDep, ModelsDep, SettingsDep, StoreDep
-from app.errors import TimeoutProblem, UnknownTaskError
+from app.errors import (
+    ConflictingInputError,
+    InvalidStudyError,
+    ProblemError,
+    TimeoutProblem,
+    UnknownTaskError,
+)
+from app.explain.case import load_case
 from app.ingest.archive import ZipLimits
-from app.ingest.study import IngestLimits, build_study
+from app.ingest.study import STUDY_FIELD, IngestLimits, Upload, build_study
 from app.ingest.uploads import read_uploads, task_name
+from app.pacs.dicomweb import source_client
+from app.pacs.publish import publish
+from app.pacs.schemas import StudyRequest
 from app.prediction import build_outcome, infer, preprocess
 from app.schemas import Prediction
-from app.store import new_id
+from app.settings import Settings
+from app.store import Store, new_id
+from models.contract import reference_modality
 from models.tasks import TASKS
 
 router = APIRouter(tags=["predict"])
@@ -29,6 +49,82 @@ def _limits(settings: SettingsDep) -> IngestLimits:
     )
 
 
+def _study_request(body: bytes) -> StudyRequest:
+    try:
+        return StudyRequest.model_validate(json.loads(body or b"null"))
+    except (ValueError, ValidationError) as exc:
+        errors = exc.errors() if isinstance(exc, ValidationError) else []
+        field = ".".join(str(p) for p in errors[0]["loc"]) if errors else "body"
+        detail = "; ".join(e["msg"] for e in errors) if errors else f"the body is not JSON ({exc})"
+        raise InvalidStudyError(
+            f"{detail}. Send {{'task': ..., 'study_uid': ..., 'series_uids': [...]}}", field=field
+        ) from None
+
+
+def _form_study_request(fields: dict[str, str], name: str) -> StudyRequest:
+    series = [uid for uid in fields.get("series_uids", "").replace(",", " ").split() if uid]
+    try:
+        return StudyRequest(task=name, study_uid=fields.get("study_uid", ""), series_uids=series)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidStudyError(first["msg"], field=str(first["loc"][0])) from None
+
+
+def _dicom_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _fetch(settings: Settings, wanted: StudyRequest) -> dict[str, list[Upload]]:
+    """The study's instances from the DICOMweb server, as if uploaded in the `study` field."""
+    datasets = source_client(settings).fetch_study(wanted.study_uid, wanted.series_uids)
+    return {
+        STUDY_FIELD: [
+            Upload(STUDY_FIELD, f"{ds.SOPInstanceUID}.dcm", "application/dicom", _dicom_bytes(ds))
+            for ds in datasets
+        ]
+    }
+
+
+async def _read_request(request: Request, settings: Settings) -> tuple[str, dict[str, list[Upload]], bool]:
+    """Task name, uploads (fetched from the PACS when a study UID is given), and whether fetched."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        wanted = _study_request(await request.body())
+    elif content_type.startswith("application/x-www-form-urlencoded"):
+        # A plain form carries no files: only a study to fetch.
+        form = await request.form(max_files=0, max_fields=20)
+        fields = {key: str(value) for key, value in form.items()}
+        wanted = _form_study_request(fields, task_name(fields, request))
+    else:
+        uploads, fields = await read_uploads(request, settings.max_files, settings.max_upload_bytes)
+        name = task_name(fields, request)
+        if not fields.get("study_uid"):
+            return name, uploads, False
+        if uploads:
+            raise ConflictingInputError(
+                "send either files or `study_uid` (fetched from the PACS), not both", field="study_uid"
+            )
+        wanted = _form_study_request(fields, name)
+    if wanted.task not in TASKS:
+        raise UnknownTaskError(f"unknown task {wanted.task!r}; known tasks: {sorted(TASKS)}", field="task")
+    return wanted.task, await run_in_threadpool(_fetch, settings, wanted), True
+
+
+def _auto_store(prediction_id: str, store: Store, settings: Settings) -> str | None:
+    """Push the results when configured; a failure becomes a warning, never a failed prediction."""
+    case = load_case(store, store.get(prediction_id))
+    if case.reference_kind != "dicom":
+        return "results were not stored in the PACS: they need a DICOM source series"
+    try:
+        publish(case, store, settings)
+    except ProblemError as exc:
+        log.warning("auto-store failed", extra={"prediction_id": prediction_id, "error": exc.detail})
+        return f"results were not stored in the PACS ({exc.title}): {exc.detail}"
+    return None
+
+
 @router.post("/predict", response_model=Prediction, status_code=200)
 async def predict(
     request: Request,
@@ -38,10 +134,9 @@ async def predict(
     gate: GateDep,
     metrics: MetricsDep,
 ) -> Prediction:
-    """Grade one study (multipart: `task`, one field per modality or `study`, optional `mask`)."""
+    """Grade one study: multipart files (`task`, a field per modality or `study`, `mask`) or `study_uid`."""
     deadline = time.monotonic() + settings.request_timeout_s
-    uploads, fields = await read_uploads(request, settings.max_files, settings.max_upload_bytes)
-    name = task_name(fields, request)
+    name, uploads, fetched = await _read_request(request, settings)
     if name not in TASKS:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}", field="task")
     task = TASKS[name]
@@ -67,7 +162,12 @@ async def predict(
 
     outputs = await gate.run(timed_infer, timeout=remaining())
     prediction_id = new_id()
-    outcome = build_outcome(prediction_id, task, model, study, model_input, outputs, uploads)
+    # A fetched study stays in the PACS: the store keeps no second copy of its files.
+    kept = {} if fetched else uploads
+    outcome = build_outcome(prediction_id, task, model, study, model_input, outputs, kept)
+    if study.sources[reference_modality(task, set(study.volumes))].kind == "dicom":
+        base = f"/v1/explain/{prediction_id}"
+        outcome.response.links.update({"dicom_results": f"{base}/dicom", "store": f"{base}/store"})
     await run_in_threadpool(
         store.save,
         prediction_id,
@@ -76,6 +176,10 @@ async def predict(
         response=outcome.response.model_dump(mode="json"),
         files=outcome.files,
     )
+    if settings.dicomweb_auto_store:
+        warning = await run_in_threadpool(_auto_store, prediction_id, store, settings)
+        if warning:
+            outcome.response.warnings.append(warning)
     metrics.predictions.labels(task=name, label=outcome.response.label).inc()
     log.info("prediction", extra={"prediction_id": prediction_id, "task": name, "model": model.name})
     return outcome.response

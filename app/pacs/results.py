@@ -1,0 +1,151 @@
+"""The DICOM results of one prediction: SR, attention Parametric Map, region SEG, RGB capture.
+
+Built once from the stored case and kept in the prediction's cache folder, so downloads and
+every STOW-RS push send the very same instances (same SOP Instance UIDs: storing twice
+replaces, never duplicates). Results need a DICOM source series: they reference its
+instances and lie on its geometry.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from app.errors import NotAvailableError
+from app.explain import dicom_out
+from app.explain.case import Case
+from app.explain.graph import case_regions
+from app.explain.render import overlay_png
+from app.store import Store
+from models.contract import Volume, map_to_volume
+
+log = logging.getLogger("app.pacs.results")
+
+Kind = Literal["sr", "pm", "seg", "capture"]
+KINDS: tuple[Kind, ...] = ("sr", "pm", "seg", "capture")
+DESCRIPTIONS: dict[Kind, str] = {
+    "sr": "Comprehensive 3D SR: predicted class and class probabilities (TID 1500)",
+    "pm": "Parametric Map: attention on the source series' frames",
+    "seg": "Segmentation: one segment per region of the region graph",
+    "capture": "RGB Secondary Capture: attention overlay burned in",
+}
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """One result instance and the identifiers a client needs to find it in a PACS."""
+
+    kind: Kind
+    data: bytes
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+
+
+def _describe(kind: Kind, data: bytes) -> ResultObject:
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return ResultObject(
+        kind,
+        data,
+        str(ds.SOPClassUID),
+        str(ds.StudyInstanceUID),
+        str(ds.SeriesInstanceUID),
+        str(ds.SOPInstanceUID),
+    )
+
+
+def provenance(case: Case) -> dicom_out.Provenance:
+    model = case.prediction.response.get("model", {})
+    return dicom_out.Provenance(str(model.get("name", case.prediction.model)), str(model.get("version", "0")))
+
+
+def attention_peak(attention: Volume) -> dicom_out.AttentionPeak:
+    """The largest attention value on the source grid and its RAS+ position."""
+    ijk = np.unravel_index(int(np.argmax(attention.array)), attention.array.shape)
+    position = (attention.affine @ np.append(np.asarray(ijk, dtype=np.float64), 1.0))[:3]
+    return dicom_out.AttentionPeak(float(attention.array[ijk]), tuple(float(v) for v in position))  # type: ignore[arg-type]
+
+
+def region_labels(case: Case) -> tuple[Volume, list[str]]:
+    """Region-graph regions on the source grid (nearest neighbour), renumbered 1..N.
+
+    Regions too small to keep a voxel on the source grid are left out (a SEG segment must
+    not be empty); names match the graph explanation's node labels.
+    """
+    labels, graph, source = case_regions(case)
+    on_source = map_to_volume(labels.astype(np.float32), case.grid, case.reference, order=0)
+    regions = np.rint(on_source.array).astype(np.int64)
+    kind = "region" if source == "mask" else "supervoxel"
+    out = np.zeros(regions.shape, dtype=np.uint16)
+    names: list[str] = []
+    for region in graph.regions:
+        inside = regions == int(region)
+        if inside.any():
+            names.append(f"{kind} {int(region)}")
+            out[inside] = len(names)
+    return Volume(out, on_source.affine), names
+
+
+def _build(case: Case, headers: list[Dataset]) -> dict[Kind, Dataset]:
+    made_by = provenance(case)
+    response = case.prediction.response
+    attention_dhw = case.outputs["attention"][0]
+    attention = map_to_volume(attention_dhw, case.grid, case.reference)
+    objects: dict[Kind, Dataset] = {
+        "sr": dicom_out.structured_report(
+            headers,
+            task=case.task.name,
+            label=str(response["label"]),
+            probabilities=response["probabilities"],
+            provenance=made_by,
+            peak=attention_peak(attention),
+        ),
+        "pm": dicom_out.parametric_map_dataset(attention, headers, made_by),
+    }
+    labels, names = region_labels(case)
+    if names:
+        objects["seg"] = dicom_out.segmentation(labels, headers, names, made_by)
+    else:
+        log.warning(
+            "no region kept a voxel on the source grid: no SEG", extra={"prediction_id": case.prediction.id}
+        )
+    png, _ = overlay_png(
+        case.image[case.reference_channel],
+        attention_dhw,
+        plane="axial",
+        index=None,
+        title=f"attention for {response['label']} ({dicom_out.RESEARCH_ONLY})",
+        label="attention",
+    )
+    objects["capture"] = dicom_out.rgb_capture(png, headers[len(headers) // 2], made_by)
+    return objects
+
+
+def build_results(case: Case, store: Store) -> dict[Kind, ResultObject]:
+    """The result instances of a prediction (built on first use, then read from the cache)."""
+    cached = {kind: store.read_cache(case.prediction, f"results/{kind}.dcm") for kind in KINDS}
+    if cached["sr"] is not None:
+        return {kind: _describe(kind, data) for kind, data in cached.items() if data is not None}
+    headers = case.headers(store)
+    if case.reference_kind != "dicom" or not headers:
+        raise NotAvailableError(
+            "DICOM results reference a DICOM source series; this prediction was made from "
+            f"{case.reference_kind} input. Use /v1/explain/{{id}}/attention?format=dicom for a capture",
+            field="id",
+        )
+    results = {kind: dicom_out.to_bytes(ds) for kind, ds in _build(case, headers).items()}
+    # The SR goes last: its presence marks a complete set (see the cache check above).
+    for kind in sorted(results, key=lambda k: k == "sr"):
+        store.write_cache(case.prediction, f"results/{kind}.dcm", results[kind])
+    return {kind: _describe(kind, data) for kind, data in results.items()}
+
+
+def as_datasets(results: dict[Kind, ResultObject]) -> list[Dataset]:
+    return [pydicom.dcmread(io.BytesIO(r.data)) for r in results.values()]
