@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from app.errors import (
     PacsError,
@@ -81,6 +82,11 @@ class PacsClient:
             raise PacsError(f"{what}: {self.url} answered HTTP {status}", field=field) from None
         except requests.RequestException as exc:
             raise PacsError(f"{what}: {type(exc).__name__}: {exc}", field=field) from None
+        except InvalidDicomError as exc:
+            # e.g. instances stored without the Part-10 preamble and header, sent back as stored.
+            raise PacsError(
+                f"{what}: {self.url} sent a part that is not a DICOM Part-10 file ({exc})", field=field
+            ) from None
 
     def find_series(self, study_uid: str) -> list[SeriesRef]:
         """Every series of a study (QIDO-RS); `StudyNotFoundError` when there is none."""
