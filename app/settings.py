@@ -58,6 +58,19 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator(
+        "dicomweb_url",
+        "dicomweb_stow_url",
+        "dicomweb_username",
+        "dicomweb_password",
+        "dicomweb_token",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`REACTKD_DICOMWEB_URL=` (as docker compose passes an unset variable) means unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if self.environment == "production":
