@@ -30,7 +30,7 @@ from models.layers import (
     NormName,
     check_positive,
     conv_type,
-    global_avg_pool,
+    global_avg_max_pool,
     mask_missing,
 )
 from models.msgff import MSGFF
@@ -133,7 +133,7 @@ class BraTSStudent(nn.Module):
         )
         self.fusion = MSGFF(3, widths, widths[-1], norm=norm) if msgff else None
         self.cbam = CBAM3D(widths[-1], reduction)
-        self.head = ClassifierHead(widths[-1], in_channels, num_classes, dropout)
+        self.head = ClassifierHead(2 * widths[-1], in_channels, num_classes, dropout)
         self.num_features = widths[-1]
 
     def forward_features(
@@ -151,7 +151,7 @@ class BraTSStudent(nn.Module):
 
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> ModelOutput:
         features, attention = self.forward_features(image, present)
-        return ModelOutput(self.head(global_avg_pool(features), present), attention, features)
+        return ModelOutput(self.head(global_avg_max_pool(features), present), attention, features)
 
 
 class VGGBranch(nn.Sequential):
@@ -258,13 +258,13 @@ class BraTSTeacherHybrid(nn.Module):
         self.vit = ViTBranch(
             in_channels, img_size, patch_size, hidden_size, 2 * hidden_size, num_layers, num_heads
         )
-        self.head = ClassifierHead(widths[-1] + hidden_size, in_channels, num_classes, dropout)
+        self.head = ClassifierHead(2 * widths[-1] + hidden_size, in_channels, num_classes, dropout)
         self.num_features = widths[-1]
 
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> ModelOutput:
         x = mask_missing(image, present)
         features, attention = self.cbam(self.cnn(x))
-        pooled = torch.cat([global_avg_pool(features), self.vit(x)], dim=1)
+        pooled = torch.cat([global_avg_max_pool(features), self.vit(x)], dim=1)
         return ModelOutput(self.head(pooled, present), attention, features)
 
 

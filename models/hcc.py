@@ -32,7 +32,7 @@ from models.layers import (
     ResidualBlock,
     check_positive,
     conv_type,
-    global_avg_pool,
+    global_avg_max_pool,
     mask_missing,
 )
 from models.msgff import MSGFF
@@ -85,7 +85,7 @@ class HCCStudent(nn.Module):
         self.stages = _stages(widths, norm)
         self.fusion = MSGFF(3, widths, widths[-1], norm=norm) if msgff else None
         self.cbam = CBAM3D(widths[-1], reduction)
-        self.head = ClassifierHead(widths[-1], in_channels, num_classes, dropout)
+        self.head = ClassifierHead(2 * widths[-1], in_channels, num_classes, dropout)
         self.num_features = widths[-1]
 
     def forward_features(
@@ -102,7 +102,7 @@ class HCCStudent(nn.Module):
         return self.cbam(x)
 
     def forward_head(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        return self.head(global_avg_pool(features), present)
+        return self.head(global_avg_max_pool(features), present)
 
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> ModelOutput:
         features, attention = self.forward_features(image, present)
@@ -165,7 +165,7 @@ class HCCTeacherSF(nn.Module):
         self.cbam = CBAM3D(widths[-1], reduction)  # shared by both branches
         self.fdg_proj = conv_type(3)(widths[-1], widths[-1], 1)
         self.act_proj = conv_type(3)(widths[-1], widths[-1], 1)
-        self.head = ClassifierHead(widths[-1], in_channels, num_classes, dropout)
+        self.head = ClassifierHead(2 * widths[-1], in_channels, num_classes, dropout)
         self.num_features = widths[-1]
         if msgff:
             raise ValueError("hcc_teacher_sf does not offer msgff; got msgff=True")
@@ -183,7 +183,7 @@ class HCCTeacherSF(nn.Module):
 
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> ModelOutput:
         features, attention = self.forward_features(image, present)
-        return ModelOutput(self.head(global_avg_pool(features), present), attention, features)
+        return ModelOutput(self.head(global_avg_max_pool(features), present), attention, features)
 
 
 class HCCTeacherDose(nn.Module):
@@ -212,7 +212,7 @@ class HCCTeacherDose(nn.Module):
         widths = (width, 2 * width, 4 * width)
         self.encoder = BranchEncoder(1, widths, norm, depth)
         self.cbam = CBAM3D(widths[-1], reduction)
-        self.head = ClassifierHead(widths[-1], 1, num_classes, dropout)
+        self.head = ClassifierHead(2 * widths[-1], 1, num_classes, dropout)
         self.num_features = widths[-1]
 
     def forward_features(
@@ -224,7 +224,7 @@ class HCCTeacherDose(nn.Module):
 
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> ModelOutput:
         features, attention = self.forward_features(image, present)
-        logits = self.head(global_avg_pool(features), present[:, CT : CT + 1])
+        logits = self.head(global_avg_max_pool(features), present[:, CT : CT + 1])
         return ModelOutput(logits, attention, features)
 
 

@@ -224,6 +224,17 @@ def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).mean(dim=-1)
 
 
+def global_avg_max_pool(x: torch.Tensor) -> torch.Tensor:
+    """Mean and max over all spatial axes, concatenated. x: (N, C, *spatial) -> (N, 2C).
+
+    Heads pool this way because a lesion fills about 1 % of an abdominal field of view: its
+    evidence (say, FDG uptake) is diluted a hundredfold by the mean alone, while the max
+    keeps it, and the mean keeps the context.
+    """
+    flat = x.flatten(2)
+    return torch.cat([flat.mean(dim=-1), flat.amax(dim=-1)], dim=1)
+
+
 def spatial_size(x: torch.Tensor) -> Sequence[int]:
     """The spatial shape of a (N, C, *spatial) tensor."""
     return tuple(x.shape[2:])
