@@ -5,6 +5,7 @@
     reactkd train teacher --task hcc --kind structure-function --data DIR/manifest.csv
     reactkd train student --task hcc --teachers SF.pt DOSE.pt --data DIR/manifest.csv
     reactkd export runs/NAME/best.pt --out models/NAME.onnx [--data DIR/manifest.csv]
+    reactkd evaluate models/NAME.onnx --data DIR/manifest.csv --out REPORT [--dose] [--missing]
     reactkd serve --host 127.0.0.1 --port 8000
 
 Every command prints what it wrote; long ones show progress bars.
@@ -73,10 +74,28 @@ def _export(args: argparse.Namespace) -> None:
 
     training_data = json.loads(args.training_data) if args.training_data else None
     card = export_model(
-        args.checkpoint, args.out, version=args.version, training_data=training_data, data=args.data
+        args.checkpoint,
+        args.out,
+        version=args.version,
+        training_data=training_data,
+        data=args.data,
+        int8=args.int8,
     )
     diff = card["parity"]["max_abs_logit_diff"]
     print(f"wrote {args.out} (sha256 {card['onnx_sha256'][:12]}, ONNX Runtime vs PyTorch {diff:.1e})")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from training.evaluate import evaluate_model
+
+    report = evaluate_model(
+        args.model, args.data, args.out, split=args.split, dose=args.dose, missing=args.missing
+    )
+    overall = report["overall"]
+    lo, hi = overall["macro_auc_ci95"]
+    print(
+        f"macro AUC {overall['macro_auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), {overall['n']} cases: {args.out}"
+    )
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -137,8 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="NAME.onnx")
     export.add_argument("--version", default="0.1.0")
     export.add_argument("--data", type=Path, help="cohort: test metrics and class prototypes for the card")
+    export.add_argument(
+        "--int8", action="store_true", help="also write NAME.int8.onnx and measure its accuracy"
+    )
     export.add_argument("--training-data", help='JSON for the card, e.g. {"synthetic": true, ...}')
     export.set_defaults(func=_export)
+
+    evaluate = commands.add_parser("evaluate", help="metrics, plots and a report for a .pt or .onnx model")
+    evaluate.add_argument("model", type=Path)
+    evaluate.add_argument("--data", type=Path, required=True, help="HCC manifest.csv or BraTS root")
+    evaluate.add_argument("--out", type=Path, required=True, help="report folder")
+    evaluate.add_argument("--split", default="test", help="which split to evaluate (default test)")
+    evaluate.add_argument("--dose", action="store_true", help="sweep the cohort's CT dose levels")
+    evaluate.add_argument("--missing", action="store_true", help="sweep the allowed modality subsets")
+    evaluate.set_defaults(func=_evaluate)
 
     serve = commands.add_parser("serve", help="start the HTTP service")
     serve.add_argument("--host", default="127.0.0.1")

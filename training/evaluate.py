@@ -10,7 +10,6 @@ poorly differentiated HCC, high-grade glioma).
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 
 from models import TaskSpec, get_task, model_from_checkpoint, prepare_input
 from training.data.readers import CaseRecord, load_case
-from training.metrics import macro_auc, per_class_auc
+from training.metrics import expected_calibration_error, macro_auc, per_class_auc
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +70,7 @@ def predict_records(
     return np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
 
 
-def bootstrap_ci(
-    labels: np.ndarray, probs: np.ndarray, n: int = 1000, seed: int = 0
-) -> tuple[float, float]:
+def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
     """95 % percentile bootstrap interval of the macro AUC (resampling cases)."""
     rng = np.random.default_rng(seed)
     values = []
@@ -85,19 +82,6 @@ def bootstrap_ci(
     if not values:
         return float("nan"), float("nan")
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
-
-
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
-    """ECE of the top-class confidence over equal-width bins."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in itertools.pairwise(edges):
-        inside = (confidence > lo) & (confidence <= hi)
-        if inside.any():
-            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(ece)
 
 
 def net_benefit(labels: np.ndarray, risk: np.ndarray, thresholds: np.ndarray) -> dict[str, list[float]]:
@@ -115,8 +99,12 @@ def net_benefit(labels: np.ndarray, risk: np.ndarray, thresholds: np.ndarray) ->
         odds = t / (1 - t)
         model.append(float(tp / n - fp / n * odds))
         treat_all.append(float(prevalence - (1 - prevalence) * odds))
-    return {"thresholds": thresholds.tolist(), "model": model, "treat_all": treat_all,
-            "treat_none": [0.0] * len(thresholds)}
+    return {
+        "thresholds": thresholds.tolist(),
+        "model": model,
+        "treat_all": treat_all,
+        "treat_none": [0.0] * len(thresholds),
+    }
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, task: TaskSpec) -> dict[str, Any]:
@@ -175,3 +163,104 @@ def cohort_evidence(
         graphs.append((graph.distances, graph.weights))
         graph_labels.append(case.label)
     return metrics, class_prototypes(graphs, graph_labels, task.classes)
+
+
+def evaluate_model(
+    model: Path, data: Path, out: Path, *, split: str = "test", dose: bool = False, missing: bool = False
+) -> dict[str, Any]:
+    """Evaluate `model` (.pt or .onnx) on the `split` cases of `data`; write the report to `out`.
+
+    `out` receives ``metrics.json``, ``report.md`` and the ROC, decision-curve and
+    reliability plots; `dose` adds the macro AUC per CT dose level (the external cohort's
+    ``dose`` column), `missing` the macro AUC under every allowed modality subset.
+    """
+    from training.data.readers import read_records
+    from training.plots import plot_decision_curve, plot_reliability, plot_roc, plot_sweep
+
+    predictor = Predictor(Path(model))
+    task = predictor.task
+    records = [r for r in read_records(task.name, data) if r.split == split and r.label is not None]
+    if not records:
+        raise ValueError(f"{data}: no labelled {split!r} cases to evaluate")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    labels, probs = predict_records(predictor, records)
+    report: dict[str, Any] = {"model": str(model), "data": str(data), "split": split, "task": task.name}
+    report["overall"] = classification_metrics(labels, probs, task)
+    plot_roc(labels, probs, task.classes, out / "roc.png")
+    plot_decision_curve(report["overall"]["decision_curve"], out / "decision_curve.png")
+    plot_reliability(labels, probs, out / "reliability.png")
+
+    if dose:
+        report["by_dose"] = {}
+        for level in sorted({r.meta.get("dose", 1.0) for r in records}, reverse=True):
+            subset = [r for r in records if r.meta.get("dose", 1.0) == level]
+            y, p = predict_records(predictor, subset)
+            report["by_dose"][f"{level:g}"] = _summary(y, p)
+        plot_sweep(report["by_dose"], "CT dose fraction", "AUC against dose", out / "dose.png")
+    if missing:
+        report["by_subset"] = {}
+        for modalities in task.allowed_subsets():
+            y, p = predict_records(predictor, records, modalities)
+            report["by_subset"]["+".join(modalities)] = _summary(y, p)
+        plot_sweep(report["by_subset"], "modalities given", "AUC by modality subset", out / "missing.png")
+
+    from training.export import json_safe
+
+    report = json_safe(report)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    (out / "report.md").write_text(markdown_report(report, task))
+    return report
+
+
+def _summary(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    low, high = bootstrap_ci(labels, probs)
+    return {"n": len(labels), "macro_auc": macro_auc(labels, probs), "macro_auc_ci95": [low, high]}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def markdown_report(report: dict[str, Any], task: TaskSpec) -> str:
+    """A readable page of `report` (as written to metrics.json)."""
+    m = report["overall"]
+    lo, hi = m["macro_auc_ci95"]
+    lines = [
+        f"# Evaluation of `{Path(report['model']).name}`",
+        "",
+        f"Task `{task.name}`, {m['n']} {report['split']} cases of `{report['data']}`. "
+        "Research use only, not for diagnosis.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| macro AUC (95 % CI) | {_fmt(m['macro_auc'])} ({_fmt(lo)} to {_fmt(hi)}) |",
+        *(f"| AUC {name} vs rest | {_fmt(v)} |" for name, v in m["auc_per_class"].items()),
+        f"| accuracy | {_fmt(m['accuracy'])} |",
+        f"| balanced accuracy | {_fmt(m['balanced_accuracy'])} |",
+        f"| macro F1 | {_fmt(m['macro_f1'])} |",
+        f"| expected calibration error | {_fmt(m['ece'])} |",
+        "",
+        "Confusion matrix (rows: truth, columns: prediction):",
+        "",
+        "| | " + " | ".join(task.classes) + " |",
+        "|---" * (task.num_classes + 1) + "|",
+        *(
+            f"| {name} | " + " | ".join(str(c) for c in row) + " |"
+            for name, row in zip(task.classes, m["confusion_matrix"], strict=True)
+        ),
+        "",
+        "![ROC](roc.png) ![Decision curve](decision_curve.png) ![Reliability](reliability.png)",
+    ]
+    for key, title, figure in (
+        ("by_dose", "CT dose", "dose.png"),
+        ("by_subset", "Modalities", "missing.png"),
+    ):
+        if key in report:
+            lines += ["", f"## {title}", "", "| setting | n | macro AUC (95 % CI) |", "|---|---|---|"]
+            for name, s in report[key].items():
+                lo, hi = s["macro_auc_ci95"]
+                lines.append(f"| {name} | {s['n']} | {_fmt(s['macro_auc'])} ({_fmt(lo)} to {_fmt(hi)}) |")
+            lines += ["", f"![{title}]({figure})"]
+    return "\n".join(lines) + "\n"

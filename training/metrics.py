@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -32,3 +33,25 @@ def per_class_auc(labels: np.ndarray, probs: np.ndarray) -> list[float]:
         else:
             out.append(float(roc_auc_score(positive, probs[:, c])))
     return out
+
+
+def reliability_bins(
+    labels: np.ndarray, probs: np.ndarray, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per non-empty confidence bin: mean confidence, accuracy, and share of cases."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    rows = []
+    for lo, hi in itertools.pairwise(edges):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            rows.append((confidence[inside].mean(), correct[inside].mean(), inside.mean()))
+    out = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    return out[:, 0], out[:, 1], out[:, 2]
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """ECE of the top-class confidence over equal-width bins."""
+    confidence, accuracy, share = reliability_bins(labels, probs, bins)
+    return float(np.sum(share * np.abs(accuracy - confidence)))
