@@ -209,7 +209,6 @@ def test_store_without_a_destination(client, dicom_case) -> None:  # type: ignor
         ({"task": "hcc", "study_uid": "1.2.3/../../x"}, "study_uid"),
         ({"task": "hcc", "study_uid": "1." + "2" * 80}, "study_uid"),
         ({"task": "hcc", "study_uid": "1.2", "series_uids": ["abc"]}, "series_uids"),
-        ({"task": "hcc"}, "study_uid"),
     ],
 )
 def test_bad_study_requests(client, body, field) -> None:  # type: ignore[no-untyped-def]
@@ -219,6 +218,8 @@ def test_bad_study_requests(client, body, field) -> None:  # type: ignore[no-unt
 def test_json_body_that_is_not_json(client) -> None:  # type: ignore[no-untyped-def]
     response = client.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"})
     assert_problem(response, 422, "invalid-study", "body")
+    # JSON without `study_uid` is not a way to send images.
+    assert_problem(client.post("/v1/predict", json={"task": "hcc"}), 415, "unsupported-media", "body")
 
 
 def test_unknown_task_by_study_uid(client) -> None:  # type: ignore[no-untyped-def]

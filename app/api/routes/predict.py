@@ -23,6 +23,7 @@ from app.errors import (
     ProblemError,
     TimeoutProblem,
     UnknownTaskError,
+    UnsupportedMediaError,
 )
 from app.explain.case import load_case
 from app.ingest.archive import ZipLimits
@@ -51,11 +52,22 @@ def _limits(settings: SettingsDep) -> IngestLimits:
 
 def _study_request(body: bytes) -> StudyRequest:
     try:
-        return StudyRequest.model_validate(json.loads(body or b"null"))
-    except (ValueError, ValidationError) as exc:
-        errors = exc.errors() if isinstance(exc, ValidationError) else []
+        data = json.loads(body or b"null")
+    except ValueError as exc:
+        raise InvalidStudyError(f"the body is not JSON ({exc})", field="body") from None
+    if not isinstance(data, dict) or "study_uid" not in data:
+        # JSON only names a study in the PACS; images themselves come as multipart files.
+        raise UnsupportedMediaError(
+            "send multipart/form-data with one field per modality, or JSON with `study_uid` to fetch "
+            "the study from the PACS",
+            field="body",
+        )
+    try:
+        return StudyRequest.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
         field = ".".join(str(p) for p in errors[0]["loc"]) if errors else "body"
-        detail = "; ".join(e["msg"] for e in errors) if errors else f"the body is not JSON ({exc})"
+        detail = "; ".join(e["msg"] for e in errors)
         raise InvalidStudyError(
             f"{detail}. Send {{'task': ..., 'study_uid': ..., 'series_uids': [...]}}", field=field
         ) from None
