@@ -87,6 +87,15 @@ def setup_distributed() -> Distributed:
     return Distributed(rank=dist.get_rank(), world_size=world_size)
 
 
+def decided_by_rank0(flag: bool, ddp: Distributed, device: torch.device) -> bool:
+    """Rank 0's decision, the same in every process (so all stop at the same epoch)."""
+    if not ddp.enabled:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def resolve_device(name: str, ddp: Distributed) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return torch.device(
@@ -371,40 +380,39 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                 totals[key] = totals.get(key, 0.0) + value
             steps += 1
         scheduler.step()
-        if not ddp.is_main:
-            continue
-
-        net = model.module if isinstance(model, DistributedDataParallel) else model
-        val_auc, val_loss = evaluate(net, val_loader, device)
-        row = {
-            "epoch": epoch,
-            **{f"train_{k}": v / max(steps, 1) for k, v in totals.items()},
-            "val_loss": val_loss,
-            "val_auc": val_auc,
-            "lr": scheduler.get_last_lr()[0],
-        }
-        _log_metrics(run_dir / "metrics.csv", row, writer, epoch)
-        epochs.set_postfix(loss=f"{row.get('train_loss', float('nan')):.3f}", val_auc=f"{val_auc:.3f}")
-
-        improved = not math.isnan(val_auc) and val_auc > best_auc
-        if improved or not best_path.exists():
-            best_auc = max(best_auc, val_auc) if not math.isnan(val_auc) else best_auc
-            stale = 0
-            save_checkpoint(best_path, model, cfg, epoch=epoch, val_auc=val_auc, metrics=row)
-        else:
-            stale += 1
-        save_checkpoint(
-            last_path,
-            model,
-            cfg,
-            epoch=epoch,
-            best_val_auc=best_auc,
-            stale=stale,
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            metrics=row,
-        )
-        if stale >= cfg.patience:
+        stop = False
+        if ddp.is_main:
+            net = model.module if isinstance(model, DistributedDataParallel) else model
+            val_auc, val_loss = evaluate(net, val_loader, device)
+            row = {
+                "epoch": epoch,
+                **{f"train_{k}": v / max(steps, 1) for k, v in totals.items()},
+                "val_loss": val_loss,
+                "val_auc": val_auc,
+                "lr": scheduler.get_last_lr()[0],
+            }
+            _log_metrics(run_dir / "metrics.csv", row, writer, epoch)
+            epochs.set_postfix(loss=f"{row.get('train_loss', float('nan')):.3f}", val_auc=f"{val_auc:.3f}")
+            # Model selection on validation AUC only; a NaN AUC (one class in val) never wins.
+            if (not math.isnan(val_auc) and val_auc > best_auc) or not best_path.exists():
+                best_auc = val_auc if not math.isnan(val_auc) else best_auc
+                stale = 0
+                save_checkpoint(best_path, model, cfg, epoch=epoch, val_auc=val_auc, metrics=row)
+            else:
+                stale += 1
+            save_checkpoint(
+                last_path,
+                model,
+                cfg,
+                epoch=epoch,
+                best_val_auc=best_auc,
+                stale=stale,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                metrics=row,
+            )
+            stop = stale >= cfg.patience
+        if decided_by_rank0(stop, ddp, device):
             log.info(
                 "%s: no better validation AUC for %d epochs, stopping at epoch %d", cfg.name, stale, epoch
             )
