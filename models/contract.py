@@ -13,8 +13,9 @@ trained one. The steps:
    coarser grid lands on the same voxels as CT), trilinear, with the modality's background
    value outside its field of view.
 4. Intensities are normalised per kind: CT windowed to ``task.ct_window_hu`` and scaled to
-   [0, 1]; PET in SUV scaled by ``task.pet_suv_max`` and clipped to [0, 2]; MRI z-scored
-   inside the non-zero foreground.
+   [0, 1]; PET in SUV divided by ``task.pet_suv_scale`` (about liver uptake, so lesions read
+   as 1-4, on the scale of the CT channel) and clipped to [0, 4]; MRI z-scored inside the
+   non-zero foreground.
 5. Missing modalities become zero channels and a 0 in ``present``.
 
 Array layouts: a `Volume` and a `Grid` are indexed ``[x, y, z]``; tensors are ``[D, H, W]``
@@ -174,7 +175,7 @@ def normalize(array: np.ndarray, kind: ModalityKind, task: TaskSpec) -> np.ndarr
         lo, hi = task.ct_window_hu
         return ((np.clip(array, lo, hi) - lo) / (hi - lo)).astype(np.float32)
     if kind == "pet":
-        return np.clip(array / task.pet_suv_max, 0.0, 2.0).astype(np.float32)
+        return np.clip(array / task.pet_suv_scale, 0.0, 4.0).astype(np.float32)
     foreground = array > FOREGROUND_THRESHOLD["mri"]
     if not foreground.any():
         return np.zeros_like(array, dtype=np.float32)

@@ -38,7 +38,7 @@ class TaskSpec:
     shape: tuple[int, int, int]
     description: str = ""
     ct_window_hu: tuple[float, float] = (-160.0, 240.0)
-    pet_suv_max: float = 10.0
+    pet_suv_scale: float = 2.5
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

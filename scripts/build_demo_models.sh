@@ -17,7 +17,7 @@ card() {  # training-data note for a model card
   printf '{"synthetic": true, "description": "%s"}' "$1"
 }
 
-# --- HCC: two teachers, then the distilled CT student
+hcc() {  # two teachers, then the distilled CT student
 [ -f "$WORK/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases "$HCC_CASES" --seed "$SEED"
 HCC="$WORK/hcc/manifest.csv"
 $BIN/reactkd train teacher --config configs/demo/hcc_teacher_sf.yaml --data "$HCC" --out "$RUNS" --seed "$SEED"
@@ -27,7 +27,9 @@ $BIN/reactkd train student --config configs/demo/hcc_student.yaml --data "$HCC" 
 $BIN/reactkd export "$RUNS/hcc-student-s$SEED/best.pt" --out "$OUT/hcc_student.onnx" --data "$HCC" \
   --training-data "$(card "Synthetic HCC benchmark of this project (docs/benchmark.md): reactkd synth hcc --cases $HCC_CASES --seed $SEED; trained on its train split, selected on val, metrics on test. Not real patients.")"
 
-# --- BraTS: hybrid CNN+ViT teacher, then the EfficientNet-style student
+}
+
+brats() {  # hybrid CNN+ViT teacher, then the EfficientNet-style student
 [ -d "$WORK/brats/HGG" ] || $BIN/reactkd synth brats --out "$WORK/brats" --cases "$BRATS_CASES" --seed "$SEED" \
   $BRATS_GRID
 BRATS="$WORK/brats"
@@ -36,4 +38,8 @@ $BIN/reactkd train student --config configs/demo/brats_student.yaml --data "$BRA
   --teachers "$RUNS/brats-hybrid-s$SEED/best.pt"
 $BIN/reactkd export "$RUNS/brats-student-s$SEED/best.pt" --out "$OUT/brats_student.onnx" --data "$BRATS" \
   --training-data "$(card "Synthetic BraTS-like benchmark of this project in the BraTS 2019 layout (docs/benchmark.md): reactkd synth brats --cases $BRATS_CASES --seed $SEED $BRATS_GRID; trained on its train split, selected on val, metrics on test. Not real patients.")"
+}
+
+# TASKS="hcc" or "brats" builds one (two shells can build both at once).
+for task in ${TASKS:-hcc brats}; do "$task"; done
 ls -la "$OUT"
