@@ -33,8 +33,8 @@ from models.layers import (
     global_avg_max_pool,
     mask_missing,
 )
-from models.msgff import MSGFF
 from models.registry import ModelOutput, register_model
+from models.student import CBAMStudent
 from models.tasks import BRATS
 
 
@@ -97,7 +97,7 @@ class TransformerBlock(nn.Module):
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
-class BraTSStudent(nn.Module):
+class BraTSStudent(CBAMStudent):
     """EfficientNet-style 3D student with CBAM3D.
 
     A stride-2 stem of `width` channels, two stride-2 fused-MBConv stages (2x and 4x
@@ -117,41 +117,18 @@ class BraTSStudent(nn.Module):
         reduction: int = 8,
         dropout: float = 0.2,
     ) -> None:
-        super().__init__()
         check_positive("in_channels", in_channels)
         check_positive("width", width)
         widths = (width, 2 * width, 4 * width)
-        self.stem = ConvNormAct(3, in_channels, widths[0], 3, stride=2, norm=norm)
-        self.stages = nn.ModuleList(
-            [
-                FusedMBConv(widths[0], widths[1], stride=2, expand=expand, norm=norm),
-                nn.Sequential(
-                    FusedMBConv(widths[1], widths[2], stride=2, expand=expand, norm=norm),
-                    FusedMBConv(widths[2], widths[2], expand=expand, norm=norm),
-                ),
-            ]
-        )
-        self.fusion = MSGFF(3, widths, widths[-1], norm=norm) if msgff else None
-        self.cbam = CBAM3D(widths[-1], reduction)
-        self.head = ClassifierHead(2 * widths[-1], in_channels, num_classes, dropout)
-        self.num_features = widths[-1]
-
-    def forward_features(
-        self, image: torch.Tensor, present: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(attended features (N, F, d, h, w), attention (N, 1, d, h, w))."""
-        x = self.stem(mask_missing(image, present))
-        scales = [x]
-        for stage in self.stages:
-            x = stage(x)
-            scales.append(x)
-        if self.fusion is not None:
-            x = self.fusion(scales)
-        return self.cbam(x)
-
-    def forward(self, image: torch.Tensor, present: torch.Tensor) -> ModelOutput:
-        features, attention = self.forward_features(image, present)
-        return ModelOutput(self.head(global_avg_max_pool(features), present), attention, features)
+        stem = ConvNormAct(3, in_channels, widths[0], 3, stride=2, norm=norm)
+        stages = [
+            FusedMBConv(widths[0], widths[1], stride=2, expand=expand, norm=norm),
+            nn.Sequential(
+                FusedMBConv(widths[1], widths[2], stride=2, expand=expand, norm=norm),
+                FusedMBConv(widths[2], widths[2], expand=expand, norm=norm),
+            ),
+        ]
+        super().__init__(stem, stages, widths, in_channels, num_classes, msgff, norm, reduction, dropout)
 
 
 class VGGBranch(nn.Sequential):

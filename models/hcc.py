@@ -35,8 +35,8 @@ from models.layers import (
     global_avg_max_pool,
     mask_missing,
 )
-from models.msgff import MSGFF
 from models.registry import ModelOutput, register_model
+from models.student import CBAMStudent
 
 CT, PET_FDG, PET_ACT = 0, 1, 2
 
@@ -53,7 +53,7 @@ def _stages(widths: Sequence[int], norm: NormName, depth: int = 1) -> nn.ModuleL
     return nn.ModuleList(stages)
 
 
-class HCCStudent(nn.Module):
+class HCCStudent(CBAMStudent):
     """Light 3D CNN: stride-2 stem, two stride-2 residual stages (stride 8), CBAM3D, head.
 
     Args:
@@ -77,36 +77,13 @@ class HCCStudent(nn.Module):
         reduction: int = 8,
         dropout: float = 0.2,
     ) -> None:
-        super().__init__()
         check_positive("in_channels", in_channels)
         check_positive("width", width)
         widths = (width, 2 * width, 4 * width)
-        self.stem = ConvNormAct(3, in_channels, width, 3, stride=2, norm=norm)
-        self.stages = _stages(widths, norm)
-        self.fusion = MSGFF(3, widths, widths[-1], norm=norm) if msgff else None
-        self.cbam = CBAM3D(widths[-1], reduction)
-        self.head = ClassifierHead(2 * widths[-1], in_channels, num_classes, dropout)
-        self.num_features = widths[-1]
-
-    def forward_features(
-        self, image: torch.Tensor, present: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(attended features (N, F, d, h, w), attention (N, 1, d, h, w))."""
-        x = self.stem(mask_missing(image, present))
-        scales = [x]
-        for stage in self.stages:
-            x = stage(x)
-            scales.append(x)
-        if self.fusion is not None:
-            x = self.fusion(scales)
-        return self.cbam(x)
-
-    def forward_head(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        return self.head(global_avg_max_pool(features), present)
-
-    def forward(self, image: torch.Tensor, present: torch.Tensor) -> ModelOutput:
-        features, attention = self.forward_features(image, present)
-        return ModelOutput(self.forward_head(features, present), attention, features)
+        stem = ConvNormAct(3, in_channels, width, 3, stride=2, norm=norm)
+        super().__init__(
+            stem, _stages(widths, norm), widths, in_channels, num_classes, msgff, norm, reduction, dropout
+        )
 
 
 class BranchEncoder(nn.Sequential):

@@ -1,0 +1,180 @@
+"""`/v1/predict` latency against the bare ONNX Runtime call, and the service's memory. JSON.
+
+    python -m bench.predict [--repeats 20] [--model-dir app/demo_models]
+
+The service runs as a real `reactkd serve` subprocess on loopback. One generated HCC CT of
+128 x 128 x 64 voxels is posted as NIfTI and as a DICOM series (a zip of 64 slices), one
+request at a time; in the same run the bench times `session.run` of the served ONNX file on
+the very tensor the service built (`prepare_input` of the same volume), and reads the
+server's resident memory after warm-up and at the end. Ratios are taken side by side, as
+this machine is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+import onnxruntime as ort
+
+from models.contract import Volume, prepare_input
+from models.dicom import series_from_volume
+from models.tasks import get_task
+from training.data.synth_hcc import generate_hcc_case
+
+DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "app" / "demo_models"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def ct_case() -> Volume:
+    case = generate_hcc_case(0, 0)
+    return Volume(case.volumes["ct"].astype(np.float32), case.affines["ct"])
+
+
+def nifti_bytes(volume: Volume) -> bytes:
+    image = nib.Nifti1Image(volume.array, volume.affine)
+    buffer = io.BytesIO()
+    file_map = image.make_file_map({"image": buffer, "header": buffer})
+    image.to_file_map(file_map)
+    return buffer.getvalue()
+
+
+def dicom_zip(volume: Volume) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for i, ds in enumerate(series_from_volume(volume)):
+            out = io.BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+            zf.writestr(f"ct/{i:04d}.dcm", out.getvalue())
+    return buffer.getvalue()
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(1000.0 * s for s in seconds)
+    return {
+        "p50_ms": statistics.median(ms),
+        "p95_ms": ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))],
+        "n": len(ms),
+    }
+
+
+def time_requests(client: httpx.Client, files: dict, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        response = client.post("/v1/predict", data={"task": "hcc"}, files=files)
+        out.append(time.perf_counter() - start)
+        response.raise_for_status()
+    return out
+
+
+def bare_onnx(model_dir: Path, volume: Volume, repeats: int, threads: int) -> list[float]:
+    card = json.loads((model_dir / "hcc_student.json").read_text())
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        str(model_dir / card["onnx_file"]), options, providers=["CPUExecutionProvider"]
+    )
+    prepared = prepare_input({"ct": volume}, get_task("hcc"))
+    feeds = {"image": prepared.image[None], "present": prepared.present[None]}
+    session.run(None, feeds)
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODELS)
+    args = parser.parse_args()
+
+    volume = ct_case()
+    nifti, dicom = nifti_bytes(volume), dicom_zip(volume)
+    port = free_port()
+    threads = 1
+    with tempfile.TemporaryDirectory() as store:
+        env = {
+            **os.environ,
+            "REACTKD_ENVIRONMENT": "development",
+            "REACTKD_MODEL_DIR": str(args.model_dir),
+            "REACTKD_STORE_DIR": store,
+            "REACTKD_INTRA_OP_THREADS": str(threads),
+            "REACTKD_LOG_LEVEL": "WARNING",
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    try:
+                        if client.get("/readyz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.5)
+                else:
+                    raise RuntimeError("the service did not become ready within 120 s")
+                rss_ready = rss_mib(server.pid)
+                time_requests(client, {"ct": ("ct.nii.gz", nifti)}, 2)  # warm-up
+                nifti_times = time_requests(client, {"ct": ("ct.nii.gz", nifti)}, args.repeats)
+                dicom_times = time_requests(client, {"ct": ("ct.zip", dicom)}, args.repeats)
+                rss_end = rss_mib(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    bare = bare_onnx(args.model_dir, volume, args.repeats, threads)
+    result = {
+        "volume": list(volume.array.shape),
+        "threads": threads,
+        "predict_nifti": percentiles(nifti_times),
+        "predict_dicom_series": percentiles(dicom_times),
+        "bare_onnxruntime": percentiles(bare),
+        "ratio_nifti_p50_to_bare_p50": statistics.median(nifti_times) / statistics.median(bare),
+        "ratio_dicom_p50_to_bare_p50": statistics.median(dicom_times) / statistics.median(bare),
+        "server_rss_mib": {"after_warmup": rss_ready, "after_run": rss_end},
+        "load_average": os.getloadavg()[0],
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
