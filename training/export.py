@@ -274,8 +274,8 @@ def model_card(
         "preprocessing": (
             "models.contract.prepare_input: RAS+ grid of the task's spacing and shape centred on the "
             f"reference modality's foreground; trilinear resampling; CT window {list(task.ct_window_hu)} HU "
-            f"to [0, 1]; PET SUV / {task.pet_suv_scale} clipped to [0, 4]; MRI z-scored inside the foreground; "
-            "missing modalities are zero channels with present = 0"
+            f"to [0, 1]; PET SUV / {task.pet_suv_scale} clipped to [0, 4]; MRI z-scored inside the "
+            "foreground; missing modalities are zero channels with present = 0"
         ),
         "training_data": dict(training_data or {"synthetic": None, "description": "not recorded"}),
         "training": {

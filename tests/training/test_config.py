@@ -32,7 +32,7 @@ def test_toml_file(tmp_path: Path) -> None:
         ({"task": "hcc", "role": "student", "alpha": 1.5}, "less than or equal to 1"),
         ({"task": "hcc", "role": "student", "epoch": 3}, "Extra inputs are not permitted"),
         ({"task": "hcc", "role": "student", "low_dose": [0.5, 0.2]}, "low_dose must be a range"),
-        ({"task": "hcc", "role": "student", "teachers": ["a.pt"], "teacher_weights": [1, 2]}, "teacher_weights"),
+        ({"task": "hcc", "role": "student", "teachers": ["t"], "teacher_weights": [1, 2]}, "weights has 2"),
     ],
 )
 def test_mistakes_are_refused_with_the_reason(tmp_path: Path, values: dict, message: str) -> None:
