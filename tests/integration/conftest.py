@@ -93,3 +93,19 @@ def client(
     )
     with TestClient(create_app(settings)) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def auto_client(
+    orthanc: OrthancServer, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
+    """The service storing every result to Orthanc as soon as it predicts."""
+    settings = make_settings(
+        model_dir,
+        tmp_path_factory.mktemp("auto-store"),
+        dicomweb_url=orthanc.dicomweb_url,
+        dicomweb_stow_url=orthanc.dicomweb_url,
+        dicomweb_auto_store=True,
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client

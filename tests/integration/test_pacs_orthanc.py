@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import io
-from collections.abc import Iterator
 
 import highdicom as hd
 import nibabel as nib
@@ -18,7 +17,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from app.explain.case import load_case
-from app.main import create_app
 from app.pacs.results import region_labels
 from app.store import Store
 from models.contract import Volume
@@ -245,21 +243,6 @@ def test_unknown_study_and_series_are_404(client: TestClient, source: Source) ->
         "/v1/predict", json={"task": "hcc", "study_uid": source.study_uid, "series_uids": [generate_uid()]}
     )
     assert response.status_code == 404 and response.json()["field"] == "series_uids"
-
-
-@pytest.fixture(scope="module")
-def auto_client(orthanc, model_dir, tmp_path_factory) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
-    from conftest import make_settings
-
-    settings = make_settings(
-        model_dir,
-        tmp_path_factory.mktemp("auto-store"),
-        dicomweb_url=orthanc.dicomweb_url,
-        dicomweb_stow_url=orthanc.dicomweb_url,
-        dicomweb_auto_store=True,
-    )
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 def test_auto_store_after_predict(auto_client: TestClient, pacs: DICOMwebClient) -> None:

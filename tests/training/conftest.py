@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-# Tiny grids keep the whole field of view (8 mm voxels for HCC, 4 mm for BraTS).
-HCC_SHAPE = (48, 48, 24)
-BRATS_SHAPE = (48, 48, 36)
+from cohort_shapes import BRATS_SHAPE, HCC_SHAPE
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HCC_SHAPE
+from cohort_shapes import HCC_SHAPE
 
 from models import create_model
 from training.data.synth_hcc import write_hcc_cohort

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import HCC_SHAPE
+from cohort_shapes import HCC_SHAPE
 
 from models.contract import Volume
 from models.dicom import series_from_volume

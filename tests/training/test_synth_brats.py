@@ -6,7 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from conftest import BRATS_SHAPE
+from cohort_shapes import BRATS_SHAPE
 
 from training.data.synth_brats import generate_brats_case
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import HCC_SHAPE
+from cohort_shapes import HCC_SHAPE
 
 from models.contract import Grid, resample
 from training.data.synth_hcc import GRADES, MANIFEST_COLUMNS, generate_hcc_case, write_hcc_cohort
