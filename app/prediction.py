@@ -126,7 +126,8 @@ def _files(
             grid_shape=np.asarray(model_input.grid.shape),
         ),
         "outputs.npz": npz_bytes(probabilities=probabilities, **outputs),
-        "reference.npz": npz_bytes(array=volume.array.astype(np.float32), affine=volume.affine),
+        # Only the geometry: maps go back onto the sent image's voxels; its values are in uploads/.
+        "reference.npz": npz_bytes(shape=np.asarray(volume.array.shape), affine=volume.affine),
         "meta.json": json.dumps(
             {
                 "reference": reference,

@@ -238,7 +238,12 @@ def prepare_input(
     return ModelInput(image=image, present=present, grid=grid, used=used, missing=missing)
 
 
-def map_to_volume(map_dhw: np.ndarray, grid: Grid, target: Volume, *, order: int = 1) -> Volume:
+def grid_of(volume: Volume) -> Grid:
+    """The voxel grid of `volume` (its shape and affine, without the values)."""
+    return Grid(shape=tuple(int(n) for n in volume.array.shape), affine=volume.affine)  # type: ignore[arg-type]
+
+
+def map_to_grid(map_dhw: np.ndarray, grid: Grid, target: Grid, *, order: int = 1) -> Volume:
     """Resample a map in tensor layout covering `grid`'s field of view onto `target`'s voxels.
 
     Used to return attention maps on the grid and affine of the image that was sent, so
@@ -246,5 +251,4 @@ def map_to_volume(map_dhw: np.ndarray, grid: Grid, target: Volume, *, order: int
     """
     map_xyz = from_tensor_layout(np.asarray(map_dhw, dtype=np.float32))
     source = grid.with_shape(map_xyz.shape)  # type: ignore[arg-type]
-    target_grid = Grid(shape=target.array.shape, affine=target.affine)  # type: ignore[arg-type]
-    return Volume(resample(map_xyz, source.affine, target_grid, order=order), target.affine)
+    return Volume(resample(map_xyz, source.affine, target, order=order), target.affine)

@@ -1,4 +1,4 @@
-"""A stored prediction reloaded for explanation: model input, outputs, reference image."""
+"""A stored prediction reloaded for explanation: model input, outputs, the input's grid."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Case:
     present: np.ndarray  # [M]
     grid: Grid
     outputs: dict[str, np.ndarray]
-    reference: Volume
+    reference_grid: Grid  # voxels of the reference image that was sent
     reference_name: str
     reference_kind: str
     mask: Volume | None
@@ -59,7 +59,7 @@ def load_case(store: Store, prediction: StoredPrediction) -> Case:
         present=model_input["present"],
         grid=Grid(shape=shape, affine=model_input["grid_affine"]),  # type: ignore[arg-type]
         outputs=outputs,
-        reference=Volume(reference["array"].astype(np.float32), reference["affine"]),
+        reference_grid=Grid(shape=tuple(int(n) for n in reference["shape"]), affine=reference["affine"]),  # type: ignore[arg-type]
         reference_name=meta["reference"],
         reference_kind=meta["reference_kind"],
         mask=Volume(mask["array"], mask["affine"]) if mask is not None else None,

@@ -23,7 +23,7 @@ from app.explain.case import Case
 from app.explain.graph import case_regions
 from app.explain.render import overlay_png
 from app.store import Store
-from models.contract import Volume, map_to_volume
+from models.contract import Volume, map_to_grid
 
 log = logging.getLogger("app.pacs.results")
 
@@ -80,7 +80,7 @@ def region_labels(case: Case) -> tuple[Volume, list[str]]:
     not be empty); names match the graph explanation's node labels.
     """
     labels, graph, source = case_regions(case)
-    on_source = map_to_volume(labels.astype(np.float32), case.grid, case.reference, order=0)
+    on_source = map_to_grid(labels.astype(np.float32), case.grid, case.reference_grid, order=0)
     regions = np.rint(on_source.array).astype(np.int64)
     kind = "region" if source == "mask" else "supervoxel"
     out = np.zeros(regions.shape, dtype=np.uint16)
@@ -97,7 +97,7 @@ def _build(case: Case, headers: list[Dataset]) -> dict[Kind, Dataset]:
     made_by = provenance(case)
     response = case.prediction.response
     attention_dhw = case.outputs["attention"][0]
-    attention = map_to_volume(attention_dhw, case.grid, case.reference)
+    attention = map_to_grid(attention_dhw, case.grid, case.reference_grid)
     objects: dict[Kind, Dataset] = {
         "sr": dicom_out.structured_report(
             headers,

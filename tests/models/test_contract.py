@@ -10,7 +10,8 @@ from models.contract import (
     Grid,
     Volume,
     foreground_center,
-    map_to_volume,
+    grid_of,
+    map_to_grid,
     model_grid,
     prepare_input,
     resample,
@@ -92,11 +93,11 @@ def test_flipped_axes_give_the_same_tensor():
     assert np.allclose(a, b, atol=1e-5)
 
 
-def test_map_to_volume_returns_to_the_input_grid():
+def test_map_to_grid_returns_to_the_input_grid():
     volume = ct_volume()
     prepared = prepare_input({"ct": volume}, HCC)
     coarse = np.ones((6, 12, 12), np.float32)
-    back = map_to_volume(coarse, prepared.grid, volume)
+    back = map_to_grid(coarse, prepared.grid, grid_of(volume))
     assert back.array.shape == volume.array.shape
     assert np.allclose(back.affine, volume.affine)
     assert np.allclose(back.array[volume.array > -1024], 1.0)

@@ -23,7 +23,7 @@ from app.pacs.schemas import ResultIndex, StoreReport
 from app.runtime import ModelRegistry
 from app.schemas import ExplanationIndex, ExplanationLink, RegionGraph
 from app.store import Store, npz_bytes
-from models.contract import map_to_volume
+from models.contract import map_to_grid
 
 router = APIRouter(tags=["explain"])
 
@@ -58,7 +58,7 @@ def _render(
             label=what,
         )
         return Response(png, media_type=PNG, headers={"X-Slice": str(shown)})
-    volume = map_to_volume(map_dhw, case.grid, case.reference)
+    volume = map_to_grid(map_dhw, case.grid, case.reference_grid)
     return _download(nifti_bytes(volume), NIFTI, f"{name}-{what}.nii.gz")
 
 
@@ -124,7 +124,7 @@ def _attention_dicom(
     headers = case.headers(store)
     description = f"REACT-KD attention ({case.task.name})"
     if case.reference_kind == "dicom" and headers:
-        volume = map_to_volume(map_dhw, case.grid, case.reference)
+        volume = map_to_grid(map_dhw, case.grid, case.reference_grid)
         data = parametric_map(volume, headers, description)
     else:
         png, _ = overlay_png(
