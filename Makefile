@@ -28,6 +28,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check models training app tests bench
 	$(BIN)/ruff format --check models training app tests bench
+	$(BIN)/mypy models training app
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -193,7 +193,7 @@ class ViTBranch(nn.Module):
         if any(s < self.patch_size for s in x.shape[2:]):
             raise ValueError(f"input grid {tuple(x.shape[2:])} is smaller than one patch ({self.patch_size})")
         tokens = self.embed(x)  # (N, hidden, gd, gh, gw)
-        position = self.position
+        position: torch.Tensor = self.position
         if position.shape[2:] != tokens.shape[2:]:
             position = F.interpolate(position, size=tokens.shape[2:], mode="trilinear", align_corners=False)
         tokens = (tokens + position).flatten(2).transpose(1, 2)  # (N, T, hidden)

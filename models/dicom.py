@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from models.contract import ContractError, Volume
 
@@ -44,7 +44,7 @@ MAX_TILT_DEGREES = 0.5
 # Relative deviation of a slice gap from the median gap tolerated as rounding.
 SPACING_TOLERANCE = 0.05
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 
 
 class DicomGeometryError(ContractError):
@@ -380,7 +380,7 @@ def series_from_volume(
 
 def read_datasets(paths: Sequence[str], *, stop_before_pixels: bool = False) -> list[Dataset]:
     """Read Part-10 files, raising a `DicomGeometryError` naming the first unreadable one."""
-    datasets = []
+    datasets: list[Dataset] = []
     for path in paths:
         try:
             datasets.append(pydicom.dcmread(path, stop_before_pixels=stop_before_pixels))

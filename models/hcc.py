@@ -81,9 +81,8 @@ class HCCStudent(CBAMStudent):
         check_positive("width", width)
         widths = (width, 2 * width, 4 * width)
         stem = ConvNormAct(3, in_channels, width, 3, stride=2, norm=norm)
-        super().__init__(
-            stem, _stages(widths, norm), widths, in_channels, num_classes, msgff, norm, reduction, dropout
-        )
+        stages = list(_stages(widths, norm))
+        super().__init__(stem, stages, widths, in_channels, num_classes, msgff, norm, reduction, dropout)
 
 
 class BranchEncoder(nn.Sequential):

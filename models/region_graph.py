@@ -219,7 +219,7 @@ def region_fractions(labels: torch.Tensor, num_regions: int, size: tuple[int, ..
         return onehot
     if any(s > g for s, g in zip(size, onehot.shape[2:], strict=True)):
         onehot = F.interpolate(onehot, size=size, mode="nearest")
-    return F.adaptive_avg_pool3d(onehot, size)
+    return F.adaptive_avg_pool3d(onehot, size)  # type: ignore[arg-type]
 
 
 def node_features(

@@ -19,12 +19,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("reactkd")
 
 
 def _synth(args: argparse.Namespace) -> None:
-    shape = {"shape": tuple(args.shape)} if args.shape else {}
+    shape: dict[str, Any] = {"shape": tuple(args.shape)} if args.shape else {}
     if args.task == "hcc":
         from training.data.synth_hcc import write_hcc_cohort
 
@@ -34,7 +35,7 @@ def _synth(args: argparse.Namespace) -> None:
     else:
         from training.data.synth_brats import write_brats_cohort
 
-        spacing = {"spacing": args.spacing} if args.spacing else {}
+        spacing: dict[str, Any] = {"spacing": args.spacing} if args.spacing else {}
         manifest = write_brats_cohort(
             args.out, args.cases, args.seed, workers=args.workers, **shape, **spacing
         )

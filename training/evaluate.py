@@ -161,7 +161,7 @@ def cohort_evidence(
         )[0][0]
         _, graph = case_graph(prepared.image, features)
         graphs.append((graph.distances, graph.weights))
-        graph_labels.append(case.label)
+        graph_labels.append(int(record.label))  # train records are labelled (filtered above)
     return metrics, class_prototypes(graphs, graph_labels, task.classes)
 
 

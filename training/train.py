@@ -154,7 +154,7 @@ def make_loaders(
         seed=cfg.seed,
     )
     val_set = CaseDataset(val, get_task(cfg.task), augment=False, cache=cfg.cache)
-    sampler = DistributedSampler(train_set, seed=cfg.seed) if ddp.enabled else None
+    sampler: DistributedSampler | None = DistributedSampler(train_set, seed=cfg.seed) if ddp.enabled else None
     train_loader = DataLoader(
         train_set,
         batch_size=cfg.batch_size,

@@ -109,10 +109,11 @@ def fbp_noise_slices(
     n_slices = sino.shape[1]
     response, padded = ramp_filter(n_bins, bin_mm)
     views = sino.reshape(n_angles, n_bins, n_slices)
-    filtered = np.fft.irfft(np.fft.rfft(views, n=padded, axis=1) * response[None, :, None], n=padded, axis=1)
-    filtered = np.ascontiguousarray(filtered[:, :n_bins, :], dtype=np.float32).reshape(-1, n_slices)
+    spectrum = np.fft.rfft(views, n=padded, axis=1) * response[None, :, None]
+    filtered = np.fft.irfft(spectrum, n=padded, axis=1)[:, :n_bins, :]
+    rows = np.ascontiguousarray(filtered, dtype=np.float32).reshape(-1, n_slices)
     # A_T carries the projector's area weight; the back-projection itself is unweighted.
-    return (a_t @ filtered) * (np.pi / n_angles / weight)
+    return (a_t @ rows) * (np.pi / n_angles / weight)
 
 
 def simulate_low_dose(

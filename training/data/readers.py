@@ -249,7 +249,7 @@ def load_volume(path: Path, case_id: str = "?") -> Volume:
     if path.is_dir():
         return _load_dicom_series(path, case_id)
     try:
-        image = nib.load(str(path))
+        image: Any = nib.load(str(path))  # a NIfTI image (dataobj, affine)
         return Volume(np.asarray(image.dataobj, dtype=np.float32), image.affine)
     except Exception as exc:
         raise DatasetError(case_id, f"cannot read {path} as NIfTI ({exc})") from exc

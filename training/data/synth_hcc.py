@@ -129,7 +129,7 @@ def ct_grid(rng: np.random.Generator, external: bool, shape: tuple[int, int, int
     spacing = (inplane, inplane, thickness)
     if shape is not None:
         # Same field of view on fewer voxels, for tiny test cohorts.
-        spacing = tuple(s * d / n for s, d, n in zip(spacing, default, shape, strict=True))
+        spacing = tuple(s * d / n for s, d, n in zip(spacing, default, shape, strict=True))  # type: ignore[assignment]
         default = shape
     return centered_grid(default, spacing, center, flip_xy=flip)  # type: ignore[arg-type]
 
@@ -332,8 +332,8 @@ def _pet(
     """One PET tracer in SUV on its own coarser grid: painted, blurred 6 mm, resampled, noisy."""
     liver_suv = max(rng.normal(*_LIVER_SUV[tracer]), 0.8)
     activity = np.zeros(phantom.grid.shape, dtype=np.float32)
-    for name, suv in _PET_SUV[tracer].items():
-        activity[phantom.tissue[name]] = suv * rng.uniform(0.85, 1.15)
+    for name, tissue_suv in _PET_SUV[tracer].items():
+        activity[phantom.tissue[name]] = tissue_suv * rng.uniform(0.85, 1.15)
     activity[phantom.liver] = liver_suv
     activity[phantom.tumor] = liver_suv * tlr
     activity[phantom.necrosis] = 0.4
