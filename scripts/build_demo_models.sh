@@ -9,7 +9,7 @@ WORK=${WORK:-build/demo}
 OUT=${OUT:-app/demo_models}
 SEED=${SEED:-7}
 HCC_CASES=${HCC_CASES:-200}
-BRATS_CASES=${BRATS_CASES:-120}
+BRATS_CASES=${BRATS_CASES:-240}
 BRATS_GRID=${BRATS_GRID:-"--shape 96 96 64 --spacing 2.5"}
 RUNS="$WORK/runs"
 mkdir -p "$WORK" "$OUT"
