@@ -208,7 +208,7 @@ class Objective:
         if self.cfg.role == "teacher":
             out = model(image, present)
             loss = self.supervised(out.logits, target)
-            return loss, {"loss": float(loss)}
+            return loss, {"loss": loss.item()}
         return self._student(model, image, batch, present, target)
 
     def _dose_aware(self, model, image, batch, present, target):  # type: ignore[no-untyped-def]
@@ -218,7 +218,7 @@ class Objective:
         sup = 0.5 * (self.supervised(full_out.logits, target) + self.supervised(low_out.logits, target))
         consistency = F.mse_loss(low_out.features, full_out.features.detach())
         loss = sup + self.cfg.dose_consistency * consistency
-        return loss, {"loss": float(loss), "consistency": float(consistency)}
+        return loss, {"loss": loss.item(), "consistency": consistency.item()}
 
     def _student(self, model, image, batch, present, target):  # type: ignore[no-untyped-def]
         student_image = batch.get("image_low_dose", batch["image"]).to(self.device)
@@ -227,7 +227,7 @@ class Objective:
         out = model(student_image, student_present)
         if not self.teachers:
             loss = self.supervised(out.logits, target)
-            return loss, {"loss": float(loss)}
+            return loss, {"loss": loss.item()}
 
         with torch.no_grad():  # teachers see everything, at full dose
             teacher_outs = [teacher(image, present) for teacher in self.teachers]
@@ -242,13 +242,13 @@ class Objective:
             alpha=self.cfg.alpha,
             ce_weights=self.weights,
         )
-        parts = {"kd": float(kd)}
+        parts = {"kd": kd.item()}
         loss = kd
         if self.cfg.rgd_weight > 0:
             rgd = self._rgd(out.features, [t.features for t in teacher_outs], batch)
             loss = loss + self.cfg.rgd_weight * rgd
-            parts["rgd"] = float(rgd)
-        parts["loss"] = float(loss)
+            parts["rgd"] = rgd.item()
+        parts["loss"] = loss.item()
         return loss, parts
 
     def _rgd(
