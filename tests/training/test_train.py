@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from models import create_model, get_task, model_from_checkpoint
 from training.config import TrainConfig
+from training.data.dataset import CaseDataset
+from training.data.readers import read_records
 from training.train import train
 
 pytestmark = pytest.mark.slow
@@ -49,23 +53,46 @@ def test_teacher_run_writes_config_metrics_and_the_best_checkpoint(sf_teacher: P
     assert state["config"]["kind"] == "structure-function" and state["git_commit"]
 
 
-def test_tiny_distillation_beats_chance_on_validation(sf_teacher: Path, hcc_manifest: Path, tmp_path: Path):
+def test_distillation_pulls_the_student_onto_its_teacher(
+    sf_teacher: Path, hcc_manifest: Path, tmp_path: Path
+):
+    """With pure logit distillation (alpha = 1) the student's softened outputs move onto the
+    teacher's, on every case of the cohort, held-out ones included.
+
+    (Beating chance needs more data than a CI run affords: on 17 training cases the val
+    AUC of any model is noise. The demo models' cards carry that evidence.)
+    """
+    teacher = model_from_checkpoint(torch.load(sf_teacher, weights_only=False))
+    records = read_records("hcc", hcc_manifest)
+    items = [CaseDataset(records, get_task("hcc"))[i] for i in range(len(records))]
+    image, present = torch.stack([i["image"] for i in items]), torch.stack([i["present"] for i in items])
+
+    def divergence(student: torch.nn.Module) -> float:
+        with torch.no_grad():
+            target = F.softmax(teacher(image, present).logits / 4.0, dim=1)
+            log_p = F.log_softmax(student(image, present).logits / 4.0, dim=1)
+        return float(F.kl_div(log_p, target, reduction="batchmean"))
+
+    torch.manual_seed(0)
+    before = divergence(create_model("hcc_student", width=4).eval())
     cfg = TrainConfig(
         task="hcc",
         role="student",
         data=hcc_manifest,
         out=tmp_path,
-        epochs=6,
+        epochs=4,
         lr=3e-3,
         teachers=[sf_teacher],
-        rgd_weight=1.0,
-        modality_dropout=0.3,
+        alpha=1.0,
+        rgd_weight=0.5,
+        modality_dropout=0.0,
         low_dose=None,
         **QUICK,
     )
-    best = torch.load(train(cfg), weights_only=False)
-    assert set(metrics(tmp_path / cfg.name)[0]) >= {"train_kd", "train_rgd", "val_auc"}
-    assert best["val_auc"] > 0.5
+    run = train(cfg).parent
+    after = divergence(model_from_checkpoint(torch.load(run / "last.pt", weights_only=False)))
+    assert set(metrics(run)[0]) >= {"train_kd", "train_rgd", "val_auc"}
+    assert after < 0.2 * before
 
 
 def test_resume_continues_where_the_run_stopped(hcc_manifest: Path, tmp_path: Path) -> None:
