@@ -169,6 +169,13 @@ def _volume_from_dicom(
     except DicomGeometryError as exc:
         error = CorruptPixelDataError if exc.field == "PixelData" else InvalidStudyError
         raise error(f"{modality}: {exc.reason}", field=modality) from None
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+        # A malformed header value (NumberOfFrames '1A', say) is the client's input, not a 500;
+        # the value itself is not echoed, it may carry identifiers.
+        raise InvalidStudyError(
+            f"{modality}: a DICOM header value is malformed; check the series with a DICOM validator",
+            field=modality,
+        ) from None
     first = datasets[0]
     if kind == "pet":
         volume, warning, note = to_suv(volume, first)
