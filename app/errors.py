@@ -114,6 +114,10 @@ class BusyError(ProblemError):
     slug, title, status = "busy", "Too many inferences in progress", 503
 
 
+class StorageError(ProblemError):
+    slug, title, status = "storage-unavailable", "Prediction could not be stored", 507
+
+
 class TimeoutProblem(ProblemError):
     slug, title, status = "timeout", "Request took too long", 504
 

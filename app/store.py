@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import UnknownIdError
+from app.errors import StorageError, UnknownIdError
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _SCHEMA = """
@@ -94,19 +94,28 @@ class Store:
         """Write `files` (relative paths -> bytes), then commit the row."""
         temp = self.files / f".tmp-{prediction_id}"
         final = self.files / prediction_id
-        for relative, data in files.items():
-            path = temp / relative
-            if not path.resolve().is_relative_to(temp.resolve()):
+        for relative in files:
+            if not (temp / relative).resolve().is_relative_to(temp.resolve()):
                 raise ValueError(f"refusing to write outside the prediction folder: {relative!r}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        os.replace(temp, final)
         created = time.time()
-        with self._connect() as db:
-            db.execute(
-                "INSERT INTO predictions (id, task, created, model, response) VALUES (?, ?, ?, ?, ?)",
-                (prediction_id, task, created, model, json.dumps(response)),
-            )
+        try:
+            for relative, data in files.items():
+                path = temp / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            os.replace(temp, final)
+            with self._connect() as db:
+                db.execute(
+                    "INSERT INTO predictions (id, task, created, model, response) VALUES (?, ?, ?, ?, ?)",
+                    (prediction_id, task, created, model, json.dumps(response)),
+                )
+        except (OSError, sqlite3.Error) as exc:
+            # A full or unwritable disk is the server's state, not a bug: a 507 problem, and
+            # the row is never committed, so no half-written prediction is ever listed.
+            raise StorageError(
+                f"the prediction store could not be written ({type(exc).__name__}); "
+                "check the store folder's space and permissions"
+            ) from None
         return StoredPrediction(prediction_id, task, created, model, dict(response), final)
 
     def get(self, prediction_id: str) -> StoredPrediction:
