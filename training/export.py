@@ -50,11 +50,8 @@ class ExportError(RuntimeError):
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def example_inputs(task: TaskSpec, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -115,5 +115,10 @@ def test_synth_train_export_serve_predict_explain(tmp_path: Path) -> None:
         assert image.size[0] > 100 and image.size[1] > 100
 
         graph = client.get(f"/v1/explain/{body['id']}/graph").json()
-        assert set(graph["prototype_distances"]) <= {"well", "moderate", "poor"}
+        # Prototypes exist for the grades present in the tiny training split.
+        assert graph["prototype_distances"] and set(graph["prototype_distances"]) <= {
+            "well",
+            "moderate",
+            "poor",
+        }
         assert graph["nodes"]
