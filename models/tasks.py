@@ -8,7 +8,7 @@ model must accept, and the grid every input is resampled onto (see `models.contr
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 ModalityKind = Literal["ct", "pet", "mri"]
@@ -39,7 +39,6 @@ class TaskSpec:
     description: str = ""
     ct_window_hu: tuple[float, float] = (-160.0, 240.0)
     pet_suv_scale: float = 2.5
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.kinds) != len(self.modalities):
