@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from app.api.deps import AuthDep
 from app.api.routes import explain, health, predict, predictions
@@ -88,6 +90,31 @@ def _observe(app: FastAPI) -> None:
             request_id_var.reset(token)
 
 
+def _docs(app: FastAPI) -> APIRouter:
+    """`/openapi.json`, `/docs` and `/redoc` behind the same API-key check as `/v1`.
+
+    FastAPI's built-in documentation routes take no dependencies, so with keys configured
+    they would describe the API to anyone; these do the same work but ask for a key (and
+    pass, like every route, when no keys are configured). A browser does not send the key
+    by itself: with auth on, read them through a client or proxy that adds the header.
+    """
+    router = APIRouter(dependencies=[AuthDep], include_in_schema=False)
+
+    @router.get("/openapi.json")
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @router.get("/docs")
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI")
+
+    @router.get("/redoc")
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+
+    return router
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service, configured by `settings` (default: from the environment and `.env`)."""
     settings = settings or Settings()
@@ -97,6 +124,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Grades liver tumours (CT, PET) and gliomas (MRI). Research use only, not for diagnosis.",
         lifespan=lifespan,
+        # Served by `_docs` instead, behind the API-key check.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -115,4 +146,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    app.include_router(_docs(app))
     return app

@@ -14,6 +14,8 @@ from .evidence_helpers import DEMO_MODELS, check_problem, make_settings
 
 KEY = "evidence-key-0123456789"
 OPEN_PATHS = {"/healthz", "/readyz"}
+DOC_PATHS = ("/openapi.json", "/docs", "/redoc")
+"""Not operations of the schema (so `_routes` does not list them), but they describe the API."""
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,28 @@ def test_every_route_but_the_probes_needs_a_key(client: TestClient) -> None:
         assert check_problem(response) == "unauthorized"
         refused.append(f"{method} {path}")
     print(f"\n{len(refused)} routes answered 401 without a key:", refused)
+
+
+@pytest.mark.parametrize("path", DOC_PATHS)
+def test_the_api_documentation_needs_a_key(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 401, (path, response.status_code)
+    assert check_problem(response) == "unauthorized"
+    assert client.get(path, headers={"X-API-Key": "wrong"}).status_code == 401
+    opened = client.get(path, headers={"X-API-Key": KEY})
+    assert opened.status_code == 200, (path, opened.status_code)
+    if path == "/openapi.json":
+        assert "/v1/predict" in opened.json()["paths"]
+    else:
+        assert "/openapi.json" in opened.text  # the page loads the schema from the guarded route
+
+
+def test_without_keys_the_documentation_is_open(tmp_path_factory: pytest.TempPathFactory) -> None:
+    settings = make_settings(DEMO_MODELS, tmp_path_factory.mktemp("open-store"))
+    with TestClient(create_app(settings)) as open_client:
+        for path in DOC_PATHS:
+            assert open_client.get(path).status_code == 200, path
+        assert "/v1/predict" in open_client.get("/openapi.json").json()["paths"]
 
 
 def test_probes_are_open(client: TestClient) -> None:
