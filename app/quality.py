@@ -16,8 +16,9 @@ Heuristics, documented so their limits are clear:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
-from scipy import ndimage
 
 from models.contract import Volume
 from models.tasks import TaskSpec
@@ -27,14 +28,45 @@ LIVER_HU = (60.0, 160.0)
 MIN_LIVER_ML = 100.0
 
 
+def _in_plane_mean_3x3(array: np.ndarray) -> np.ndarray:
+    """`ndimage.uniform_filter(array, size=(3, 3, 1))` (mirrored edges), as sums of shifted views.
+
+    Agrees with scipy to float32 rounding, several times faster on a CT (scipy filters each
+    line through a float64 buffer).
+    """
+    padded = np.pad(array, ((1, 1), (1, 1), (0, 0)), mode="symmetric")
+    rows = padded[:-2] + padded[1:-1] + padded[2:]
+    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / np.asarray(9.0, dtype=array.dtype)
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    """`ndimage.binary_erosion(mask)` (6-connected, outside counts as False), by shifted views."""
+    out = np.zeros_like(mask)
+    if min(mask.shape) < 3:
+        return out
+    inner = (slice(1, -1),) * 3
+    core = mask[inner].copy(order="K")  # keep the layout (NIfTI arrays are Fortran-ordered)
+    for axis in range(3):
+        for shift in (slice(None, -2), slice(2, None)):
+            view = list(inner)
+            view[axis] = shift
+            core &= mask[tuple(view)]
+    out[inner] = core
+    return out
+
+
 def ct_noise_hu(volume: Volume) -> float | None:
     """Robust noise estimate (HU) in soft tissue, or None when too little soft tissue."""
     array = volume.array
     soft = (array > -100) & (array < 200)
     if soft.sum() < 500:
         return None
-    residual = array - ndimage.uniform_filter(array, size=(3, 3, 1))
-    values = residual[ndimage.binary_erosion(soft, iterations=1)]
+    residual = array - _in_plane_mean_3x3(array)
+    # Both flattened in the same order, the input's memory order (cheap for Fortran-ordered
+    # NIfTI arrays); the voxel order does not matter to a median.
+    fortran = array.flags.f_contiguous and not array.flags.c_contiguous
+    order: Literal["C", "F"] = "F" if fortran else "C"
+    values = residual.ravel(order=order)[_eroded(soft).ravel(order=order)]
     if values.size < 500:
         return None
     mad = float(np.median(np.abs(values - np.median(values))))

@@ -121,9 +121,12 @@ def foreground_center(volume: Volume, kind: ModalityKind) -> np.ndarray:
     """RAS+ centre (mm) of the bounding box of the foreground, or of the volume if none."""
     foreground = volume.array > FOREGROUND_THRESHOLD[kind]
     if foreground.any():
-        idx = np.nonzero(foreground)
-        lo = np.array([i.min() for i in idx], dtype=np.float64)
-        hi = np.array([i.max() for i in idx], dtype=np.float64)
+        # The box from the foreground's projection on each axis (no index list of every voxel).
+        lo, hi = np.zeros(3), np.zeros(3)
+        for axis in range(3):
+            others = tuple(a for a in range(3) if a != axis)
+            hit = np.flatnonzero(foreground.any(axis=others))
+            lo[axis], hi[axis] = hit[0], hit[-1]
     else:
         lo = np.zeros(3)
         hi = np.array(volume.array.shape, dtype=np.float64) - 1.0
@@ -141,6 +144,68 @@ def model_grid(task: TaskSpec, center_mm: np.ndarray) -> Grid:
     return Grid(shape=shape_xyz, affine=affine)
 
 
+def _axis_permutation(matrix: np.ndarray) -> list[int] | None:
+    """For each grid axis the one source axis it moves along, if `matrix` is a scaled permutation.
+
+    True of every grid-aligned scan (any flips or axis order), the usual case: the model
+    grid is RAS-aligned and so are nearly all NIfTI and axial DICOM volumes.
+    """
+    nonzero = matrix != 0.0
+    if not (np.all(nonzero.sum(axis=0) == 1) and np.all(nonzero.sum(axis=1) == 1)):
+        return None
+    return [int(np.flatnonzero(nonzero[:, axis])[0]) for axis in range(3)]
+
+
+def _resample_separable(
+    array: np.ndarray,
+    matrix: np.ndarray,
+    offset: np.ndarray,
+    shape: tuple[int, ...],
+    axes: list[int],
+    cval: float,
+) -> np.ndarray:
+    """Trilinear sampling as three 1D linear interpolations (exact for a scaled permutation).
+
+    Same coordinates and edge rule as `ndimage.affine_transform(order=1, mode="constant",
+    prefilter=False)`: a sample outside ``[0, n - 1]`` along any axis takes `cval`. Values
+    agree with it to float32 rounding (it interpolates in float64); about 10x faster.
+    """
+    if array.flags.f_contiguous and not array.flags.c_contiguous:
+        # NIfTI arrays come Fortran-ordered: work on the C-ordered transpose (source axes
+        # reversed) so every pass reads memory in order; ~7x faster than striding.
+        array, matrix, offset = array.T, matrix[::-1], offset[::-1]
+        axes = [2 - axis for axis in axes]
+    dtype = np.float64 if array.dtype == np.float64 else np.float32
+    out = np.asarray(array, dtype=dtype)
+    outside: list[tuple[int, np.ndarray]] = []
+    # Shrink first: the axis with the largest reduction is interpolated first.
+    for grid_axis in sorted(range(3), key=lambda a: shape[a] / array.shape[axes[a]]):
+        source_axis = axes[grid_axis]
+        n = array.shape[source_axis]
+        # The same double-precision coordinates as affine_transform computes.
+        coords = (
+            matrix[source_axis, grid_axis] * np.arange(shape[grid_axis], dtype=np.float64)
+            + offset[source_axis]
+        )
+        inside = (coords >= 0.0) & (coords <= n - 1)
+        clipped = np.clip(coords, 0.0, n - 1)
+        low = np.minimum(np.floor(clipped).astype(np.intp), max(n - 2, 0))
+        high = np.minimum(low + 1, n - 1)
+        weight = (clipped - low).astype(dtype)
+        weight_shape = [1, 1, 1]
+        weight_shape[source_axis] = -1
+        below = np.take(out, low, axis=source_axis)
+        above = np.take(out, high, axis=source_axis)
+        out = below + (above - below) * weight.reshape(weight_shape)
+        outside.append((source_axis, np.flatnonzero(~inside)))
+    for source_axis, index in outside:
+        if index.size:
+            selector: list[slice | np.ndarray] = [slice(None)] * 3
+            selector[source_axis] = index
+            out[tuple(selector)] = cval
+    return np.transpose(out, axes)
+
+
 def resample(
     array: np.ndarray,
     affine: np.ndarray,
@@ -151,22 +216,29 @@ def resample(
 ) -> np.ndarray:
     """Sample `array` (indexed by `affine`) at the voxel centres of `grid`; float32 ``[x,y,z]``.
 
-    `order` 1 is trilinear (images), 0 nearest (label maps).
+    `order` 1 is trilinear (images), 0 nearest (label maps). Trilinear sampling of a volume
+    whose axes are parallel to the grid's (any flips or axis order) is done separably;
+    oblique volumes and nearest sampling go through `ndimage.affine_transform`.
     """
     # grid index -> world -> source index, one affine map since both are linear.
     grid_to_source = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ grid.affine
     source = array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)
-    out = ndimage.affine_transform(
-        source,
-        grid_to_source[:3, :3],
-        offset=grid_to_source[:3, 3],
-        output_shape=grid.shape,
-        order=order,
-        mode="constant",
-        cval=cval,
-        prefilter=False,
-    )
-    return out.astype(np.float32, copy=False)
+    matrix, offset = grid_to_source[:3, :3], grid_to_source[:3, 3]
+    axes = _axis_permutation(matrix) if order == 1 else None
+    if axes is not None:
+        out = _resample_separable(source, matrix, offset, grid.shape, axes, cval)
+    else:
+        out = ndimage.affine_transform(
+            source,
+            matrix,
+            offset=offset,
+            output_shape=grid.shape,
+            order=order,
+            mode="constant",
+            cval=cval,
+            prefilter=False,
+        )
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def normalize(array: np.ndarray, kind: ModalityKind, task: TaskSpec) -> np.ndarray:
