@@ -51,6 +51,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         janitor.cancel()
+        app.state.store.close()
 
 
 def _observe(app: FastAPI) -> None:

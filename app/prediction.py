@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -29,6 +30,22 @@ def preprocess(study: Study, task: TaskSpec) -> ModelInput:
         if "needs" in exc.reason:
             raise MissingModalityError(exc.reason, field=exc.field) from None
         raise InvalidStudyError(exc.reason, field=exc.field) from None
+
+
+def input_digest(model_input: ModelInput) -> str:
+    """sha256 of what the model was fed: `present`, the grid, and every present channel.
+
+    Absent channels are zeros by construction (`prepare_input`), so they are not hashed.
+    An explanation that rebuilds the input from the stored upload checks it against this.
+    """
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(model_input.present, dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(model_input.grid.affine, dtype=np.float64).tobytes())
+    digest.update(np.asarray(model_input.grid.shape, dtype=np.int64).tobytes())
+    for channel in np.flatnonzero(model_input.present):
+        values = np.ascontiguousarray(model_input.image[channel], dtype=np.float32)
+        digest.update(values.data)
+    return digest.hexdigest()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -119,13 +136,8 @@ def _files(
     reference = reference_modality(task, set(study.volumes))
     volume = study.volumes[reference]
     files = {
-        "input.npz": npz_bytes(
-            image=model_input.image,
-            present=model_input.present,
-            grid_affine=model_input.grid.affine,
-            grid_shape=np.asarray(model_input.grid.shape),
-        ),
-        "outputs.npz": npz_bytes(probabilities=probabilities, **outputs),
+        # Float maps barely compress: stored as they are (compressing cost more than writing).
+        "outputs.npz": npz_bytes(compress=False, probabilities=probabilities, **outputs),
         # Only the geometry: maps go back onto the sent image's voxels; its values are in uploads/.
         "reference.npz": npz_bytes(shape=np.asarray(volume.array.shape), affine=volume.affine),
         "meta.json": json.dumps(
@@ -134,13 +146,22 @@ def _files(
                 "reference_kind": study.sources[reference].kind,
                 "classes": list(task.classes),
                 "used": list(model_input.used),
+                "input_digest": input_digest(model_input),
             }
         ).encode(),
     }
+    if not uploads:
+        # A study fetched from the PACS leaves no upload to rebuild the model input from.
+        files["input.npz"] = npz_bytes(
+            image=model_input.image,
+            present=model_input.present,
+            grid_affine=model_input.grid.affine,
+            grid_shape=np.asarray(model_input.grid.shape),
+        )
     headers = study.sources[reference].headers
     if headers:
         files["headers.json"] = json.dumps([h.to_json_dict() for h in headers]).encode()
-    if study.mask is not None:
+    if study.mask is not None and not uploads:
         files["mask.npz"] = npz_bytes(array=study.mask.array, affine=study.mask.affine)
     for field_name, items in uploads.items():
         for index, upload in enumerate(items):

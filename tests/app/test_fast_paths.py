@@ -1,0 +1,210 @@
+"""The latency work of issue #7 changed how things are computed, not what: each fast path
+is checked here against the implementation it replaced.
+
+- Trilinear resampling of grid-aligned volumes is separable (`models.contract`); the demo
+  models were trained on `ndimage.affine_transform`, so the two must agree on a realistic CT.
+- The CT noise estimate (`app.quality`) builds its 3x3 mean and erosion from shifted views.
+- The model input is no longer stored with a prediction made from uploads: explanations
+  rebuild it from the stored upload and check it against the sha256 recorded at prediction.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from app_helpers import ct_volume, nifti_bytes, series_zip
+from scipy import ndimage
+
+from app.quality import _eroded, _in_plane_mean_3x3, ct_noise_hu
+from app.store import Store
+from models.contract import (
+    BACKGROUND,
+    Grid,
+    Volume,
+    foreground_center,
+    model_grid,
+    normalize,
+    prepare_input,
+    resample,
+    to_tensor_layout,
+)
+from models.tasks import get_task
+from training.data.synth_hcc import generate_hcc_case
+
+
+def _affine_transform(
+    array: np.ndarray, affine: np.ndarray, grid: Grid, cval: float, order: int = 1
+) -> np.ndarray:
+    """The resampling `prepare_input` used before the separable path (and still uses for oblique scans)."""
+    grid_to_source = np.linalg.inv(affine) @ grid.affine
+    out = ndimage.affine_transform(
+        array,
+        grid_to_source[:3, :3],
+        offset=grid_to_source[:3, 3],
+        output_shape=grid.shape,
+        order=order,
+        mode="constant",
+        cval=cval,
+        prefilter=False,
+    )
+    return out.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def hcc_case():  # type: ignore[no-untyped-def]
+    """The generated 128 x 128 x 64 CT (and PET) the latency bench posts."""
+    return generate_hcc_case(0, 0)
+
+
+def _flipped(volume: Volume, axis: int) -> Volume:
+    """The same image stored with one axis reversed (the affine follows)."""
+    n = volume.array.shape[axis]
+    flip = np.eye(4)
+    flip[axis, axis] = -1.0
+    flip[axis, 3] = n - 1
+    return Volume(np.flip(volume.array, axis=axis).copy(), volume.affine @ flip)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "flipped", "permuted"])
+def test_resample_matches_affine_transform_on_a_realistic_ct(hcc_case, layout) -> None:  # type: ignore[no-untyped-def]
+    volume = Volume(hcc_case.volumes["ct"], hcc_case.affines["ct"])
+    if layout == "F":
+        volume = Volume(np.asfortranarray(volume.array), volume.affine)
+    elif layout == "flipped":
+        volume = _flipped(_flipped(volume, 0), 2)
+    elif layout == "permuted":
+        swap = np.eye(4)[[1, 0, 2, 3]]
+        volume = Volume(np.ascontiguousarray(np.transpose(volume.array, (1, 0, 2))), volume.affine @ swap)
+    task = get_task("hcc")
+    grid = model_grid(task, foreground_center(volume, "ct"))
+    new = resample(volume.array, volume.affine, grid, cval=-1024.0)
+    old = _affine_transform(volume.array, volume.affine, grid, cval=-1024.0)
+    assert new.shape == old.shape and new.dtype == np.float32 and new.flags.c_contiguous
+    # float32 rounding of values up to ~1000 HU; the same voxels fall outside the field of view.
+    np.testing.assert_allclose(new, old, rtol=0, atol=2e-3)
+    np.testing.assert_array_equal(new == -1024.0, old == -1024.0)
+
+
+def test_prepare_input_matches_the_old_resampling_with_pet(hcc_case) -> None:  # type: ignore[no-untyped-def]
+    """The tensor the shipped models see, CT and both PET channels, within 1e-5 of the old one."""
+    task = get_task("hcc")
+    volumes = {name: Volume(hcc_case.volumes[name], hcc_case.affines[name]) for name in task.modalities}
+    new = prepare_input(volumes, task)
+    grid = new.grid
+    for channel, name in enumerate(task.modalities):
+        kind = task.kind_of(name)
+        old = _affine_transform(volumes[name].array, volumes[name].affine, grid, cval=BACKGROUND[kind])
+        expected = to_tensor_layout(normalize(old, kind, task))
+        np.testing.assert_allclose(new.image[channel], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_resample_matches_affine_transform_on_scaled_permutations(seed) -> None:  # type: ignore[no-untyped-def]
+    """Flips, axis orders, up- and downsampling, partial overlap, one-voxel axes."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(1, 12, 3))
+    array = rng.normal(size=shape).astype(np.float32)
+    affine = np.zeros((4, 4))
+    affine[3, 3] = 1.0
+    for grid_axis, source_axis in enumerate(rng.permutation(3)):
+        affine[source_axis, grid_axis] = rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 3.0)
+    affine[:3, 3] = rng.uniform(-10, 10, 3)
+    grid_affine = np.diag([*rng.uniform(0.5, 3.0, 3), 1.0])
+    grid_affine[:3, 3] = rng.uniform(-10, 10, 3)
+    grid = Grid(shape=tuple(int(n) for n in rng.integers(1, 10, 3)), affine=grid_affine)  # type: ignore[arg-type]
+    new = resample(array, affine, grid, cval=-5.0)
+    old = _affine_transform(array, affine, grid, cval=-5.0)
+    np.testing.assert_allclose(new, old, rtol=0, atol=1e-5)
+
+
+def test_oblique_volumes_and_nearest_still_use_affine_transform() -> None:
+    rng = np.random.default_rng(0)
+    array = rng.normal(size=(9, 8, 7)).astype(np.float32)
+    angle = np.deg2rad(20)
+    affine = np.eye(4)
+    affine[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    grid = Grid(shape=(6, 6, 6), affine=np.diag([1.2, 1.2, 1.2, 1.0]))
+    np.testing.assert_array_equal(resample(array, affine, grid), _affine_transform(array, affine, grid, 0.0))
+    straight = np.eye(4)
+    np.testing.assert_array_equal(
+        resample(array, straight, grid, order=0), _affine_transform(array, straight, grid, 0.0, order=0)
+    )
+
+
+@pytest.mark.parametrize("fortran", [False, True])
+def test_noise_estimate_matches_scipy_filters(hcc_case, fortran) -> None:  # type: ignore[no-untyped-def]
+    array = hcc_case.volumes["ct"]
+    array = np.asfortranarray(array) if fortran else array
+    soft = (array > -100) & (array < 200)
+    np.testing.assert_array_equal(_eroded(soft), ndimage.binary_erosion(soft, iterations=1))
+    np.testing.assert_allclose(
+        _in_plane_mean_3x3(array), ndimage.uniform_filter(array, size=(3, 3, 1)), rtol=0, atol=1e-3
+    )
+    residual = array - ndimage.uniform_filter(array, size=(3, 3, 1))
+    values = residual[ndimage.binary_erosion(soft, iterations=1)]
+    old = 1.4826 * float(np.median(np.abs(values - np.median(values)))) / np.sqrt(1 - 1 / 9)
+    new = ct_noise_hu(Volume(array, hcc_case.affines["ct"]))
+    assert new == pytest.approx(old, abs=1e-3)
+
+
+def test_erosion_of_thin_masks() -> None:
+    for shape in [(1, 5, 5), (2, 4, 4), (3, 3, 3), (5, 4, 3)]:
+        mask = np.ones(shape, dtype=bool)
+        np.testing.assert_array_equal(_eroded(mask), ndimage.binary_erosion(mask))
+
+
+# -- the model input, rebuilt for explanations -------------------------------------------------
+
+
+def _folder(client, prediction_id: str) -> Path:  # type: ignore[no-untyped-def]
+    return Path(client.app.state.settings.store_dir) / "files" / prediction_id
+
+
+@pytest.mark.parametrize("kind", ["nifti", "dicom"])
+def test_explanations_rebuild_the_exact_model_input(client, kind) -> None:  # type: ignore[no-untyped-def]
+    volume = ct_volume()
+    upload = ("ct.nii.gz", nifti_bytes(volume)) if kind == "nifti" else ("ct.zip", series_zip(volume))
+    response = client.post("/v1/predict", data={"task": "hcc"}, files={"ct": upload})
+    assert response.status_code == 200, response.text
+    prediction_id = response.json()["id"]
+    folder = _folder(client, prediction_id)
+    assert not (folder / "input.npz").exists() and any((folder / "uploads" / "ct").iterdir())
+
+    attention = client.get(f"/v1/explain/{prediction_id}/attention", params={"format": "png"})
+    assert attention.status_code == 200, attention.text
+    cached = folder / "cache" / "input.npz"
+    assert cached.is_file()
+    with np.load(cached) as npz:
+        rebuilt = npz["image"]
+    if kind == "nifti":
+        expected = prepare_input({"ct": volume}, get_task("hcc")).image
+        np.testing.assert_array_equal(rebuilt, expected)
+    # A second explanation reads the cache (same answer).
+    again = client.get(f"/v1/explain/{prediction_id}/attention", params={"format": "png"})
+    assert again.content == attention.content
+
+
+def test_a_changed_preprocessing_is_refused_not_explained(client) -> None:  # type: ignore[no-untyped-def]
+    files = {"ct": ("ct.nii.gz", nifti_bytes(ct_volume()))}
+    prediction_id = client.post("/v1/predict", data={"task": "hcc"}, files=files).json()["id"]
+    meta_path = _folder(client, prediction_id) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["input_digest"] = "0" * 64  # as if the model had seen another tensor
+    meta_path.write_text(json.dumps(meta))
+    response = client.get(f"/v1/explain/{prediction_id}/attention")
+    assert response.status_code == 409
+    assert "preprocessing has changed" in response.json()["detail"]
+
+
+def test_prediction_is_committed_before_the_answer(client) -> None:  # type: ignore[no-untyped-def]
+    """Another connection (as after a crash and restart) sees the row as soon as the 200 is out."""
+    files = {"ct": ("ct.nii.gz", nifti_bytes(ct_volume()))}
+    prediction_id = client.post("/v1/predict", data={"task": "hcc"}, files=files).json()["id"]
+    other = Store(Path(client.app.state.settings.store_dir))
+    try:
+        assert other.get(prediction_id).response["id"] == prediction_id
+    finally:
+        other.close()
