@@ -3,19 +3,29 @@
     python -m bench.predict [--repeats 20] [--model-dir app/demo_models]
 
 The service runs as a real `reactkd serve` subprocess on loopback. One generated HCC CT of
-128 x 128 x 64 voxels is posted as NIfTI and as a DICOM series (a zip of 64 slices), one
-request at a time; in the same run the bench times `session.run` of the served ONNX file on
-the very tensor the service built (`prepare_input` of the same volume), and reads the
-server's resident memory after warm-up and at the end. Ratios are taken side by side, as
-this machine is noisy.
+128 x 128 x 64 voxels is posted as NIfTI (`.nii`, 4 MiB), as gzipped NIfTI (`.nii.gz`, the
+inflate is part of the request) and as a DICOM series (a zip of 64 slices), one request at
+a time; in the same run the bench times `session.run` of the served ONNX file on the very
+tensor the service built (`prepare_input` of the same volume), and reads the server's
+resident memory after warm-up and at the end. Ratios are taken side by side, as this
+machine is noisy.
+
+Where the time goes: the service's own Prometheus histograms (`/metrics`), read before and
+after each series of requests, give the mean milliseconds per request of each stage
+(`receive`: reading the multipart body; `ingest`: decoding into volumes; `preprocess`;
+`inference`; `outcome`: input checks and the files to keep; `save`: files and the SQLite
+commit) and of the whole route as the server sees it; the rest of the client's time is
+HTTP on loopback and the thread hops between stages.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -83,6 +93,38 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     }
 
 
+_SAMPLE = re.compile(r'^reactkd_(stage|request)_seconds_(sum|count)\{(?:stage|route)="([^"]+)"\} (\S+)$')
+
+
+def server_seconds(client: httpx.Client) -> dict[tuple[str, str], float]:
+    """(stage or route, "sum" | "count") -> value, from the service's Prometheus text."""
+    out = {}
+    for line in client.get("/metrics").text.splitlines():
+        match = _SAMPLE.match(line)
+        if match:
+            _, kind, name, value = match.groups()
+            out[(name, kind)] = float(value)
+    return out
+
+
+def stage_means(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]
+) -> dict[str, float]:
+    """Mean ms per request of each stage (and of the route) between two scrapes."""
+    means = {}
+    for name, kind in after:
+        if kind != "count":
+            continue
+        count = after[(name, "count")] - before.get((name, "count"), 0.0)
+        if count > 0:
+            total = after[(name, "sum")] - before.get((name, "sum"), 0.0)
+            means["server_total" if name == "/v1/predict" else name] = 1000.0 * total / count
+    return {key: means[key] for key in sorted(means) if key in _STAGES or key == "server_total"}
+
+
+_STAGES = ("receive", "ingest", "preprocess", "inference", "outcome", "save")
+
+
 def time_requests(client: httpx.Client, files: dict, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
@@ -117,8 +159,10 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODELS)
     args = parser.parse_args()
 
+    load_at_start = os.getloadavg()
     volume = ct_case()
     nifti, dicom = nifti_bytes(volume), dicom_zip(volume)
+    nifti_gz = gzip.compress(nifti, compresslevel=6)
     port = free_port()
     threads = 1
     with tempfile.TemporaryDirectory() as store:
@@ -154,24 +198,37 @@ def main() -> None:
                 else:
                     raise RuntimeError("the service did not become ready within 120 s")
                 rss_ready = rss_mib(server.pid)
-                time_requests(client, {"ct": ("ct.nii.gz", nifti)}, 2)  # warm-up
-                nifti_times = time_requests(client, {"ct": ("ct.nii.gz", nifti)}, args.repeats)
-                dicom_times = time_requests(client, {"ct": ("ct.zip", dicom)}, args.repeats)
+                time_requests(client, {"ct": ("ct.nii", nifti)}, 2)  # warm-up
+                times, stages = {}, {}
+                for key, files in (
+                    ("nifti", {"ct": ("ct.nii", nifti)}),
+                    ("nifti_gz", {"ct": ("ct.nii.gz", nifti_gz)}),
+                    ("dicom", {"ct": ("ct.zip", dicom)}),
+                ):
+                    before = server_seconds(client)
+                    times[key] = time_requests(client, files, args.repeats)
+                    stages[key] = stage_means(before, server_seconds(client))
                 rss_end = rss_mib(server.pid)
         finally:
             server.terminate()
             server.wait(timeout=30)
     bare = bare_onnx(args.model_dir, volume, args.repeats, threads)
+    bare_p50 = statistics.median(bare)
     result = {
         "volume": list(volume.array.shape),
+        "upload_bytes": {"nifti": len(nifti), "nifti_gz": len(nifti_gz), "dicom_zip": len(dicom)},
         "threads": threads,
-        "predict_nifti": percentiles(nifti_times),
-        "predict_dicom_series": percentiles(dicom_times),
+        "predict_nifti": percentiles(times["nifti"]),
+        "predict_nifti_gz": percentiles(times["nifti_gz"]),
+        "predict_dicom_series": percentiles(times["dicom"]),
         "bare_onnxruntime": percentiles(bare),
-        "ratio_nifti_p50_to_bare_p50": statistics.median(nifti_times) / statistics.median(bare),
-        "ratio_dicom_p50_to_bare_p50": statistics.median(dicom_times) / statistics.median(bare),
+        "ratio_nifti_p50_to_bare_p50": statistics.median(times["nifti"]) / bare_p50,
+        "ratio_nifti_gz_p50_to_bare_p50": statistics.median(times["nifti_gz"]) / bare_p50,
+        "ratio_dicom_p50_to_bare_p50": statistics.median(times["dicom"]) / bare_p50,
+        "server_stage_mean_ms": stages,
         "server_rss_mib": {"after_warmup": rss_ready, "after_run": rss_end},
         "load_average": os.getloadavg()[0],
+        "load_average_1_5_15": {"start": list(load_at_start), "end": list(os.getloadavg())},
     }
     print(json.dumps(result, indent=2))
 

@@ -32,7 +32,7 @@ from app.ingest.uploads import read_uploads, task_name
 from app.pacs.dicomweb import source_client
 from app.pacs.publish import publish
 from app.pacs.schemas import StudyRequest
-from app.prediction import build_outcome, infer, preprocess
+from app.prediction import Outcome, build_outcome, infer, preprocess
 from app.schemas import Prediction
 from app.settings import Settings
 from app.store import Store, new_id
@@ -148,7 +148,8 @@ async def predict(
 ) -> Prediction:
     """Grade one study: multipart files (`task`, a field per modality or `study`, `mask`) or `study_uid`."""
     deadline = time.monotonic() + settings.request_timeout_s
-    name, uploads, fetched = await _read_request(request, settings)
+    with metrics.stage("receive"):
+        name, uploads, fetched = await _read_request(request, settings)
     if name not in TASKS:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}", field="task")
     task = TASKS[name]
@@ -176,18 +177,26 @@ async def predict(
     prediction_id = new_id()
     # A fetched study stays in the PACS: the store keeps no second copy of its files.
     kept = {} if fetched else uploads
-    outcome = build_outcome(prediction_id, task, model, study, model_input, outputs, kept)
-    if study.sources[reference_modality(task, set(study.volumes))].kind == "dicom":
-        base = f"/v1/explain/{prediction_id}"
-        outcome.response.links.update({"dicom_results": f"{base}/dicom", "store": f"{base}/store"})
-    await run_in_threadpool(
-        store.save,
-        prediction_id,
-        task=name,
-        model=model.name,
-        response=outcome.response.model_dump(mode="json"),
-        files=outcome.files,
-    )
+
+    def outcome_and_save() -> Outcome:
+        # Off the event loop: the input checks and file encoding are CPU work.
+        with metrics.stage("outcome"):
+            outcome = build_outcome(prediction_id, task, model, study, model_input, outputs, kept)
+            if study.sources[reference_modality(task, set(study.volumes))].kind == "dicom":
+                base = f"/v1/explain/{prediction_id}"
+                outcome.response.links.update({"dicom_results": f"{base}/dicom", "store": f"{base}/store"})
+        with metrics.stage("save"):
+            # Committed (files, then the row) before the answer leaves: nothing accepted is lost.
+            store.save(
+                prediction_id,
+                task=name,
+                model=model.name,
+                response=outcome.response.model_dump(mode="json"),
+                files=outcome.files,
+            )
+        return outcome
+
+    outcome = await run_in_threadpool(outcome_and_save)
     if settings.dicomweb_auto_store:
         warning = await run_in_threadpool(_auto_store, prediction_id, store, settings)
         if warning:
