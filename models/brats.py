@@ -116,6 +116,7 @@ class BraTSStudent(CBAMStudent):
         norm: NormName = "group",
         reduction: int = 8,
         dropout: float = 0.2,
+        attention: bool = True,
     ) -> None:
         check_positive("in_channels", in_channels)
         check_positive("width", width)
@@ -128,7 +129,9 @@ class BraTSStudent(CBAMStudent):
                 FusedMBConv(widths[2], widths[2], expand=expand, norm=norm),
             ),
         ]
-        super().__init__(stem, stages, widths, in_channels, num_classes, msgff, norm, reduction, dropout)
+        super().__init__(
+            stem, stages, widths, in_channels, num_classes, msgff, norm, reduction, dropout, attention
+        )
 
 
 class VGGBranch(nn.Sequential):

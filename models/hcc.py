@@ -76,13 +76,16 @@ class HCCStudent(CBAMStudent):
         norm: NormName = "group",
         reduction: int = 8,
         dropout: float = 0.2,
+        attention: bool = True,
     ) -> None:
         check_positive("in_channels", in_channels)
         check_positive("width", width)
         widths = (width, 2 * width, 4 * width)
         stem = ConvNormAct(3, in_channels, width, 3, stride=2, norm=norm)
         stages = list(_stages(widths, norm))
-        super().__init__(stem, stages, widths, in_channels, num_classes, msgff, norm, reduction, dropout)
+        super().__init__(
+            stem, stages, widths, in_channels, num_classes, msgff, norm, reduction, dropout, attention
+        )
 
 
 class BranchEncoder(nn.Sequential):

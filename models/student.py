@@ -20,12 +20,13 @@ from models.registry import ModelOutput
 
 
 class CBAMStudent(nn.Module):
-    """stem -> stages -> [MSGFF over the stem and every stage] -> CBAM3D -> head.
+    """stem -> stages -> [MSGFF over the stem and every stage] -> [CBAM3D] -> head.
 
     Args:
         stem: the first module, on the masked image (N, M, D, H, W).
         stages: applied in turn; `widths` lists the channels of the stem and each stage.
         in_channels: M, the number of modalities (the `present` vector's length).
+        attention: use the CBAM3D (False only for the ablation's baseline students).
     forward(image, present) -> ModelOutput(logits (N, C), attention (N, 1, d, h, w),
     features (N, widths[-1], d, h, w)).
     """
@@ -41,12 +42,15 @@ class CBAMStudent(nn.Module):
         norm: NormName,
         reduction: int,
         dropout: float,
+        attention: bool = True,
     ) -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.fusion = MSGFF(3, widths, widths[-1], norm=norm) if msgff else None
-        self.cbam = CBAM3D(widths[-1], reduction)
+        # attention=False is the ablation's student without CBAM3D: features pass unchanged
+        # and the served attention map is uniform (ones), which says "no attention" plainly.
+        self.cbam = CBAM3D(widths[-1], reduction) if attention else None
         self.head = ClassifierHead(2 * widths[-1], in_channels, num_classes, dropout)
         self.num_features = widths[-1]
 
@@ -61,6 +65,8 @@ class CBAMStudent(nn.Module):
             scales.append(x)
         if self.fusion is not None:
             x = self.fusion(scales)
+        if self.cbam is None:
+            return x, torch.ones_like(x[:, :1])
         return self.cbam(x)
 
     def forward_head(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

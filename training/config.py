@@ -62,6 +62,12 @@ class TrainConfig(BaseModel):
     rgd_weight: float = Field(0.5, ge=0)
     rgd_regions: Literal["masks", "supervoxels"] = "masks"
     modality_dropout: float = Field(0.5, ge=0, le=1)
+    # Which modalities the student is ever given (None: all the case has); the teachers
+    # always see everything. ["ct"] makes the CT-only student of the ablation's first steps.
+    input_modalities: list[str] | None = None
+    # Modalities given at validation, where the best checkpoint is chosen (None: all). A CT
+    # student serves mostly on CT alone, so it is best selected on CT alone.
+    val_modalities: list[str] | None = None
     low_dose: tuple[float, float] | None = Field(
         (0.1, 1.0), description="dose fraction range of the CT the student (and dose teacher) sees"
     )
@@ -87,6 +93,13 @@ class TrainConfig(BaseModel):
             raise ValueError(f"low_dose must be a range inside (0, 1], got {self.low_dose}")
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}")
+        for field in ("input_modalities", "val_modalities"):
+            given = getattr(self, field)
+            if given is not None and not TASKS[self.task].is_allowed(set(given)):
+                raise ValueError(
+                    f"{field}={given} is not an allowed modality subset of task {self.task!r}; "
+                    f"choose from {TASKS[self.task].allowed_subsets()}"
+                )
         self.name = self.name or f"{self.task}-{self.kind}-s{self.seed}"
         return self
 

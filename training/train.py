@@ -192,6 +192,7 @@ class Objective:
         if cfg.role == "student" and not self.teachers:
             log.info("no teachers given: the student trains from labels alone (the from-scratch baseline)")
         self.dropout = ModalityDropout(task, cfg.modality_dropout) if cfg.role == "student" else None
+        self.student_inputs = modality_mask(task, cfg.input_modalities).to(device)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
 
     def supervised(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -223,7 +224,9 @@ class Objective:
     def _student(self, model, image, batch, present, target):  # type: ignore[no-untyped-def]
         student_image = batch.get("image_low_dose", batch["image"]).to(self.device)
         assert self.dropout is not None
-        student_image, student_present = self.dropout(student_image, present, self.generator)
+        student_image, student_present = self.dropout(
+            student_image, present * self.student_inputs, self.generator
+        )
         out = model(student_image, student_present)
         if not self.teachers:
             loss = self.supervised(out.logits, target)
@@ -285,13 +288,23 @@ def region_labels(batch: dict[str, Any], task: TaskSpec, source: str) -> tuple[t
     return torch.as_tensor(np.stack(maps).astype(np.int64)), count
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
-    """Validation macro AUC and mean cross-entropy, with every modality present."""
+def modality_mask(task: TaskSpec, names: list[str] | None) -> torch.Tensor:
+    """(M,) 1 for the modalities in `names` (all when None), 0 for the others."""
+    return torch.tensor([1.0 if names is None or m in names else 0.0 for m in task.modalities])
+
+
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, given: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """Validation macro AUC and mean cross-entropy, given the modalities of the (M,) mask
+    `given` (default: every modality the cases have)."""
     model.eval()
     probs, labels, losses = [], [], []
     with torch.no_grad():
         for batch in loader:
-            out = model(batch["image"].to(device), batch["present"].to(device))
+            present = batch["present"] if given is None else batch["present"] * given
+            image = batch["image"] * present[:, :, None, None, None]
+            out = model(image.to(device), present.to(device))
             target = batch["label"].to(device)
             losses.append(float(F.cross_entropy(out.logits, target, reduction="sum")))
             probs.append(F.softmax(out.logits, dim=1).cpu().numpy())
@@ -383,7 +396,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         stop = False
         if ddp.is_main:
             net = model.module if isinstance(model, DistributedDataParallel) else model
-            val_auc, val_loss = evaluate(net, val_loader, device)
+            val_auc, val_loss = evaluate(net, val_loader, device, modality_mask(task, cfg.val_modalities))
             row = {
                 "epoch": epoch,
                 **{f"train_{k}": v / max(steps, 1) for k, v in totals.items()},
