@@ -6,6 +6,8 @@
     reactkd train student --task hcc --teachers SF.pt DOSE.pt --data DIR/manifest.csv
     reactkd export runs/NAME/best.pt --out models/NAME.onnx [--data DIR/manifest.csv]
     reactkd evaluate models/NAME.onnx --data DIR/manifest.csv --out REPORT [--dose] [--missing]
+    reactkd ablation --task hcc --config BASE.yaml --data M.csv --external EXT.csv \
+        --teachers SF.pt DOSE.pt --seeds 0 1 2 --out reports/ablation-hcc
     reactkd serve --host 127.0.0.1 --port 8000
 
 Every command prints what it wrote; long ones show progress bars.
@@ -99,6 +101,24 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def _ablation(args: argparse.Namespace) -> None:
+    from training.ablation import run_ablation
+
+    results = run_ablation(
+        args.task,
+        args.config,
+        args.data,
+        args.teachers,
+        args.seeds,
+        args.out,
+        external=args.external,
+        command=" ".join(["reactkd", *sys.argv[1:]]),
+    )
+    for name, met in results.get("targets", {}).items():
+        print(f"{name}: {'met' if met.get('met', True) else 'NOT met'}")
+    print(f"wrote {args.out / 'ablation.md'}")
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -171,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dose", action="store_true", help="sweep the cohort's CT dose levels")
     evaluate.add_argument("--missing", action="store_true", help="sweep the allowed modality subsets")
     evaluate.set_defaults(func=_evaluate)
+
+    ablation = commands.add_parser("ablation", help="students with one part of the method added per step")
+    ablation.add_argument("--task", choices=["hcc", "brats"], required=True)
+    ablation.add_argument("--config", type=Path, required=True, help="student run config of the full method")
+    ablation.add_argument("--data", type=Path, required=True, help="HCC manifest.csv or BraTS root")
+    ablation.add_argument("--external", type=Path, help="external cohort manifest (per-dose CT rows)")
+    ablation.add_argument("--teachers", type=Path, nargs="+", required=True, help="PET/CT [and dose-aware]")
+    ablation.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ablation.add_argument("--out", type=Path, required=True, help="report folder (runs/ inside)")
+    ablation.set_defaults(func=_ablation)
 
     serve = commands.add_parser("serve", help="start the HTTP service")
     serve.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,116 @@
+"""The ablation: the ladder of steps, what each switches off, and one tiny run end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from cohort_shapes import HCC_SHAPE
+
+from models import get_task
+from training.ablation import claim, ladder, run_ablation, step_overrides
+from training.config import TrainConfig
+from training.train import train
+
+HCC = get_task("hcc")
+BRATS = get_task("brats")
+
+
+def test_the_hcc_ladder_adds_one_part_per_step_and_ends_with_the_full_method() -> None:
+    steps = ladder(HCC)
+    assert [s.name for s in steps] == ["scratch", "+kd", "+rgd", "+cbam3d", "+modality_dropout", "full"]
+    for before, after in itertools.pairwise(steps):
+        assert len(after.parts - before.parts) == 1 and before.parts < after.parts
+    assert [s.name for s in ladder(BRATS)][-1] == "+modality_dropout"  # BraTS has no dose part
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (
+            "scratch",
+            {
+                "teachers": [],
+                "rgd_weight": 0.0,
+                "modality_dropout": 0.0,
+                "input_modalities": ["ct"],
+                "low_dose": None,
+            },
+        ),
+        ("+kd", {"teachers": ["sf.pt"], "rgd_weight": 0.0, "input_modalities": ["ct"]}),
+        ("+modality_dropout", {"teachers": ["sf.pt"], "low_dose": None}),
+        ("full", {"teachers": ["sf.pt", "dose.pt"]}),
+    ],
+)
+def test_each_step_switches_off_exactly_the_parts_it_lacks(step: str, expected: dict) -> None:
+    by_name = {s.name: s for s in ladder(HCC)}
+    base = {"model_kwargs": {"width": 4}}
+    got = step_overrides(by_name[step], HCC, base, [Path("sf.pt"), Path("dose.pt")])
+    for key, value in expected.items():
+        assert got[key] == value, key
+    assert got["val_modalities"] == ["ct"]  # every student is selected on CT alone
+    assert got["model_kwargs"] == {"width": 4, "attention": "cbam3d" in by_name[step].parts}
+    if step in ("+modality_dropout", "full"):
+        assert "modality_dropout" not in got and "input_modalities" not in got
+
+
+def test_a_live_claim_is_respected_and_a_dead_ones_taken_over(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert claim(run)
+    assert claim(run)  # this process's own claim
+    (run / "claim.pid").write_text("1")  # PID 1 is alive: another owner
+    assert not claim(run)
+    (run / "claim.pid").write_text("999999999")  # no such process
+    assert claim(run)
+
+
+@pytest.mark.slow
+def test_a_tiny_ablation_trains_every_step_and_writes_the_table(
+    hcc_manifest: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from training.data.synth_hcc import write_hcc_cohort
+
+    tmp = tmp_path_factory.mktemp("ablation")
+    external = write_hcc_cohort(
+        tmp / "ext", 4, seed=5, external=True, doses=(1.0, 0.1), workers=1, progress=False, shape=HCC_SHAPE
+    )
+    quick = {"epochs": 1, "max_cases": 8, "model_kwargs": {"width": 4}, "augment": False, "out": tmp / "t"}
+    teachers = [
+        train(TrainConfig(task="hcc", role="teacher", kind=kind, data=hcc_manifest, **quick))
+        for kind in ("structure-function", "dose-aware")
+    ]
+    base = tmp / "base.yaml"
+    base.write_text(yaml.safe_dump({**quick, "out": str(tmp / "unused"), "rgd_weight": 1.0}))
+
+    out = tmp / "report"
+    results = run_ablation("hcc", base, hcc_manifest, teachers, [0], out, external=external, command="test")
+
+    assert results["complete"] and list(results["steps"]) == [s.name for s in ladder(HCC)]
+    full = results["steps"]["full"]["summary"]
+    assert set(full["internal"]) == {"+".join(s) for s in HCC.allowed_subsets()}
+    assert set(full["external"]) == {"1", "0.1"}
+    assert "dose_loss_100_to_10" in full
+    for step in results["steps"].values():
+        auc = step["summary"]["internal"]["ct"]["mean"]
+        assert math.isnan(auc) or 0.0 <= auc <= 1.0
+    scratch = torch.load(out / "runs" / "scratch-s0" / "best.pt", weights_only=False)
+    assert scratch["config"]["input_modalities"] == ["ct"] and scratch["model_kwargs"]["attention"] is False
+    assert not (out / "runs" / "scratch-s0" / "last.pt").exists()
+    table = (out / "ablation.md").read_text()
+    assert "| `scratch` |" in table and "| `full` |" in table and "## Targets" in table
+    assert (out / "ablation.png").stat().st_size > 10_000
+    assert set(json.loads((out / "ablation.json").read_text())["targets"]) >= {
+        "internal_beats_scratch",
+        "external_beats_scratch",
+        "smaller_dose_loss_than_scratch",
+    }
+
+    # A second call finds every run done and only rewrites the table.
+    mtime = (out / "runs" / "full-s0" / "result.json").stat().st_mtime
+    run_ablation("hcc", base, hcc_manifest, teachers, [0], out, external=external)
+    assert (out / "runs" / "full-s0" / "result.json").stat().st_mtime == mtime

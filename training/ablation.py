@@ -1,0 +1,427 @@
+"""The ablation of REACT-KD: what each part of the method buys, over several seeds.
+
+    reactkd ablation --task hcc --config BASE.yaml --data M.csv --external EXT.csv \\
+        --teachers SF.pt DOSE.pt --seeds 0 1 2 --out reports/ablation-hcc
+
+A ladder of students, each step adding one part of the method to the step before:
+
+| step | adds |
+|---|---|
+| `scratch` | a student from labels alone, on the required modalities only (HCC: CT), without CBAM3D |
+| `+kd` | logit distillation from the first teacher (PET/CT; BraTS: the hybrid) |
+| `+rgd` | region graph distillation (GW between teacher and student region graphs) |
+| `+cbam3d` | the CBAM3D attention block in the student |
+| `+modality_dropout` | every modality given in training, dropped to a random allowed subset |
+| `full` | HCC only: the dose-aware teacher as second teacher, and simulated low-dose CT |
+
+`BASE.yaml` is a student run config holding the full method's values (epochs, weights,
+temperature, dropout probability, dose range); each step switches parts off from it. Every
+(step, seed) is trained by `training.train.train`, the function `reactkd train` runs, and
+selected on validation with the required modalities only (what the service mostly sees).
+Each run is then evaluated on the internal test split under every allowed modality subset
+and, where given, on the external cohort at each dose level. A finished run's results are
+kept in its folder and not redone, so an interrupted ablation continues where it stopped;
+the same command started in several processes shares the runs out (one per core is fastest
+on CPU: `OMP_NUM_THREADS=1`), and the last to finish writes the complete table.
+The table (`ablation.md`, `ablation.json`) gives mean and standard deviation over seeds, the
+teachers' reference AUCs, and checks the targets of the method stated in issue #6.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from models import get_task, model_from_checkpoint, prepare_input
+from models.tasks import TaskSpec
+from training.config import load_config
+from training.data.readers import CaseRecord, load_case, read_records
+from training.metrics import macro_auc
+
+log = logging.getLogger(__name__)
+
+# The parts of the method, in the order the ladder adds them.
+PARTS = ("kd", "rgd", "cbam3d", "modality_dropout", "dose")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    parts: frozenset[str]
+
+
+def ladder(task: TaskSpec) -> list[Step]:
+    """scratch, then one more part per step; the last step is the full method."""
+    parts = [p for p in PARTS if p != "dose" or "ct" in task.modalities]
+    steps = [Step("scratch", frozenset())]
+    for i, part in enumerate(parts):
+        name = "full" if i == len(parts) - 1 and part == "dose" else f"+{part}"
+        steps.append(Step(name, frozenset(parts[: i + 1])))
+    return steps
+
+
+def step_overrides(
+    step: Step, task: TaskSpec, base: dict[str, Any], teachers: Sequence[Path]
+) -> dict[str, Any]:
+    """The run config values that switch off the parts `step` lacks."""
+    out: dict[str, Any] = {"val_modalities": list(task.required) or None}
+    uses_dose = "dose" in step.parts
+    out["teachers"] = [] if "kd" not in step.parts else [str(t) for t in teachers[: None if uses_dose else 1]]
+    if "rgd" not in step.parts:
+        out["rgd_weight"] = 0.0
+    out["model_kwargs"] = {**base.get("model_kwargs", {}), "attention": "cbam3d" in step.parts}
+    if "modality_dropout" not in step.parts:
+        out["modality_dropout"] = 0.0
+        out["input_modalities"] = list(task.required) or None
+    if not uses_dose:
+        out["low_dose"] = None
+    return out
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Cohort:
+    """Prepared inputs of labelled cases, grouped by setting (a modality subset or a dose)."""
+
+    images: dict[str, np.ndarray]  # setting -> (N, M, D, H, W)
+    presents: dict[str, np.ndarray]  # setting -> (N, M)
+    labels: dict[str, np.ndarray]  # setting -> (N,)
+
+
+def prepare_internal(records: Sequence[CaseRecord], task: TaskSpec) -> Cohort:
+    """The test cases under every allowed modality subset, prepared once for every run."""
+    cohort = Cohort({}, {}, {})
+    cases = [load_case(r) for r in tqdm(records, desc="internal test cases", leave=False)]
+    for subset in task.allowed_subsets():
+        key = "+".join(subset)
+        prepared = [prepare_input({m: c.volumes[m] for m in subset if m in c.volumes}, task) for c in cases]
+        cohort.images[key] = np.stack([p.image for p in prepared])
+        cohort.presents[key] = np.stack([p.present for p in prepared])
+        cohort.labels[key] = np.asarray([c.label for c in cases], dtype=np.int64)
+    return cohort
+
+
+def prepare_external(records: Sequence[CaseRecord], task: TaskSpec) -> Cohort:
+    """The labelled external cases grouped by CT dose level (as given: CT only)."""
+    cohort = Cohort({}, {}, {})
+    by_dose: dict[str, list[tuple[np.ndarray, np.ndarray, int]]] = {}
+    for record in tqdm(records, desc="external cases", leave=False):
+        if record.label is None:
+            continue
+        case = load_case(record)
+        prepared = prepare_input(case.volumes, task)
+        key = f"{float(record.meta.get('dose', 1.0)):g}"
+        by_dose.setdefault(key, []).append((prepared.image, prepared.present, record.label))
+    for key in sorted(by_dose, key=float, reverse=True):
+        images, presents, labels = zip(*by_dose[key], strict=True)
+        cohort.images[key], cohort.presents[key] = np.stack(images), np.stack(presents)
+        cohort.labels[key] = np.asarray(labels, dtype=np.int64)
+    return cohort
+
+
+def cohort_aucs(checkpoint: Path, cohort: Cohort, batch: int = 8) -> dict[str, float]:
+    """Macro AUC of a checkpoint in each setting of `cohort`."""
+    model = model_from_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=False)).eval()
+    out = {}
+    with torch.no_grad():
+        for key, images in cohort.images.items():
+            logits = [
+                model(
+                    torch.from_numpy(images[i : i + batch]),
+                    torch.from_numpy(cohort.presents[key][i : i + batch]),
+                ).logits
+                for i in range(0, len(images), batch)
+            ]
+            probs = torch.softmax(torch.cat(logits), dim=1).numpy()
+            out[key] = macro_auc(cohort.labels[key], probs)
+    return out
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+def run_ablation(
+    task_name: str,
+    base_config: Path,
+    data: Path,
+    teachers: Sequence[Path],
+    seeds: Sequence[int],
+    out: Path,
+    external: Path | None = None,
+    command: str = "",
+) -> dict[str, Any]:
+    """Train and evaluate every (step, seed); write ``ablation.json``, ``ablation.md`` and a figure."""
+    from training.train import train
+
+    task = get_task(task_name)
+    if not teachers:
+        raise ValueError("the ablation needs the teacher checkpoints (--teachers)")
+    if "ct" in task.modalities and len(teachers) < 2:
+        raise ValueError(f"task {task.name!r} needs two teachers: the PET/CT and the dose-aware one")
+    out = Path(out)
+    base = load_config(base_config, {"task": task.name, "role": "student", "data": data}).model_dump(
+        mode="json"
+    )
+    records = [r for r in read_records(task.name, data) if r.split == "test" and r.label is not None]
+    internal = prepare_internal(records, task)
+    ext = None
+    if external is not None:
+        ext = prepare_external(read_records(task.name, external), task)
+
+    results: dict[str, Any] = {
+        "command": command,
+        "task": task.name,
+        "base_config": base,
+        "seeds": list(seeds),
+        "n_internal_test": len(records),
+        "teachers": {str(t): _teacher_reference(t, internal, ext) for t in teachers},
+        "steps": {},
+    }
+    steps = ladder(task)
+    jobs = [(step, seed) for seed in seeds for step in steps]
+    for step, seed in tqdm(jobs, desc=f"ablation {task.name}", unit="run"):
+        name = f"{step.name.lstrip('+')}-s{seed}"
+        run_dir = out / "runs" / name
+        result_file = run_dir / "result.json"
+        if not result_file.exists() and claim(run_dir):
+            values = {**base, **step_overrides(step, task, base, teachers), "seed": seed, "name": name}
+            values["out"] = str(out / "runs")
+            best = train(load_config(None, values), resume=True)
+            result = {
+                "internal": cohort_aucs(best, internal),
+                "external": cohort_aucs(best, ext) if ext else {},
+                "best_epoch": torch.load(best, map_location="cpu", weights_only=False)["epoch"],
+            }
+            result_file.write_text(json.dumps(result, indent=2))
+            (run_dir / "last.pt").unlink(missing_ok=True)  # best.pt is kept; the folder stays small
+        if result_file.exists():
+            entry = results["steps"].setdefault(step.name, {"parts": sorted(step.parts), "runs": {}})
+            entry["runs"][str(seed)] = json.loads(result_file.read_text())
+    missing = len(jobs) - sum(len(s["runs"]) for s in results["steps"].values())
+    if missing:
+        log.warning("%d runs are still being trained by another process: this table leaves them out", missing)
+    results["complete"] = not missing
+
+    summarise(results, task)
+    (out / "ablation.json").write_text(json.dumps(results, indent=2, allow_nan=True))
+    (out / "ablation.md").write_text(markdown_table(results, task))
+    plot_ablation(results, out / "ablation.png")
+    return results
+
+
+def claim(run_dir: Path) -> bool:
+    """Whether this process may train `run_dir`: several processes running the same ablation
+    share its runs, each claiming a run with a file naming its PID (a dead owner's claim is
+    taken over, and its run resumed from last.pt)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "claim.pid"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        owner = int(path.read_text() or 0)
+        if owner != os.getpid() and _alive(owner):
+            return False
+        path.write_text(str(os.getpid()))
+        return True
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def _teacher_reference(checkpoint: Path, internal: Cohort, ext: Cohort | None) -> dict[str, Any]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return {
+        "model": state["model"],
+        "internal": cohort_aucs(checkpoint, internal),
+        "external": cohort_aucs(checkpoint, ext) if ext else {},
+    }
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    return {
+        "mean": float(np.mean(finite)),
+        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0,
+        "n": len(finite),
+    }
+
+
+def summarise(results: dict[str, Any], task: TaskSpec) -> None:
+    """Add mean/std over seeds per setting to every step, and the verdict on the targets."""
+    headline = "+".join(task.required) if task.required else "+".join(task.modalities)
+    for step in results["steps"].values():
+        runs = list(step["runs"].values())
+        step["summary"] = {
+            where: {key: _mean_std([r[where][key] for r in runs]) for key in runs[0][where]}
+            for where in ("internal", "external")
+        }
+        doses = [k for k in runs[0]["external"]]
+        if "1" in doses and "0.1" in doses:
+            step["summary"]["dose_loss_100_to_10"] = _mean_std(
+                [r["external"]["1"] - r["external"]["0.1"] for r in runs]
+            )
+    results["headline_setting"] = headline
+    scratch, full = results["steps"].get("scratch"), results["steps"][list(results["steps"])[-1]]
+    if scratch is None:
+        return
+    targets: dict[str, Any] = {}
+
+    def beats(where: str, key: str) -> dict[str, Any]:
+        s, f = scratch["summary"][where][key], full["summary"][where][key]
+        margin = f["mean"] - s["mean"]
+        spread = max(s["std"], f["std"])
+        return {
+            "scratch": s["mean"],
+            "full": f["mean"],
+            "gain": margin,
+            "seed_std": spread,
+            "met": margin > spread,
+        }
+
+    targets["internal_beats_scratch"] = beats("internal", headline)
+    if "1" in full["summary"]["external"]:
+        targets["external_beats_scratch"] = beats("external", "1")
+    teacher = next(iter(results["teachers"].values()))
+    teacher_auc = teacher["internal"].get("+".join(task.modalities), math.nan)
+    gap = teacher_auc - scratch["summary"]["internal"][headline]["mean"]
+    targets["gap_to_petct_teacher_closed"] = {
+        "teacher_all_modalities": teacher_auc,
+        "share": targets["internal_beats_scratch"]["gain"] / gap if gap > 0 else math.nan,
+    }
+    if "dose_loss_100_to_10" in full["summary"]:
+        s, f = (
+            scratch["summary"]["dose_loss_100_to_10"]["mean"],
+            full["summary"]["dose_loss_100_to_10"]["mean"],
+        )
+        targets["smaller_dose_loss_than_scratch"] = {"scratch": s, "full": f, "met": f < s}
+    results["targets"] = targets
+
+
+def _cell(stat: dict[str, float]) -> str:
+    return "n/a" if math.isnan(stat["mean"]) else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def markdown_table(results: dict[str, Any], task: TaskSpec) -> str:
+    steps = results["steps"]
+    first = next(iter(steps.values()))["summary"]
+    subsets = list(first["internal"])
+    doses = list(first["external"])
+    lines = [
+        f"# Ablation of REACT-KD on `{task.name}`",
+        "",
+        f"`{results['command']}`" if results["command"] else "",
+        "",
+        f"Seeds {results['seeds']}; {results['n_internal_test']} internal test cases. Macro AUC, mean ± std "
+        "over seeds. Students are selected on validation with "
+        f"`{results['headline_setting']}` alone. Synthetic data (docs/benchmark.md): not real patients.",
+        "",
+        "| step | internal "
+        + " | internal ".join(subsets)
+        + "".join(f" | external {float(d) * 100:g}% dose" for d in doses)
+        + (" | AUC lost 100%→10% |" if "dose_loss_100_to_10" in first else " |"),
+        "|---" * (1 + len(subsets) + len(doses) + ("dose_loss_100_to_10" in first)) + "|",
+    ]
+    for name, step in steps.items():
+        s = step["summary"]
+        cells = [_cell(s["internal"][k]) for k in subsets] + [_cell(s["external"][d]) for d in doses]
+        if "dose_loss_100_to_10" in s:
+            cells.append(_cell(s["dose_loss_100_to_10"]))
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Teachers (reference, one run each):",
+        "",
+        "| teacher | internal "
+        + " | internal ".join(subsets)
+        + "".join(f" | external {float(d) * 100:g}%" for d in doses)
+        + " |",
+        "|---" * (1 + len(subsets) + len(doses)) + "|",
+    ]
+    for teacher in results["teachers"].values():
+        cells = [f"{teacher['internal'].get(k, math.nan):.3f}" for k in subsets]
+        cells += [f"{teacher['external'].get(d, math.nan):.3f}" for d in doses]
+        lines.append(f"| `{teacher['model']}` | " + " | ".join(cells) + " |")
+    if "targets" in results:
+        lines += ["", "## Targets (issue #6)", ""]
+        for name, t in results["targets"].items():
+            lines.append(
+                f"- **{name.replace('_', ' ')}**: " + ", ".join(f"{k} {_num(v)}" for k, v in t.items())
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def plot_ablation(results: dict[str, Any], path: Path) -> None:
+    """Left: headline internal AUC per step; right: external AUC against dose per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = results["steps"]
+    headline = results["headline_setting"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(steps)
+    means = [steps[n]["summary"]["internal"][headline]["mean"] for n in names]
+    stds = [steps[n]["summary"]["internal"][headline]["std"] for n in names]
+    left.bar(range(len(names)), means, yerr=stds, capsize=4, color="#4c72b0")
+    left.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    left.set_ylabel(f"internal macro AUC ({headline})")
+    left.set_ylim(0.4, 1.0)
+    left.axhline(0.5, color="grey", lw=0.8, ls="--")
+    for n in names:
+        ext = steps[n]["summary"]["external"]
+        if ext:
+            doses = sorted(ext, key=float)
+            right.errorbar(
+                [float(d) * 100 for d in doses],
+                [ext[d]["mean"] for d in doses],
+                yerr=[ext[d]["std"] for d in doses],
+                marker="o",
+                capsize=3,
+                label=n,
+            )
+    right.set_xscale("log")
+    right.set_xlabel("CT dose (% of full)")
+    right.set_ylabel("external macro AUC")
+    right.axhline(0.5, color="grey", lw=0.8, ls="--")
+    if right.lines:
+        right.legend(fontsize=8)
+    fig.suptitle(f"REACT-KD ablation, task {results['task']} (mean ± std over seeds {results['seeds']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
