@@ -29,7 +29,8 @@ class Metrics:
         )
         self.stages = Histogram(
             "reactkd_stage_seconds",
-            "Time per processing stage (receive, ingest, preprocess, inference, outcome, save, explain, store)",
+            "Time per processing stage "
+            "(receive, ingest, preprocess, checks, inference, outcome, save, explain, store)",
             ["stage"],
             registry=self.registry,
             buckets=_STAGE_BUCKETS,

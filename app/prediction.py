@@ -88,7 +88,11 @@ def build_outcome(
     model_input: ModelInput,
     outputs: dict[str, np.ndarray],
     uploads: dict[str, list[Upload]],
+    checks: list[str] | None = None,
 ) -> Outcome:
+    """The response and the files to keep; `checks` are `input_warnings` if already computed."""
+    if checks is None:
+        checks = input_warnings(study.volumes, task)
     probabilities = softmax(outputs["logits"].astype(np.float64))
     label = task.classes[int(np.argmax(probabilities))]
     response = Prediction(
@@ -98,7 +102,7 @@ def build_outcome(
         probabilities={c: float(p) for c, p in zip(task.classes, probabilities, strict=True)},
         modalities=Modalities(used=list(model_input.used), missing=list(model_input.missing)),
         model=ModelRef(name=model.name, version=model.version, sha256=model.sha256),
-        warnings=[*study.warnings, *input_warnings(study.volumes, task)],
+        warnings=[*study.warnings, *checks],
         study=StudyInfo(
             study_uid=study.study_uid,
             series_uids=study.series_uids,
@@ -159,7 +163,7 @@ def _files(
             grid_shape=np.asarray(model_input.grid.shape),
         )
     headers = study.sources[reference].headers
-    if headers:
+    if headers and not uploads:  # else rebuilt from the stored DICOM files when needed
         files["headers.json"] = json.dumps([h.to_json_dict() for h in headers]).encode()
     if study.mask is not None and not uploads:
         files["mask.npz"] = npz_bytes(array=study.mask.array, affine=study.mask.affine)

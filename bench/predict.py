@@ -13,9 +13,9 @@ machine is noisy.
 Where the time goes: the service's own Prometheus histograms (`/metrics`), read before and
 after each series of requests, give the mean milliseconds per request of each stage
 (`receive`: reading the multipart body; `ingest`: decoding into volumes; `preprocess`;
-`inference`; `outcome`: input checks and the files to keep; `save`: files and the SQLite
-commit) and of the whole route as the server sees it; the rest of the client's time is
-HTTP on loopback and the thread hops between stages.
+`inference`, with the input `checks` beside it in another thread; `outcome`: response and
+files to keep; `save`: files and the SQLite commit) and of the whole route as the server
+sees it; the rest of the client's time is HTTP on loopback.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def stage_means(
     return {key: means[key] for key in sorted(means) if key in _STAGES or key == "server_total"}
 
 
-_STAGES = ("receive", "ingest", "preprocess", "inference", "outcome", "save")
+_STAGES = ("receive", "ingest", "preprocess", "checks", "inference", "outcome", "save")
 
 
 def time_requests(client: httpx.Client, files: dict, repeats: int) -> list[float]:

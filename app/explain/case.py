@@ -1,9 +1,10 @@
 """A stored prediction reloaded for explanation: model input, outputs, the input's grid.
 
-The model input is not stored with a prediction made from uploaded files: it is rebuilt
-from the stored uploads by the very code that built it at prediction time (`build_study`,
-then `prepare_input`), checked against the sha256 recorded then, and cached beside the
-prediction for later explanations. A study fetched from the PACS keeps its `input.npz`.
+The model input (and, for DICOM, the source headers) is not stored with a prediction made
+from uploaded files: it is rebuilt from the stored uploads by the very code that built it
+at prediction time (`build_study`, then `prepare_input`), checked against the sha256
+recorded then, and cached beside the prediction for later explanations. A study fetched
+from the PACS keeps its `input.npz` and `headers.json`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ class Case:
         return self.task.modalities.index(self.reference_name)
 
     def headers(self, store: Store) -> list[Dataset]:
-        data = store.read(self.prediction, "headers.json")
+        """The source series' headers (no pixel data), in slice order; [] unless DICOM."""
+        data = store.read(self.prediction, "headers.json") or store.read_cache(
+            self.prediction, "headers.json"
+        )
         if data is None:
             return []
         return [Dataset.from_json(item) for item in json.loads(data)]
@@ -85,6 +89,16 @@ def _rebuild_input(
             "(the preprocessing has changed since); predict again to explain",
             field="id",
         )
+    # The input is cached last: its presence says the headers and mask are cached too.
+    headers = study.sources[meta["reference"]].headers
+    if headers:
+        store.write_cache(
+            prediction, "headers.json", json.dumps([h.to_json_dict() for h in headers]).encode()
+        )
+    mask = None
+    if study.mask is not None:
+        mask = {"array": study.mask.array, "affine": study.mask.affine}
+        store.write_cache(prediction, "mask.npz", npz_bytes(array=mask["array"], affine=mask["affine"]))
     arrays = {
         "image": model_input.image,
         "present": model_input.present,
@@ -101,10 +115,6 @@ def _rebuild_input(
             grid_shape=arrays["grid_shape"],
         ),
     )
-    if study.mask is None:
-        return arrays, None
-    mask = {"array": study.mask.array, "affine": study.mask.affine}
-    store.write_cache(prediction, "mask.npz", npz_bytes(array=mask["array"], affine=mask["affine"]))
     return arrays, mask
 
 

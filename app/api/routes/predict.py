@@ -6,6 +6,7 @@ field without files) and fetched from the configured DICOMweb server.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -33,6 +34,7 @@ from app.pacs.dicomweb import source_client
 from app.pacs.publish import publish
 from app.pacs.schemas import StudyRequest
 from app.prediction import Outcome, build_outcome, infer, preprocess
+from app.quality import input_warnings
 from app.schemas import Prediction
 from app.settings import Settings
 from app.store import Store, new_id
@@ -169,19 +171,29 @@ async def predict(
 
     study, model_input = await gate.run(ingest_and_prepare, timeout=remaining())
 
+    def timed_checks() -> list[str]:
+        with metrics.stage("checks"):
+            return input_warnings(study.volumes, task)
+
     def timed_infer():  # type: ignore[no-untyped-def]
         with metrics.stage("inference"):
             return infer(model, model_input)
 
-    outputs = await gate.run(timed_infer, timeout=remaining())
+    # The input checks (CT noise, liver coverage) need only the study: they run beside the
+    # network, on another core when there is one (ONNX Runtime uses `intra_op_threads`).
+    checks = asyncio.ensure_future(run_in_threadpool(timed_checks))
+    try:
+        outputs = await gate.run(timed_infer, timeout=remaining())
+    finally:
+        warnings = await checks
     prediction_id = new_id()
     # A fetched study stays in the PACS: the store keeps no second copy of its files.
     kept = {} if fetched else uploads
 
     def outcome_and_save() -> Outcome:
-        # Off the event loop: the input checks and file encoding are CPU work.
+        # Off the event loop: building the response and encoding files are CPU work.
         with metrics.stage("outcome"):
-            outcome = build_outcome(prediction_id, task, model, study, model_input, outputs, kept)
+            outcome = build_outcome(prediction_id, task, model, study, model_input, outputs, kept, warnings)
             if study.sources[reference_modality(task, set(study.volumes))].kind == "dicom":
                 base = f"/v1/explain/{prediction_id}"
                 outcome.response.links.update({"dicom_results": f"{base}/dicom", "store": f"{base}/store"})
