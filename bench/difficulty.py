@@ -4,7 +4,9 @@ The benchmark's rules say CT separates grades only moderately and PET strongly. 
 measures it: a logistic regression on a few radiomics-like features (tumour and liver masks
 given), 5-fold stratified cross-validation, macro one-vs-rest AUC. Prints JSON.
 
-    python -m bench.difficulty --cases 200 --seed 0 [--workers 2] [--shape 64 64 32]
+    python -m bench.difficulty --cases 200 --seed 0 [--workers 2] [--shape 64 64 32] [--quick]
+
+`--quick` (for CI): 40 cases on a 48 x 48 x 24 grid, one worker; its AUCs are rough.
 """
 
 from __future__ import annotations
@@ -82,7 +84,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="CT grid (default 128 128 64)")
+    parser.add_argument("--quick", action="store_true", help="40 small cases, one worker (for CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.cases, args.shape, args.workers = 40, [48, 48, 24], 1
     shape = tuple(args.shape) if args.shape else None
     start = time.perf_counter()
     jobs = [(args.seed, i, shape) for i in range(args.cases)]
@@ -94,6 +99,7 @@ def main() -> None:
     report = {
         "cases": args.cases,
         "seed": args.seed,
+        "quick": args.quick,
         "shape": list(shape) if shape else "default (128, 128, 64)",
         "grade_counts": {g: int((y == i).sum()) for i, g in enumerate(("well", "moderate", "poor"))},
         "macro_ovr_auc": {

@@ -6,7 +6,7 @@ latency at the task's model grid (`TaskSpec.shape`) in PyTorch and in ONNX Runti
 execution provider, the served runtime), side by side in one run, with the teacher/student
 and ORT/PyTorch ratios.
 
-    python -m bench.networks [--repeats 7] [--threads 1 2] [--models hcc_student ...]
+    python -m bench.networks [--repeats 7] [--threads 1 2] [--models hcc_student ...] [--quick]
 
 Other work on the machine inflates multi-threaded latencies of small networks most (their
 many short kernels wait for preempted threads); the 1-minute load average is printed so a
@@ -160,7 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         default=sorted({1, torch.get_num_threads()}),
         help="thread counts for PyTorch and ONNX Runtime (default: 1 and all)",
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="for CI: 1 timed run, 1 thread, only the HCC student and its teacher",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.threads = 1, [1]
+        args.models = list(PAIRS["hcc"])
     unknown = sorted(set(args.models) - set(list_models()))
     if unknown:
         parser.error(f"unknown models {unknown}; registered: {list_models()}")
@@ -180,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch": 1,
             "repeats": args.repeats,
         },
+        "quick": args.quick,
         "networks": results,
         "ratios": ratios(results),
         "total_s": round(time.perf_counter() - started, 1),

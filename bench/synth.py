@@ -1,6 +1,6 @@
 """Synthetic cohort generation speed: cases per second and bytes on disk per case. Prints JSON.
 
-    python -m bench.synth [--hcc-cases 4] [--brats-cases 2] [--workers 1]
+    python -m bench.synth [--hcc-cases 4] [--brats-cases 2] [--workers 1] [--quick]
 
 One worker by default, so the numbers are per core. BraTS runs on its real 240x240x155 grid.
 """
@@ -42,7 +42,10 @@ def main() -> None:
     parser.add_argument("--hcc-cases", type=int, default=4)
     parser.add_argument("--brats-cases", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="one case of each cohort (for CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.hcc_cases = args.brats_cases = 1
     opts = {"workers": args.workers, "progress": False}
     results = [
         measure("hcc", lambda out, n: write_hcc_cohort(out, n, 0, **opts), args.hcc_cases),
@@ -54,7 +57,7 @@ def main() -> None:
         ),
         measure("brats_240x240x155", lambda out, n: write_brats_cohort(out, n, 0, **opts), args.brats_cases),
     ]
-    print(json.dumps({"workers": args.workers, "results": results}, indent=2))
+    print(json.dumps({"workers": args.workers, "quick": args.quick, "results": results}, indent=2))
 
 
 if __name__ == "__main__":
