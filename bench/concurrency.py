@@ -11,6 +11,9 @@ client would. Reported per level: 200s and 503s counted apart, latency percentil
 200s (nearest rank), throughput (200s per second of wall time) and attempts per second.
 At the end: the server's peak resident memory (VmHWM of /proc/PID/status) and its
 resident memory after warm-up.
+
+The client threads run on the same machine as the server (loopback only), so on few cores
+their own CPU time is part of what is measured; the load average is printed beside.
 """
 
 from __future__ import annotations
