@@ -142,7 +142,7 @@ def _cases(operation: Any) -> st.SearchStrategy:
     positive = operation.as_strategy(GenerationMode.POSITIVE)
     try:
         return st.one_of(positive, operation.as_strategy(GenerationMode.NEGATIVE))
-    except Exception:
+    except Exception:  # schemathesis finds nothing to break (no parameters, no body)
         return positive
 
 
@@ -227,7 +227,9 @@ def test_fuzzing_every_operation_gives_no_5xx(seeded: Seeded) -> None:
     assert tally.not_problems == [], "\n".join(tally.not_problems[:10])
     assert set(tally.calls) == {op.label for op in operations}, "an operation was never called"
     assert sum(tally.calls.values()) >= MIN_CALLS
-    assert tally.statuses[200] > 0, "nothing succeeded: the fuzzer only met errors"
+    # Not only errors: fuzzed predictions succeed, and explanations of real ones are served.
+    for label in ("POST /v1/predict", "GET /v1/explain/{prediction_id}/attention"):
+        assert tally.by_operation[label][200] > 0, (label, tally.by_operation[label])
 
 
 def test_the_added_predict_form_names_every_modality() -> None:
