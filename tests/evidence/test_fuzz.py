@@ -30,9 +30,7 @@ from __future__ import annotations
 import collections
 import copy
 import gzip
-import io
 import os
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -49,8 +47,8 @@ from hypothesis import strategies as st
 from schemathesis.generation.modes import GenerationMode
 
 from app.main import create_app
+from bench.predict import dicom_zip
 from models.contract import Volume
-from models.dicom import series_from_volume
 from models.tasks import TASKS
 
 from .evidence_helpers import DEMO_MODELS, make_settings
@@ -71,14 +69,7 @@ explanation tests in tests/app cover them on real predictions)."""
 def _dicom_zip(nifti: bytes) -> bytes:
     """The generated CT of `ct_nifti` as a zipped DICOM series."""
     image = nib.Nifti1Image.from_bytes(gzip.decompress(nifti))
-    volume = Volume(np.asarray(image.dataobj, np.float32), image.affine)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for i, ds in enumerate(series_from_volume(volume)):
-            out = io.BytesIO()
-            ds.save_as(out, enforce_file_format=True)
-            zf.writestr(f"ct/{i:04d}.dcm", out.getvalue())
-    return buffer.getvalue()
+    return dicom_zip(Volume(np.asarray(image.dataobj, np.float32), image.affine))
 
 
 def with_predict_form(published: dict[str, Any]) -> dict[str, Any]:
