@@ -325,7 +325,11 @@ def summarise(results: dict[str, Any], task: TaskSpec) -> None:
 
 
 def _cell(stat: dict[str, float]) -> str:
-    return "n/a" if math.isnan(stat["mean"]) else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+    if math.isnan(stat["mean"]):
+        return "n/a"
+    if stat["n"] < 2:  # no spread from a single seed
+        return f"{stat['mean']:.3f} (1 seed)"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
 def markdown_table(results: dict[str, Any], task: TaskSpec) -> str:
