@@ -114,8 +114,9 @@ def _ablation(args: argparse.Namespace) -> None:
         external=args.external,
         command=" ".join(["reactkd", *sys.argv[1:]]),
     )
-    for name, met in results.get("targets", {}).items():
-        print(f"{name}: {'met' if met.get('met', True) else 'NOT met'}")
+    for name, target in results.get("targets", {}).items():
+        verdict = ("met" if target["met"] else "NOT met") if "met" in target else f"{target}"
+        print(f"{name}: {verdict}")
     print(f"wrote {args.out / 'ablation.md'}")
 
 
