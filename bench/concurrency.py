@@ -23,7 +23,6 @@ import collections
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,7 +34,8 @@ import httpx
 import numpy as np
 
 from app.settings import Settings
-from bench.predict import DEFAULT_MODELS, ct_case, free_port, nifti_bytes, rss_mib
+from bench.predict import DEFAULT_MODELS, ct_case, nifti_bytes, rss_mib
+from bench.server import start_server, stop
 from models.contract import Volume
 from training.data.synth_hcc import generate_hcc_case
 
@@ -58,45 +58,6 @@ def percentile_ms(seconds: list[float], q: float) -> float | None:
     ordered = sorted(seconds)
     rank = max(1, math.ceil(q / 100.0 * len(ordered)))
     return round(1000.0 * ordered[rank - 1], 1)
-
-
-def start_server(model_dir: Path, store: str, env_overrides: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """`reactkd serve` on a free loopback port; waits (at most 120 s) until /readyz is 200."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "REACTKD_ENVIRONMENT": "development",
-        "REACTKD_MODEL_DIR": str(model_dir),
-        "REACTKD_STORE_DIR": store,
-        "REACTKD_LOG_LEVEL": "WARNING",
-        **env_overrides,
-    }
-    command = [sys.executable, "-m", "training.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--log-level", "warning"]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the service exited with {server.returncode} before it was ready")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return server, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    stop(server)
-    raise RuntimeError("the service did not become ready within 120 s")
-
-
-def stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=30)
 
 
 def run_level(base: str, body: bytes, clients: int, seconds: float, max_requests: int) -> dict[str, Any]:
@@ -187,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["REACTKD_MAX_CONCURRENT_INFERENCES"] = str(args.max_inferences)
     levels: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as store:
-        server, base = start_server(args.model_dir, store, overrides)
+        server, base = start_server(args.model_dir, store, None, **overrides)
         try:
             rss_ready = rss_mib(server.pid)
             with httpx.Client(base_url=base, timeout=60) as http:

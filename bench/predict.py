@@ -26,10 +26,7 @@ import io
 import json
 import os
 import re
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -40,18 +37,13 @@ import nibabel as nib
 import numpy as np
 import onnxruntime as ort
 
+from bench.server import start_server, stop
 from models.contract import Volume, prepare_input
 from models.dicom import series_from_volume
 from models.tasks import get_task
 from training.data.synth_hcc import generate_hcc_case
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "app" / "demo_models"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -163,40 +155,11 @@ def main() -> None:
     volume = ct_case()
     nifti, dicom = nifti_bytes(volume), dicom_zip(volume)
     nifti_gz = gzip.compress(nifti, compresslevel=6)
-    port = free_port()
     threads = 1
     with tempfile.TemporaryDirectory() as store:
-        env = {
-            **os.environ,
-            "REACTKD_ENVIRONMENT": "development",
-            "REACTKD_MODEL_DIR": str(args.model_dir),
-            "REACTKD_STORE_DIR": store,
-            "REACTKD_INTRA_OP_THREADS": str(threads),
-            "REACTKD_LOG_LEVEL": "WARNING",
-        }
-        command = [
-            sys.executable,
-            "-m",
-            "training.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ]
-        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server, base = start_server(args.model_dir, store, REACTKD_INTRA_OP_THREADS=str(threads))
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    try:
-                        if client.get("/readyz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.5)
-                else:
-                    raise RuntimeError("the service did not become ready within 120 s")
+            with httpx.Client(base_url=base, timeout=120) as client:
                 rss_ready = rss_mib(server.pid)
                 time_requests(client, {"ct": ("ct.nii", nifti)}, 2)  # warm-up
                 times, stages = {}, {}
@@ -210,8 +173,7 @@ def main() -> None:
                     stages[key] = stage_means(before, server_seconds(client))
                 rss_end = rss_mib(server.pid)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            stop(server)
     bare = bare_onnx(args.model_dir, volume, args.repeats, threads)
     bare_p50 = statistics.median(bare)
     result = {
