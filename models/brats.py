@@ -27,10 +27,11 @@ from models.cbam import CBAM3D
 from models.layers import (
     ClassifierHead,
     ConvNormAct,
+    GlobalPool,
     NormName,
+    PoolName,
     check_positive,
     conv_type,
-    global_avg_max_pool,
     mask_missing,
 )
 from models.registry import ModelOutput, register_model
@@ -117,6 +118,7 @@ class BraTSStudent(CBAMStudent):
         reduction: int = 8,
         dropout: float = 0.2,
         attention: bool = True,
+        pool: PoolName = "topk",
     ) -> None:
         check_positive("in_channels", in_channels)
         check_positive("width", width)
@@ -130,7 +132,7 @@ class BraTSStudent(CBAMStudent):
             ),
         ]
         super().__init__(
-            stem, stages, widths, in_channels, num_classes, msgff, norm, reduction, dropout, attention
+            stem, stages, widths, in_channels, num_classes, msgff, norm, reduction, dropout, attention, pool
         )
 
 
@@ -226,6 +228,7 @@ class BraTSTeacherHybrid(nn.Module):
         reduction: int = 8,
         dropout: float = 0.2,
         msgff: bool = False,
+        pool: PoolName = "topk",
     ) -> None:
         super().__init__()
         check_positive("in_channels", in_channels)
@@ -235,6 +238,7 @@ class BraTSTeacherHybrid(nn.Module):
         widths = (width, 2 * width, 4 * width)
         self.cnn = VGGBranch(in_channels, widths, norm)
         self.cbam = CBAM3D(widths[-1], reduction)
+        self.pool = GlobalPool(pool)
         self.vit = ViTBranch(
             in_channels, img_size, patch_size, hidden_size, 2 * hidden_size, num_layers, num_heads
         )
@@ -244,7 +248,7 @@ class BraTSTeacherHybrid(nn.Module):
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> ModelOutput:
         x = mask_missing(image, present)
         features, attention = self.cbam(self.cnn(x))
-        pooled = torch.cat([global_avg_max_pool(features), self.vit(x)], dim=1)
+        pooled = torch.cat([self.pool(features), self.vit(x)], dim=1)
         return ModelOutput(self.head(pooled, present), attention, features)
 
 

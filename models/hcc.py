@@ -28,11 +28,12 @@ from models.cbam import CBAM3D
 from models.layers import (
     ClassifierHead,
     ConvNormAct,
+    GlobalPool,
     NormName,
+    PoolName,
     ResidualBlock,
     check_positive,
     conv_type,
-    global_avg_max_pool,
     mask_missing,
 )
 from models.registry import ModelOutput, register_model
@@ -61,7 +62,10 @@ class HCCStudent(CBAMStudent):
         num_classes: C.
         width: channels of the stem; the stages have 2x and 4x that.
         msgff: fuse the stem and both stages with MSGFF before the CBAM3D.
-        norm: normalisation of every convolution ("group", "batch", "instance").
+        norm: normalisation of every convolution ("instance", "group", "batch", "none").
+            Instance by default, as for every HCC network: with it and top-k pooling they
+            learned on every initialisation tried, with group norm only on some.
+        pool: the peak pooled beside the mean ("topk" or "max", `models.layers.GlobalPool`).
 
     forward(image (N, M, D, H, W), present (N, M)) -> ModelOutput with logits (N, C),
     attention (N, 1, D/8, H/8, W/8) and features (N, 4*width, D/8, H/8, W/8) (ceil division).
@@ -73,10 +77,11 @@ class HCCStudent(CBAMStudent):
         num_classes: int = 3,
         width: int = 16,
         msgff: bool = False,
-        norm: NormName = "group",
+        norm: NormName = "instance",
         reduction: int = 8,
         dropout: float = 0.2,
         attention: bool = True,
+        pool: PoolName = "topk",
     ) -> None:
         check_positive("in_channels", in_channels)
         check_positive("width", width)
@@ -84,7 +89,7 @@ class HCCStudent(CBAMStudent):
         stem = ConvNormAct(3, in_channels, width, 3, stride=2, norm=norm)
         stages = list(_stages(widths, norm))
         super().__init__(
-            stem, stages, widths, in_channels, num_classes, msgff, norm, reduction, dropout, attention
+            stem, stages, widths, in_channels, num_classes, msgff, norm, reduction, dropout, attention, pool
         )
 
 
@@ -126,11 +131,12 @@ class HCCTeacherSF(nn.Module):
         in_channels: int = 3,
         num_classes: int = 3,
         width: int = 16,
-        norm: NormName = "group",
+        norm: NormName = "instance",
         reduction: int = 8,
         dropout: float = 0.2,
         msgff: bool = False,
         depth: int = 2,
+        pool: PoolName = "topk",
     ) -> None:
         super().__init__()
         if in_channels != 3:
@@ -144,6 +150,7 @@ class HCCTeacherSF(nn.Module):
         self.cbam = CBAM3D(widths[-1], reduction)  # shared by both branches
         self.fdg_proj = conv_type(3)(widths[-1], widths[-1], 1)
         self.act_proj = conv_type(3)(widths[-1], widths[-1], 1)
+        self.pool = GlobalPool(pool)
         self.head = ClassifierHead(2 * widths[-1], in_channels, num_classes, dropout)
         self.num_features = widths[-1]
         if msgff:
@@ -162,7 +169,7 @@ class HCCTeacherSF(nn.Module):
 
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> ModelOutput:
         features, attention = self.forward_features(image, present)
-        return ModelOutput(self.head(global_avg_max_pool(features), present), attention, features)
+        return ModelOutput(self.head(self.pool(features), present), attention, features)
 
 
 class HCCTeacherDose(nn.Module):
@@ -180,10 +187,11 @@ class HCCTeacherDose(nn.Module):
         in_channels: int = 3,
         num_classes: int = 3,
         width: int = 16,
-        norm: NormName = "group",
+        norm: NormName = "instance",
         reduction: int = 8,
         dropout: float = 0.2,
         depth: int = 2,
+        pool: PoolName = "topk",
     ) -> None:
         super().__init__()
         check_positive("in_channels", in_channels)
@@ -191,6 +199,7 @@ class HCCTeacherDose(nn.Module):
         widths = (width, 2 * width, 4 * width)
         self.encoder = BranchEncoder(1, widths, norm, depth)
         self.cbam = CBAM3D(widths[-1], reduction)
+        self.pool = GlobalPool(pool)
         self.head = ClassifierHead(2 * widths[-1], 1, num_classes, dropout)
         self.num_features = widths[-1]
 
@@ -203,7 +212,7 @@ class HCCTeacherDose(nn.Module):
 
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> ModelOutput:
         features, attention = self.forward_features(image, present)
-        logits = self.head(global_avg_max_pool(features), present[:, CT : CT + 1])
+        logits = self.head(self.pool(features), present[:, CT : CT + 1])
         return ModelOutput(logits, attention, features)
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models.cbam import CBAM3D
-from models.layers import ClassifierHead, NormName, global_avg_max_pool, mask_missing
+from models.layers import ClassifierHead, GlobalPool, NormName, PoolName, mask_missing
 from models.msgff import MSGFF
 from models.registry import ModelOutput
 
@@ -27,6 +27,7 @@ class CBAMStudent(nn.Module):
         stages: applied in turn; `widths` lists the channels of the stem and each stage.
         in_channels: M, the number of modalities (the `present` vector's length).
         attention: use the CBAM3D (False only for the ablation's baseline students).
+        pool: the peak statistic pooled beside the mean (`models.layers.GlobalPool`).
     forward(image, present) -> ModelOutput(logits (N, C), attention (N, 1, d, h, w),
     features (N, widths[-1], d, h, w)).
     """
@@ -43,6 +44,7 @@ class CBAMStudent(nn.Module):
         reduction: int,
         dropout: float,
         attention: bool = True,
+        pool: PoolName = "topk",
     ) -> None:
         super().__init__()
         self.stem = stem
@@ -51,6 +53,7 @@ class CBAMStudent(nn.Module):
         # attention=False is the ablation's student without CBAM3D: features pass unchanged
         # and the served attention map is uniform (ones), which says "no attention" plainly.
         self.cbam = CBAM3D(widths[-1], reduction) if attention else None
+        self.pool = GlobalPool(pool)
         self.head = ClassifierHead(2 * widths[-1], in_channels, num_classes, dropout)
         self.num_features = widths[-1]
 
@@ -70,7 +73,7 @@ class CBAMStudent(nn.Module):
         return self.cbam(x)
 
     def forward_head(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        return self.head(global_avg_max_pool(features), present)
+        return self.head(self.pool(features), present)
 
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> ModelOutput:
         features, attention = self.forward_features(image, present)

@@ -1,9 +1,20 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from models.layers import ConvNormAct, ResidualBlock, check_positive, conv_type, make_norm, mask_missing
+from models.layers import (
+    TOPK_FRACTION,
+    ConvNormAct,
+    GlobalPool,
+    ResidualBlock,
+    check_positive,
+    conv_type,
+    make_norm,
+    mask_missing,
+)
 
 
 @pytest.mark.parametrize("spatial_dims", [1, 2, 3])
@@ -55,3 +66,26 @@ def test_onednn_conv_matches_the_reference(spatial_dims: int, batch: int, stride
     (grad_x,) = torch.autograd.grad(y.square().sum(), x)
     (want_x,) = torch.autograd.grad(reference.square().sum(), x)
     torch.testing.assert_close(grad_x, want_x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spatial_dims", [1, 2, 3])
+def test_global_pool_keeps_the_mean_and_the_peak(spatial_dims: int) -> None:
+    x = torch.randn(2, 3, *([10] * spatial_dims), requires_grad=True)
+    flat = x.detach().flatten(2)
+    k = math.ceil(TOPK_FRACTION * flat.shape[-1])
+    top = GlobalPool("topk")(x)
+    assert top.shape == (2, 6)
+    torch.testing.assert_close(top[:, :3], flat.mean(-1))
+    torch.testing.assert_close(top[:, 3:], flat.sort(-1, descending=True).values[..., :k].mean(-1))
+    torch.testing.assert_close(GlobalPool("max")(x)[:, 3:], flat.amax(-1))
+    # The peak's gradient reaches the k largest voxels of each channel, not one.
+    top[:, 3:].sum().backward()
+    assert x.grad is not None
+    assert (x.grad.flatten(2) > 0).sum(-1).eq(k).all()
+
+
+def test_global_pool_takes_at_least_one_voxel_and_refuses_unknown_names() -> None:
+    x = torch.randn(1, 2, 3, 3)
+    torch.testing.assert_close(GlobalPool("topk")(x), GlobalPool("max")(x))
+    with pytest.raises(ValueError, match="pool must be"):
+        GlobalPool("lse")  # type: ignore[arg-type]

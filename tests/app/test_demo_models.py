@@ -1,0 +1,39 @@
+"""The shipped demo models: the PyTorch weights beside each ONNX file are the same network.
+
+Attributions (Grad-CAM, Integrated Gradients) run on the `.pt` weights while predictions
+come from the `.onnx` file, so the two must agree; a checkpoint whose `model_kwargs` leave a
+setting to a default that has since changed would rebuild a different network.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from app.settings import DEFAULT_MODEL_DIR
+from models import get_task, model_from_checkpoint
+
+CARDS = sorted(DEFAULT_MODEL_DIR.glob("*.json"))
+
+
+@pytest.mark.parametrize("card_path", CARDS, ids=[p.stem for p in CARDS])
+def test_shipped_weights_answer_as_the_shipped_onnx(card_path: Path) -> None:
+    card = json.loads(card_path.read_text())
+    checkpoint = torch.load(DEFAULT_MODEL_DIR / card["weights_file"], weights_only=False)
+    assert checkpoint["model_kwargs"] == card["model_kwargs"]
+    network = model_from_checkpoint(checkpoint)
+    task = get_task(card["task"])
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(2, task.num_modalities, *task.shape, generator=generator)
+    present = torch.ones(2, task.num_modalities)
+    present[1, 1:] = 0.0  # a second case with only the first modality
+    session = ort.InferenceSession(DEFAULT_MODEL_DIR / card["onnx_file"], providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(["logits"], {"image": image.numpy(), "present": present.numpy()})
+    with torch.no_grad():
+        torch_logits = network(image, present).logits.numpy()
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
