@@ -1,35 +1,53 @@
 #!/usr/bin/env bash
-# The exact recipe of reports/ablation-hcc: the synthetic cohorts and teachers of the demo
-# recipe (seed 7), then `reactkd ablation` over seeds 0 1 2. On CPU it runs one ablation
-# process per core (they share the runs out; the last to finish writes the table): about
-# 1.5 hours on 2 cores. Everything is SYNTHETIC data.
+# The exact recipe of reports/ablation-hcc and reports/ablation-brats: the synthetic cohorts
+# and teachers of the demo recipe (seed 7), then `reactkd ablation` over seeds 0 1 2.
+#   TASK=hcc bash scripts/run_ablation.sh     (the default; about 1.5 hours on 2 cores)
+#   TASK=brats bash scripts/run_ablation.sh
+# On CPU it runs one ablation process per core (they share the runs out; the last to finish
+# writes the table). Everything is SYNTHETIC data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
+TASK=${TASK:-hcc}
 WORK=${WORK:-build/ablation}
-OUT=${OUT:-reports/ablation-hcc}
+OUT=${OUT:-reports/ablation-$TASK}
 SEED=${SEED:-7}
 JOBS=${JOBS:-$(nproc)}
-HCC="$WORK/hcc/manifest.csv"
-EXT="$WORK/hcc_ext/manifest.csv"
 T="$WORK/teachers"
 
-[ -f "$HCC" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases 200 --seed "$SEED"
-[ -f "$EXT" ] || $BIN/reactkd synth hcc --out "$WORK/hcc_ext" --cases 60 --seed "$SEED" --external
-for kind in sf dose; do
-  config=configs/demo/hcc_teacher_$kind.yaml
-  name=$([ $kind = sf ] && echo structure-function || echo dose-aware)
-  [ -f "$T/hcc-$name-s$SEED/best.pt" ] || $BIN/reactkd train teacher --config "$config" --data "$HCC" --out "$T" --seed "$SEED"
-done
+teacher() {  # teacher CONFIG NAME DATA: train it unless its checkpoint is there
+  [ -f "$T/$2-s$SEED/best.pt" ] || $BIN/reactkd train teacher --config "$1" --data "$3" --out "$T" --seed "$SEED" >&2
+  echo "$T/$2-s$SEED/best.pt"
+}
+
+case "$TASK" in
+hcc)
+  DATA="$WORK/hcc/manifest.csv"
+  EXT="$WORK/hcc_ext/manifest.csv"
+  [ -f "$DATA" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases 200 --seed "$SEED"
+  [ -f "$EXT" ] || $BIN/reactkd synth hcc --out "$WORK/hcc_ext" --cases 60 --seed "$SEED" --external
+  TEACHERS=("$(teacher configs/demo/hcc_teacher_sf.yaml hcc-structure-function "$DATA")"
+            "$(teacher configs/demo/hcc_teacher_dose.yaml hcc-dose-aware "$DATA")")
+  EXTRA=(--external "$EXT")
+  ;;
+brats)  # the demo's cohort and grid; BraTS has no external cohort and no dose step
+  DATA="$WORK/brats"
+  [ -d "$DATA/HGG" ] || $BIN/reactkd synth brats --out "$DATA" --cases 240 --seed "$SEED" --shape 96 96 64 --spacing 2.5
+  TEACHERS=("$(teacher configs/demo/brats_teacher_hybrid.yaml brats-hybrid "$DATA")")
+  EXTRA=()
+  ;;
+*) echo "TASK must be hcc or brats, got $TASK" >&2; exit 2 ;;
+esac
+
+ablation() {
+  $BIN/reactkd ablation --task "$TASK" --config "configs/ablation/${TASK}_student.yaml" \
+    --data "$DATA" "${EXTRA[@]}" --seeds 0 1 2 --out "$OUT" --teachers "${TEACHERS[@]}"
+}
 for _ in $(seq "$JOBS"); do
-  OMP_NUM_THREADS=1 $BIN/reactkd ablation --task hcc --config configs/ablation/hcc_student.yaml \
-    --data "$HCC" --external "$EXT" --seeds 0 1 2 --out "$OUT" \
-    --teachers "$T/hcc-structure-function-s$SEED/best.pt" "$T/hcc-dose-aware-s$SEED/best.pt" &
+  OMP_NUM_THREADS=1 ablation &
   sleep 5
 done
 wait
 # The last process to finish wrote the complete table; one more call (every run done) makes
 # sure of it, whichever process finished last.
-$BIN/reactkd ablation --task hcc --config configs/ablation/hcc_student.yaml \
-  --data "$HCC" --external "$EXT" --seeds 0 1 2 --out "$OUT" \
-  --teachers "$T/hcc-structure-function-s$SEED/best.pt" "$T/hcc-dose-aware-s$SEED/best.pt"
+ablation
