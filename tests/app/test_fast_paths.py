@@ -18,7 +18,14 @@ import pytest
 from app_helpers import ct_volume, nifti_bytes, series_zip
 from scipy import ndimage
 
-from app.quality import _eroded, _in_plane_mean_3x3, ct_noise_hu
+from app.quality import (
+    INTERIOR,
+    NOISE_WARN_HU,
+    ct_noise_hu,
+    eroded_interior,
+    in_plane_residual,
+    input_warnings,
+)
 from app.store import Store
 from models.contract import (
     BACKGROUND,
@@ -32,6 +39,7 @@ from models.contract import (
     to_tensor_layout,
 )
 from models.tasks import get_task
+from training.data.lowdose import reduce_dose
 from training.data.synth_hcc import generate_hcc_case
 
 
@@ -139,11 +147,9 @@ def test_noise_estimate_matches_scipy_filters(hcc_case, fortran) -> None:  # typ
     array = hcc_case.volumes["ct"]
     array = np.asfortranarray(array) if fortran else array
     soft = (array > -100) & (array < 200)
-    np.testing.assert_array_equal(_eroded(soft), ndimage.binary_erosion(soft, iterations=1))
-    np.testing.assert_allclose(
-        _in_plane_mean_3x3(array), ndimage.uniform_filter(array, size=(3, 3, 1)), rtol=0, atol=1e-3
-    )
+    np.testing.assert_array_equal(eroded_interior(soft), ndimage.binary_erosion(soft)[INTERIOR])
     residual = array - ndimage.uniform_filter(array, size=(3, 3, 1))
+    np.testing.assert_allclose(in_plane_residual(array), residual[INTERIOR], rtol=0, atol=1e-3)
     values = residual[ndimage.binary_erosion(soft, iterations=1)]
     old = 1.4826 * float(np.median(np.abs(values - np.median(values)))) / np.sqrt(1 - 1 / 9)
     new = ct_noise_hu(Volume(array, hcc_case.affines["ct"]))
@@ -151,9 +157,10 @@ def test_noise_estimate_matches_scipy_filters(hcc_case, fortran) -> None:  # typ
 
 
 def test_erosion_of_thin_masks() -> None:
-    for shape in [(1, 5, 5), (2, 4, 4), (3, 3, 3), (5, 4, 3)]:
+    for shape in [(3, 3, 3), (5, 4, 3), (3, 7, 5)]:
         mask = np.ones(shape, dtype=bool)
-        np.testing.assert_array_equal(_eroded(mask), ndimage.binary_erosion(mask))
+        np.testing.assert_array_equal(eroded_interior(mask), ndimage.binary_erosion(mask)[INTERIOR])
+    assert ct_noise_hu(Volume(np.zeros((2, 40, 40), np.float32), np.eye(4))) is None
 
 
 # -- the model input, rebuilt for explanations -------------------------------------------------
@@ -208,3 +215,21 @@ def test_prediction_is_committed_before_the_answer(client) -> None:  # type: ign
         assert other.get(prediction_id).response["id"] == prediction_id
     finally:
         other.close()
+
+
+def test_ct_warnings_flag_low_dose_and_a_missing_liver(hcc_case) -> None:  # type: ignore[no-untyped-def]
+    """The noise estimate tells a routine-dose CT from a 5 % dose one, and a CT without liver
+    (every voxel of the liver range shifted out of it) is flagged as such."""
+    ct = Volume(hcc_case.volumes["ct"], hcc_case.affines["ct"])
+    task = get_task("hcc")
+    low = reduce_dose(ct.array, ct.spacing, 0.05, np.random.default_rng(0))
+    no_liver = np.where((ct.array > 60) & (ct.array < 160), ct.array - 120.0, ct.array)
+    full_noise, low_noise = ct_noise_hu(ct), ct_noise_hu(Volume(low, ct.affine))
+    assert full_noise is not None and low_noise is not None
+    assert full_noise < NOISE_WARN_HU < low_noise
+    quiet = input_warnings({"ct": ct, "pet_fdg": ct, "pet_act": ct}, task)
+    assert not [w for w in quiet if w.startswith("ct:")]
+    flagged = input_warnings({"ct": Volume(low, ct.affine)}, task)
+    assert any("low-dose" in w for w in flagged)
+    assert sum(w.startswith("pet_") for w in flagged) == 2
+    assert any("liver" in w for w in input_warnings({"ct": Volume(no_liver, ct.affine)}, task))
