@@ -6,45 +6,20 @@ import gzip
 import io
 import json
 import random
-import zipfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 
-from app.settings import Settings
 from models.contract import Volume
 from models.dicom import series_from_volume
+from tests.common import ct_volume, make_settings, zip_bytes
 
-
-def make_settings(model_dir: Path, store_dir: Path, **overrides: object) -> Settings:
-    values = {
-        "model_dir": model_dir,
-        "store_dir": store_dir,
-        "intra_op_threads": 1,
-        "inter_op_threads": 1,
-        "_env_file": None,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+__all__ = ["ct_volume", "make_settings", "zip_bytes"]  # shared with the other folders
 
 
 # -- generated cases ---------------------------------------------------------------------
-
-
-def ct_volume(shape: tuple[int, int, int] = (32, 32, 16), spacing: float = 8.0, seed: int = 0) -> Volume:
-    """A body (50 HU) with a liver (110 HU), a hypo-attenuating lesion (60 HU), in air."""
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*(np.linspace(-1, 1, s) for s in shape), indexing="ij")
-    array = np.full(shape, -1000.0)
-    array[(x / 0.9) ** 2 + (y / 0.7) ** 2 < 1] = 50.0
-    array[((x + 0.3) / 0.4) ** 2 + (y / 0.35) ** 2 + (z / 0.8) ** 2 < 1] = 110.0
-    array[((x + 0.3) / 0.12) ** 2 + (y / 0.12) ** 2 + (z / 0.25) ** 2 < 1] = 60.0
-    array += np.round(rng.normal(0, 5, size=shape))
-    affine = np.diag([spacing, spacing, spacing, 1.0])
-    affine[:3, 3] = -spacing * (np.array(shape) - 1) / 2
-    return Volume(array.astype(np.float32), affine)
 
 
 def pet_volume(seed: int = 1) -> Volume:
@@ -73,14 +48,6 @@ def dicom_files(volume: Volume, seed: int = 0, **kwargs: object) -> list[bytes]:
     datasets = series_from_volume(volume, **kwargs)  # type: ignore[arg-type]
     random.Random(seed).shuffle(datasets)
     return [dicom_bytes(ds) for ds in datasets]
-
-
-def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
 
 
 def series_zip(volume: Volume, **kwargs: object) -> bytes:

@@ -1,39 +1,15 @@
-"""Helpers for the evidence tests: settings on the shipped demo models, a timed post, problem checks.
-
-The few lines copied from tests/app/app_helpers.py (make_settings, zip_bytes) are copied, not
-imported, so this folder stands alone.
-"""
+"""Helpers for the evidence tests: settings on the shipped demo models, a timed post, problem checks."""
 
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 from pathlib import Path
 
-from app.settings import Settings
+from tests.common import make_settings, zip_bytes
+
+__all__ = ["make_settings", "zip_bytes"]
 
 DEMO_MODELS = Path(__file__).resolve().parents[2] / "app" / "demo_models"
-
-
-def make_settings(model_dir: Path, store_dir: Path, **overrides: object) -> Settings:
-    values = {
-        "model_dir": model_dir,
-        "store_dir": store_dir,
-        "intra_op_threads": 1,
-        "inter_op_threads": 1,
-        "_env_file": None,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
-def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
 
 
 def timed_post(client, name: str, data: bytes, task: str = "hcc"):  # type: ignore[no-untyped-def]

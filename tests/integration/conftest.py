@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from orthanc_server import OrthancServer, OrthancUnavailable, ensure_installed
 
 from app.main import create_app
-from app.settings import Settings
+from tests.common import make_settings
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -65,18 +65,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     out.with_suffix(".json").write_text(json.dumps(card))
     return folder
-
-
-def make_settings(model_dir: Path, store_dir: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "model_dir": model_dir,
-        "store_dir": store_dir,
-        "intra_op_threads": 1,
-        "inter_op_threads": 1,
-        "_env_file": None,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from pydicom.uid import generate_uid
 from app.explain.case import load_case
 from app.pacs.results import region_labels
 from app.store import Store
-from models.contract import Volume
 from models.dicom import series_from_volume
+from tests.common import ct_volume
 
 PATIENT = {"PatientID": "RKD-INT-1", "PatientName": "Integration^Test", "StudyDescription": "generated CT"}
 SR, PM, SEG, SC = (
@@ -29,20 +29,6 @@ SR, PM, SEG, SC = (
     "1.2.840.10008.5.1.4.1.1.66.4",
     "1.2.840.10008.5.1.4.1.1.7",
 )
-
-
-def ct_volume(shape: tuple[int, int, int] = (32, 32, 16), spacing: float = 8.0) -> Volume:
-    """A body (50 HU) with a liver (110 HU) and a hypo-attenuating lesion (60 HU), in air."""
-    rng = np.random.default_rng(0)
-    x, y, z = np.meshgrid(*(np.linspace(-1, 1, s) for s in shape), indexing="ij")
-    array = np.full(shape, -1000.0)
-    array[(x / 0.9) ** 2 + (y / 0.7) ** 2 < 1] = 50.0
-    array[((x + 0.3) / 0.4) ** 2 + (y / 0.35) ** 2 + (z / 0.8) ** 2 < 1] = 110.0
-    array[((x + 0.3) / 0.12) ** 2 + (y / 0.12) ** 2 + (z / 0.25) ** 2 < 1] = 60.0
-    array += np.round(rng.normal(0, 5, size=shape))
-    affine = np.diag([spacing, spacing, spacing, 1.0])
-    affine[:3, 3] = -spacing * (np.array(shape) - 1) / 2
-    return Volume(array.astype(np.float32), affine)
 
 
 def part10(ds: Dataset) -> Dataset:
