@@ -13,6 +13,9 @@ BRATS_CASES=${BRATS_CASES:-240}
 BRATS_GRID=${BRATS_GRID:-"--shape 96 96 64 --spacing 2.5"}
 RUNS="$WORK/runs"
 mkdir -p "$WORK" "$OUT"
+teacher() {  # teacher CONFIG DATA NAME: train it unless its checkpoint is there (a rerun keeps it)
+  [ -f "$RUNS/$3-s$SEED/best.pt" ] || $BIN/reactkd train teacher --config "$1" --data "$2" --out "$RUNS" --seed "$SEED"
+}
 card() {  # training-data note for a model card
   printf '{"synthetic": true, "description": "%s"}' "$1"
 }
@@ -20,8 +23,8 @@ card() {  # training-data note for a model card
 hcc() {  # two teachers, then the distilled CT student
 [ -f "$WORK/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases "$HCC_CASES" --seed "$SEED"
 HCC="$WORK/hcc/manifest.csv"
-$BIN/reactkd train teacher --config configs/demo/hcc_teacher_sf.yaml --data "$HCC" --out "$RUNS" --seed "$SEED"
-$BIN/reactkd train teacher --config configs/demo/hcc_teacher_dose.yaml --data "$HCC" --out "$RUNS" --seed "$SEED"
+teacher configs/demo/hcc_teacher_sf.yaml "$HCC" hcc-structure-function
+teacher configs/demo/hcc_teacher_dose.yaml "$HCC" hcc-dose-aware
 $BIN/reactkd train student --config configs/demo/hcc_student.yaml --data "$HCC" --out "$RUNS" --seed "$SEED" \
   --teachers "$RUNS/hcc-structure-function-s$SEED/best.pt" "$RUNS/hcc-dose-aware-s$SEED/best.pt"
 $BIN/reactkd export "$RUNS/hcc-student-s$SEED/best.pt" --out "$OUT/hcc_student.onnx" --data "$HCC" \
@@ -33,7 +36,7 @@ brats() {  # hybrid CNN+ViT teacher, then the EfficientNet-style student
 [ -d "$WORK/brats/HGG" ] || $BIN/reactkd synth brats --out "$WORK/brats" --cases "$BRATS_CASES" --seed "$SEED" \
   $BRATS_GRID
 BRATS="$WORK/brats"
-$BIN/reactkd train teacher --config configs/demo/brats_teacher_hybrid.yaml --data "$BRATS" --out "$RUNS" --seed "$SEED"
+teacher configs/demo/brats_teacher_hybrid.yaml "$BRATS" brats-hybrid
 $BIN/reactkd train student --config configs/demo/brats_student.yaml --data "$BRATS" --out "$RUNS" --seed "$SEED" \
   --teachers "$RUNS/brats-hybrid-s$SEED/best.pt"
 $BIN/reactkd export "$RUNS/brats-student-s$SEED/best.pt" --out "$OUT/brats_student.onnx" --data "$BRATS" \
