@@ -2,8 +2,8 @@
 
 A student is a stride-2 stem and stride-2 stages (built by the task's module), then the
 second seed's multi-scale fusion when asked, REACT-KD's CBAM3D on the last grid (its spatial
-map is the served attention), and a linear head over mean- and max-pooled features joined
-with the `present` vector. Subclasses only choose their stem and stages.
+map is the served attention), and a linear head over mean- and peak-pooled features
+(`models.layers.GlobalPool`) joined with the `present` vector. Subclasses only choose their stem and stages.
 """
 
 from __future__ import annotations
