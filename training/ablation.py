@@ -209,6 +209,8 @@ def run_ablation(
         if result_file.exists():
             entry = results["steps"].setdefault(step.name, {"parts": sorted(step.parts), "runs": {}})
             entry["runs"][str(seed)] = json.loads(result_file.read_text())
+    # Ladder order, whichever runs finished first (other processes may still train some).
+    results["steps"] = {s.name: results["steps"][s.name] for s in steps if s.name in results["steps"]}
     missing = len(jobs) - sum(len(s["runs"]) for s in results["steps"].values())
     if missing:
         log.warning("%d runs are still being trained by another process: this table leaves them out", missing)
@@ -288,8 +290,8 @@ def summarise(results: dict[str, Any], task: TaskSpec) -> None:
                 [r["external"]["1"] - r["external"]["0.1"] for r in runs]
             )
     results["headline_setting"] = headline
-    scratch, full = results["steps"].get("scratch"), results["steps"][list(results["steps"])[-1]]
-    if scratch is None:
+    scratch, full = results["steps"].get("scratch"), results["steps"].get(ladder(task)[-1].name)
+    if scratch is None or full is None:
         return
     targets: dict[str, Any] = {}
 
@@ -308,10 +310,11 @@ def summarise(results: dict[str, Any], task: TaskSpec) -> None:
     targets["internal_beats_scratch"] = beats("internal", headline)
     if "1" in full["summary"]["external"]:
         targets["external_beats_scratch"] = beats("external", "1")
-    teacher = next(iter(results["teachers"].values()))
+    teacher = next(iter(results["teachers"].values()))  # HCC: the PET/CT one
     teacher_auc = teacher["internal"].get("+".join(task.modalities), math.nan)
     gap = teacher_auc - scratch["summary"]["internal"][headline]["mean"]
-    targets["gap_to_petct_teacher_closed"] = {
+    targets["gap_to_teacher_closed"] = {
+        "teacher": teacher["model"],
         "teacher_all_modalities": teacher_auc,
         "share": targets["internal_beats_scratch"]["gain"] / gap if gap > 0 else math.nan,
     }
@@ -332,10 +335,18 @@ def _cell(stat: dict[str, float]) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
+def table_subsets(subsets: list[str]) -> list[str]:
+    """The modality subsets the markdown table shows: all of them when few (HCC has 4),
+    else every modality together and each alone (BraTS has 15; the JSON keeps them all)."""
+    if len(subsets) <= 6:
+        return subsets
+    return [k for k in subsets if "+" not in k or k.count("+") == max(s.count("+") for s in subsets)]
+
+
 def markdown_table(results: dict[str, Any], task: TaskSpec) -> str:
     steps = results["steps"]
     first = next(iter(steps.values()))["summary"]
-    subsets = list(first["internal"])
+    subsets = table_subsets(list(first["internal"]))
     doses = list(first["external"])
     lines = [
         f"# Ablation of REACT-KD on `{task.name}`",

@@ -13,7 +13,7 @@ import yaml
 from cohort_shapes import HCC_SHAPE
 
 from models import get_task
-from training.ablation import claim, ladder, run_ablation, step_overrides
+from training.ablation import claim, ladder, run_ablation, step_overrides, table_subsets
 from training.config import TrainConfig
 from training.train import train
 
@@ -114,3 +114,11 @@ def test_a_tiny_ablation_trains_every_step_and_writes_the_table(
     mtime = (out / "runs" / "full-s0" / "result.json").stat().st_mtime
     run_ablation("hcc", base, hcc_manifest, teachers, [0], out, external=external)
     assert (out / "runs" / "full-s0" / "result.json").stat().st_mtime == mtime
+
+
+def test_table_shows_every_modality_together_and_each_alone_when_there_are_many_subsets() -> None:
+    brats = ["+".join(s) for s in BRATS.allowed_subsets()]
+    assert len(brats) == 15
+    assert table_subsets(brats) == ["t1+t1ce+t2+flair", "t1", "t1ce", "t2", "flair"]
+    hcc = ["+".join(s) for s in HCC.allowed_subsets()]
+    assert table_subsets(hcc) == hcc
