@@ -401,7 +401,8 @@ def _num(value: Any) -> str:
 
 
 def plot_ablation(results: dict[str, Any], path: Path) -> None:
-    """Left: headline internal AUC per step; right: external AUC against dose per step."""
+    """Left: headline internal AUC per step. Right: external AUC against dose per step, or,
+    without an external cohort (BraTS), internal AUC per single modality per step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -418,25 +419,52 @@ def plot_ablation(results: dict[str, Any], path: Path) -> None:
     left.set_ylabel(f"internal macro AUC ({headline})")
     left.set_ylim(0.4, 1.0)
     left.axhline(0.5, color="grey", lw=0.8, ls="--")
-    for n in names:
-        ext = steps[n]["summary"]["external"]
-        if ext:
-            doses = sorted(ext, key=float)
-            right.errorbar(
-                [float(d) * 100 for d in doses],
-                [ext[d]["mean"] for d in doses],
-                yerr=[ext[d]["std"] for d in doses],
-                marker="o",
-                capsize=3,
-                label=n,
-            )
-    right.set_xscale("log")
-    right.set_xlabel("CT dose (% of full)")
-    right.set_ylabel("external macro AUC")
+    if any(steps[n]["summary"]["external"] for n in names):
+        _plot_dose(right, steps)
+    else:
+        _plot_single_modalities(right, steps)
     right.axhline(0.5, color="grey", lw=0.8, ls="--")
-    if right.lines:
-        right.legend(fontsize=8)
     fig.suptitle(f"REACT-KD ablation, task {results['task']} (mean ± std over seeds {results['seeds']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_dose(ax: Any, steps: dict[str, Any]) -> None:
+    for name, step in steps.items():
+        ext = step["summary"]["external"]
+        doses = sorted(ext, key=float)
+        ax.errorbar(
+            [float(d) * 100 for d in doses],
+            [ext[d]["mean"] for d in doses],
+            yerr=[ext[d]["std"] for d in doses],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("CT dose (% of full)")
+    ax.set_ylabel("external macro AUC")
+    ax.legend(fontsize=8)
+
+
+def _plot_single_modalities(ax: Any, steps: dict[str, Any]) -> None:
+    names = list(steps)
+    singles = [k for k in steps[names[0]]["summary"]["internal"] if "+" not in k]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        internal = steps[name]["summary"]["internal"]
+        x = [j + (i - (len(names) - 1) / 2) * width for j in range(len(singles))]
+        ax.bar(
+            x,
+            [internal[k]["mean"] for k in singles],
+            width,
+            yerr=[internal[k]["std"] for k in singles],
+            capsize=2,
+            label=name,
+        )
+    ax.set_xticks(range(len(singles)), singles)
+    ax.set_ylim(0.0, 1.25)
+    ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_ylabel("internal macro AUC, one modality given")
+    ax.legend(fontsize=7, ncol=3, loc="upper center")
