@@ -54,9 +54,15 @@ class TrainConfig(BaseModel):
 
     # Dose-aware teacher: weight of the full-dose / low-dose feature consistency term.
     dose_consistency: float = Field(1.0, ge=0)
+    # Any role: weight of a loss pulling the CBAM3D spatial attention onto the lesion mask
+    # (`training.losses.attention_mask_loss`); cases without a mask add nothing.
+    attention_supervision: float = Field(0.0, ge=0)
     # Student distillation.
     teachers: list[Path] = Field(default_factory=list)
-    teacher_weights: list[float] | None = None
+    # How the teachers' soft targets (and region graphs) are mixed: "val_auc" weighs each by
+    # its validation AUC above chance (`training.losses.teacher_weights_from_auc`), "equal"
+    # alike, or one number per teacher.
+    teacher_weights: list[float] | Literal["val_auc", "equal"] = "val_auc"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1)
     rgd_weight: float = Field(0.5, ge=0)
@@ -85,7 +91,7 @@ class TrainConfig(BaseModel):
         else:
             self.kind = "student"
             self.model = self.model or STUDENT_MODELS[self.task]
-        if self.teacher_weights is not None and len(self.teacher_weights) != len(self.teachers):
+        if isinstance(self.teacher_weights, list) and len(self.teacher_weights) != len(self.teachers):
             raise ValueError(
                 f"teacher_weights has {len(self.teacher_weights)} values for {len(self.teachers)} teachers"
             )

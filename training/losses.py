@@ -63,6 +63,18 @@ def combine_teachers(
     return (w.to(probs)[:, None, None] * probs).sum(0)
 
 
+def teacher_weights_from_auc(val_aucs: Sequence[float]) -> list[float]:
+    """Mixing weights for `combine_teachers`: each teacher's validation AUC above chance.
+
+    ``w_k = max(AUC_k - 0.5, 0)``: a teacher that ranks no better than a coin gets no say,
+    so it cannot dilute a good one (at equal weights a chance-level teacher makes half of
+    the soft target noise). When none beats chance (tiny validation sets), they are mixed
+    equally: there is no evidence to prefer one.
+    """
+    weights = [float(auc) - 0.5 if float(auc) > 0.5 else 0.0 for auc in val_aucs]  # NaN: no say
+    return weights if any(w > 0 for w in weights) else [1.0] * len(weights)
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_probs: torch.Tensor,
@@ -120,3 +132,27 @@ def rgd_loss(
     if not losses:
         return student_distances.sum() * 0.0
     return torch.stack(losses).mean()
+
+
+def attention_mask_loss(attention: torch.Tensor, lesion: torch.Tensor) -> torch.Tensor:
+    """Balanced binary cross-entropy pulling the spatial attention onto the lesion.
+
+    Args:
+        attention: (N, 1, d, h, w) in [0, 1], the network's last-stage spatial attention.
+        lesion: (N, D, H, W) lesion mask on the input grid (any non-zero voxel is lesion).
+    An attention cell's target is 1 when any lesion voxel falls in it (max pooling keeps a
+    small lesion visible on the coarse grid). Lesion cells are a few percent of the grid, so
+    the lesion and the background cells each carry half of the loss; otherwise switching
+    the attention off everywhere would be nearly optimal. Cases without a lesion contribute
+    nothing (a lesion-free case says nothing about where to look).
+    """
+    target = F.adaptive_max_pool3d((lesion[:, None] > 0).to(attention), attention.shape[2:])
+    has_lesion = target.flatten(1).amax(1) > 0
+    if not bool(has_lesion.any()):
+        return attention.sum() * 0.0
+    a = attention[has_lesion].clamp(1e-6, 1.0 - 1e-6)
+    t = target[has_lesion]
+    bce = F.binary_cross_entropy(a, t, reduction="none")
+    inside = (bce * t).sum() / t.sum()
+    outside = (bce * (1 - t)).sum() / (1 - t).sum().clamp_min(1.0)
+    return 0.5 * (inside + outside)

@@ -45,14 +45,16 @@ from models.region_graph import (
 )
 from models.tasks import TaskSpec
 from training.config import TrainConfig
-from training.data.dataset import CaseDataset
+from training.data.dataset import LESION_MASK, CaseDataset
 from training.data.readers import CaseRecord, read_records
 from training.losses import (
+    attention_mask_loss,
     class_weights,
     combine_teachers,
     focal_loss,
     kd_loss,
     rgd_loss,
+    teacher_weights_from_auc,
     weighted_cross_entropy,
 )
 from training.metrics import macro_auc
@@ -183,14 +185,15 @@ class Objective:
         self.weights = class_weights([r.label for r in train if r.label is not None], task.num_classes).to(
             device
         )
-        self.teachers = [
-            model_from_checkpoint(torch.load(p, map_location=device, weights_only=False)).to(device)
-            for p in cfg.teachers
-        ]
+        checkpoints = [torch.load(p, map_location=device, weights_only=False) for p in cfg.teachers]
+        self.teachers = [model_from_checkpoint(c).to(device) for c in checkpoints]
         for teacher in self.teachers:
             teacher.requires_grad_(False)
+        self.teacher_weights = mixing_weights(cfg, checkpoints)
         if cfg.role == "student" and not self.teachers:
             log.info("no teachers given: the student trains from labels alone (the from-scratch baseline)")
+        elif self.teachers:
+            log.info("teacher weights %s for %s", [round(w, 3) for w in self.teacher_weights], cfg.teachers)
         self.dropout = ModalityDropout(task, cfg.modality_dropout) if cfg.role == "student" else None
         self.student_inputs = modality_mask(task, cfg.input_modalities).to(device)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -205,12 +208,20 @@ class Objective:
         present = batch["present"].to(self.device)
         target = batch["label"].to(self.device)
         if self.cfg.role == "teacher" and self.cfg.kind == "dose-aware":
-            return self._dose_aware(model, image, batch, present, target)
-        if self.cfg.role == "teacher":
+            loss, parts, out = self._dose_aware(model, image, batch, present, target)
+        elif self.cfg.role == "teacher":
             out = model(image, present)
             loss = self.supervised(out.logits, target)
-            return loss, {"loss": loss.item()}
-        return self._student(model, image, batch, present, target)
+            parts = {}
+        else:
+            loss, parts, out = self._student(model, image, batch, present, target)
+        lesion = batch.get("masks", {}).get(LESION_MASK[self.task.name])
+        if self.cfg.attention_supervision > 0 and lesion is not None:
+            attend = attention_mask_loss(out.attention, lesion.to(self.device))
+            loss = loss + self.cfg.attention_supervision * attend
+            parts["attention"] = attend.item()
+        parts["loss"] = loss.item()
+        return loss, parts
 
     def _dose_aware(self, model, image, batch, present, target):  # type: ignore[no-untyped-def]
         low = batch.get("image_low_dose", batch["image"]).to(self.device)
@@ -219,7 +230,7 @@ class Objective:
         sup = 0.5 * (self.supervised(full_out.logits, target) + self.supervised(low_out.logits, target))
         consistency = F.mse_loss(low_out.features, full_out.features.detach())
         loss = sup + self.cfg.dose_consistency * consistency
-        return loss, {"loss": loss.item(), "consistency": consistency.item()}
+        return loss, {"consistency": consistency.item()}, full_out
 
     def _student(self, model, image, batch, present, target):  # type: ignore[no-untyped-def]
         student_image = batch.get("image_low_dose", batch["image"]).to(self.device)
@@ -229,14 +240,11 @@ class Objective:
         )
         out = model(student_image, student_present)
         if not self.teachers:
-            loss = self.supervised(out.logits, target)
-            return loss, {"loss": loss.item()}
+            return self.supervised(out.logits, target), {}, out
 
         with torch.no_grad():  # teachers see everything, at full dose
             teacher_outs = [teacher(image, present) for teacher in self.teachers]
-        soft = combine_teachers(
-            [t.logits for t in teacher_outs], self.cfg.temperature, self.cfg.teacher_weights
-        )
+        soft = combine_teachers([t.logits for t in teacher_outs], self.cfg.temperature, self.teacher_weights)
         kd = kd_loss(
             out.logits,
             soft,
@@ -251,8 +259,7 @@ class Objective:
             rgd = self._rgd(out.features, [t.features for t in teacher_outs], batch)
             loss = loss + self.cfg.rgd_weight * rgd
             parts["rgd"] = rgd.item()
-        parts["loss"] = loss.item()
-        return loss, parts
+        return loss, parts, out
 
     def _rgd(
         self, student_features: torch.Tensor, teacher_features: list[torch.Tensor], batch: dict
@@ -261,13 +268,30 @@ class Objective:
         labels = labels.to(self.device)
         s_nodes, weights = node_features(student_features, labels, num_regions)
         s_dist = distance_matrix(s_nodes)
-        teacher_w = self.cfg.teacher_weights or [1.0] * len(teacher_features)
-        total = sum(teacher_w)
+        total = sum(self.teacher_weights)
         loss = student_features.new_zeros(())
-        for w, features in zip(teacher_w, teacher_features, strict=True):
+        for w, features in zip(self.teacher_weights, teacher_features, strict=True):
             t_nodes, _ = node_features(features, labels, num_regions)
             loss = loss + (w / total) * rgd_loss(distance_matrix(t_nodes), s_dist, weights)
         return loss
+
+
+def mixing_weights(cfg: TrainConfig, checkpoints: list[dict[str, Any]]) -> list[float]:
+    """The weight of each teacher in the soft target and the region graph loss."""
+    if isinstance(cfg.teacher_weights, list):
+        return cfg.teacher_weights
+    if cfg.teacher_weights == "equal" or not checkpoints:
+        return [1.0] * len(checkpoints)
+    aucs = [c.get("val_auc", c.get("best_val_auc")) for c in checkpoints]
+    missing = [str(p) for p, auc in zip(cfg.teachers, aucs, strict=True) if auc is None]
+    if missing:
+        raise ValueError(
+            f"teacher_weights='val_auc' needs each teacher's validation AUC, which {missing} lack; "
+            "give teacher_weights as numbers or 'equal'"
+        )
+    if not any(float(auc) > 0.5 for auc in aucs if auc is not None):
+        log.warning("no teacher beats chance on validation (AUCs %s): they are mixed equally", aucs)
+    return teacher_weights_from_auc([float(auc) for auc in aucs if auc is not None])
 
 
 def region_labels(batch: dict[str, Any], task: TaskSpec, source: str) -> tuple[torch.Tensor, int]:

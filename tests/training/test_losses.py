@@ -8,7 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import class_weights, combine_teachers, focal_loss, gw_discrepancy, kd_loss, rgd_loss
+from training.losses import (
+    attention_mask_loss,
+    class_weights,
+    combine_teachers,
+    focal_loss,
+    gw_discrepancy,
+    kd_loss,
+    rgd_loss,
+    teacher_weights_from_auc,
+)
 
 
 def test_kd_loss_matches_a_hand_computed_value():
@@ -47,6 +56,36 @@ def test_combined_teachers_are_the_mixture_of_softened_distributions():
     assert torch.allclose(mixed.sum(1), torch.ones(1))
     with pytest.raises(ValueError, match="non-negative"):
         combine_teachers([a, b], 1.0, weights=[1.0])
+
+
+def test_teachers_are_weighted_by_validation_auc_above_chance():
+    assert teacher_weights_from_auc([0.9, 0.7]) == pytest.approx([0.4, 0.2])
+    # A teacher at or below chance (or with no AUC: NaN) gets no say in the soft target.
+    assert teacher_weights_from_auc([0.84, 0.46, float("nan")]) == pytest.approx([0.34, 0.0, 0.0])
+    a, b = torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 3.0]])
+    mixed = combine_teachers([a, b], 1.0, teacher_weights_from_auc([0.84, 0.46]))
+    assert torch.allclose(mixed, F.softmax(a, 1))
+    assert teacher_weights_from_auc([0.5, 0.41]) == [1.0, 1.0]  # no evidence either way
+
+
+def test_attention_loss_is_lowest_on_the_lesion_and_balanced():
+    lesion = torch.zeros(2, 16, 16, 16)
+    lesion[0, 2:5, 10:14, 4:6] = 1  # one case with a small lesion, one without
+    on_grid = F.adaptive_max_pool3d(lesion[:, None], (4, 4, 4))
+    on_lesion = on_grid.clamp(0.02, 0.98)
+    everywhere_off = torch.full_like(on_grid, 0.02)
+    assert float(attention_mask_loss(on_lesion, lesion)) < 0.05
+    # Switching the attention off everywhere is almost right on 62 of 64 cells, but the
+    # lesion cells carry half the loss, so it costs as much as being wrong everywhere.
+    assert float(attention_mask_loss(everywhere_off, lesion)) > 1.9
+    # The lesion-free case adds nothing: only case 0 counts.
+    assert float(attention_mask_loss(on_lesion, lesion)) == pytest.approx(
+        float(attention_mask_loss(on_lesion[:1], lesion[:1]))
+    )
+    attention = torch.full((2, 1, 4, 4, 4), 0.5, requires_grad=True)
+    attention_mask_loss(attention, lesion).backward()
+    assert attention.grad is not None and bool(attention.grad[0].abs().gt(0).all())
+    assert float(attention_mask_loss(attention.detach(), torch.zeros(2, 16, 16, 16))) == 0.0
 
 
 def test_bad_arguments_are_refused():
