@@ -87,13 +87,14 @@ def test_distillation_pulls_the_student_onto_its_teacher(
         teachers=[sf_teacher],
         alpha=1.0,
         rgd_weight=0.5,
+        attention_supervision=0.1,
         modality_dropout=0.0,
         low_dose=None,
         **QUICK,
     )
     run = train(cfg).parent
     after = divergence(model_from_checkpoint(torch.load(run / "last.pt", weights_only=False)))
-    assert set(metrics(run)[0]) >= {"train_kd", "train_rgd", "val_auc"}
+    assert set(metrics(run)[0]) >= {"train_kd", "train_rgd", "train_attention", "val_auc"}
     assert after < 0.2 * before
 
 

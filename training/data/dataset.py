@@ -27,6 +27,8 @@ from training.data.transforms import train_transforms
 
 # Masks each task's items carry (zeros when a case has none).
 MASK_NAMES: dict[str, tuple[str, ...]] = {"hcc": ("liver", "tumor"), "brats": ("seg", "brain")}
+# The mask of each task that outlines the lesion (BraTS: every tumour label of `seg`).
+LESION_MASK: dict[str, str] = {"hcc": "tumor", "brats": "seg"}
 # Label of an unlabelled case in a batch (labels are int64 tensors).
 NO_LABEL = -1
 
