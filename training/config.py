@@ -91,10 +91,14 @@ class TrainConfig(BaseModel):
         else:
             self.kind = "student"
             self.model = self.model or STUDENT_MODELS[self.task]
-        if isinstance(self.teacher_weights, list) and len(self.teacher_weights) != len(self.teachers):
-            raise ValueError(
-                f"teacher_weights has {len(self.teacher_weights)} values for {len(self.teachers)} teachers"
-            )
+        weights = self.teacher_weights
+        if isinstance(weights, list):
+            if len(weights) != len(self.teachers):
+                raise ValueError(
+                    f"teacher_weights has {len(weights)} values for {len(self.teachers)} teachers"
+                )
+            if min(weights, default=0) < 0 or sum(weights) <= 0:
+                raise ValueError(f"teacher_weights must be non-negative, not all 0; got {weights}")
         if self.low_dose is not None and not 0 < self.low_dose[0] <= self.low_dose[1] <= 1:
             raise ValueError(f"low_dose must be a range inside (0, 1], got {self.low_dose}")
         if self.task not in TASKS:

@@ -186,14 +186,18 @@ class Objective:
             device
         )
         checkpoints = [torch.load(p, map_location=device, weights_only=False) for p in cfg.teachers]
-        self.teachers = [model_from_checkpoint(c).to(device) for c in checkpoints]
+        weights = mixing_weights(cfg, checkpoints)
+        if cfg.teachers:
+            log.info("teacher weights %s for %s", [round(w, 3) for w in weights], cfg.teachers)
+        # A teacher of weight 0 changes nothing: it is not run at all.
+        self.teachers = [
+            model_from_checkpoint(c).to(device) for c, w in zip(checkpoints, weights, strict=True) if w > 0
+        ]
+        self.teacher_weights = [w for w in weights if w > 0]
         for teacher in self.teachers:
             teacher.requires_grad_(False)
-        self.teacher_weights = mixing_weights(cfg, checkpoints)
         if cfg.role == "student" and not self.teachers:
             log.info("no teachers given: the student trains from labels alone (the from-scratch baseline)")
-        elif self.teachers:
-            log.info("teacher weights %s for %s", [round(w, 3) for w in self.teacher_weights], cfg.teachers)
         self.dropout = ModalityDropout(task, cfg.modality_dropout) if cfg.role == "student" else None
         self.student_inputs = modality_mask(task, cfg.input_modalities).to(device)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)

@@ -33,6 +33,8 @@ def test_toml_file(tmp_path: Path) -> None:
         ({"task": "hcc", "role": "student", "epoch": 3}, "Extra inputs are not permitted"),
         ({"task": "hcc", "role": "student", "low_dose": [0.5, 0.2]}, "low_dose must be a range"),
         ({"task": "hcc", "role": "student", "teachers": ["t"], "teacher_weights": [1, 2]}, "weights has 2"),
+        ({"task": "hcc", "role": "student", "teachers": ["t", "u"], "teacher_weights": [0, 0]}, "not all 0"),
+        ({"task": "hcc", "role": "student", "teachers": ["t"], "teacher_weights": "best"}, "teacher_weights"),
     ],
 )
 def test_mistakes_are_refused_with_the_reason(tmp_path: Path, values: dict, message: str) -> None:
