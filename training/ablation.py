@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from models import get_task, model_from_checkpoint, prepare_input
 from models.tasks import TaskSpec
-from training.config import load_config
+from training.config import TrainConfig, load_config
 from training.data.readers import CaseRecord, load_case, read_records
 from training.metrics import macro_auc
 
@@ -198,7 +198,9 @@ def run_ablation(
         if not result_file.exists() and claim(run_dir):
             values = {**base, **step_overrides(step, task, base, teachers), "seed": seed, "name": name}
             values["out"] = str(out / "runs")
-            best = train(load_config(None, values), resume=True)
+            # Validated as given: a step's None (no low-dose CT) must override the base's value,
+            # which load_config's command-line rule (None = flag not given) would drop.
+            best = train(TrainConfig.model_validate(values), resume=True)
             result = {
                 "internal": cohort_aucs(best, internal),
                 "external": cohort_aucs(best, ext) if ext else {},

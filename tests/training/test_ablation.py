@@ -100,6 +100,10 @@ def test_a_tiny_ablation_trains_every_step_and_writes_the_table(
         assert math.isnan(auc) or 0.0 <= auc <= 1.0
     scratch = torch.load(out / "runs" / "scratch-s0" / "best.pt", weights_only=False)
     assert scratch["config"]["input_modalities"] == ["ct"] and scratch["model_kwargs"]["attention"] is False
+    # Only the full step sees simulated low-dose CT (the base config's range reaches it alone).
+    for name in ("scratch", "modality_dropout", "full"):
+        config = torch.load(out / "runs" / f"{name}-s0" / "best.pt", weights_only=False)["config"]
+        assert config["low_dose"] == (None if name != "full" else [0.1, 1.0]), name
     assert not (out / "runs" / "scratch-s0" / "last.pt").exists()
     table = (out / "ablation.md").read_text()
     assert "| `scratch` |" in table and "| `full` |" in table and "## Targets" in table
