@@ -86,6 +86,10 @@ class InvalidStudyError(ProblemError):
     slug, title, status = "invalid-study", "Study cannot be used", 422
 
 
+class ModalityMismatchError(ProblemError):
+    slug, title, status = "modality-mismatch", "Series is not of the field's modality", 422
+
+
 class UnknownTaskError(ProblemError):
     slug, title, status = "unknown-task", "Unknown task", 422
 

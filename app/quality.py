@@ -12,6 +12,12 @@ Heuristics, documented so their limits are clear:
   very thin-slice scan, where the student is less reliable (noise grows as 1/sqrt(dose)).
 - No liver (`hcc`): fewer than 100 ml of voxels in the enhanced-liver range 60..160 HU
   means the field of view probably misses the liver.
+- Small coverage: a volume spanning under a quarter of the model's field of view along a
+  world axis (a single slice, a tight crop) leaves most of what the network sees empty.
+- Not Hounsfield units (CT): nothing below -200 HU (no air, which nearly every body CT
+  holds) with a quarter of the voxels above 700 HU (denser than bone marrow) is the
+  signature of stored pixel values whose rescale intercept (-1024) was lost: air then reads
+  about 0 and soft tissue about 1050. Values beyond 30000 are outside any CT range.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from models.tasks import TaskSpec
 NOISE_WARN_HU = 30.0
 LIVER_HU = (60.0, 160.0)
 MIN_LIVER_ML = 100.0
+MIN_COVERAGE = 0.25
+MAX_CT_HU = 30000.0
 
 
 INTERIOR = (slice(1, -1),) * 3  # the voxels an eroded mask can hold
@@ -105,8 +113,14 @@ def input_warnings(volumes: dict[str, Volume], task: TaskSpec) -> list[str]:
                 f"{name}: unusual voxel spacing {tuple(round(s, 2) for s in spacing)} mm "
                 f"(model grid {task.spacing_mm} mm)"
             )
+        coverage = coverage_warning(volume, task)
+        if coverage:
+            warnings.append(f"{name}: {coverage}")
     ct = volumes.get("ct") if "ct" in task.modalities else None
     if ct is not None:
+        units = hounsfield_warning(ct)
+        if units:
+            warnings.append(f"ct: {units}")
         noise = ct_noise_hu(ct)
         if noise is not None and noise > NOISE_WARN_HU:
             warnings.append(
@@ -119,3 +133,43 @@ def input_warnings(volumes: dict[str, Volume], task: TaskSpec) -> list[str]:
                 "the field of view may not include the liver"
             )
     return warnings
+
+
+def world_extent_mm(volume: Volume) -> np.ndarray:
+    """Size (mm) of the volume's bounding box along the world (RAS) axes."""
+    corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in volume.array.shape], indexing="ij"))
+    corners = corners.reshape(3, -1)
+    world = volume.affine[:3, :3] @ corners
+    return np.ptp(world, axis=1)
+
+
+def coverage_warning(volume: Volume, task: TaskSpec) -> str | None:
+    """A warning when the volume spans under `MIN_COVERAGE` of the model grid on some axis."""
+    extent = world_extent_mm(volume)
+    grid = np.array(task.shape[::-1], dtype=np.float64) * np.array(task.spacing_mm)  # (x, y, z)
+    if np.all(extent >= MIN_COVERAGE * grid):
+        return None
+    return (
+        f"the image covers {' x '.join(f'{e:.0f}' for e in extent)} mm of the model's "
+        f"{' x '.join(f'{g:.0f}' for g in grid)} mm field of view; most of what the network sees "
+        "is empty, so the prediction is unreliable"
+    )
+
+
+def hounsfield_warning(volume: Volume) -> str | None:
+    """A warning when CT values do not look like Hounsfield units (see the module notes)."""
+    step = max(1, round((volume.array.size / 200_000) ** (1 / 3)))
+    sample = volume.array[::step, ::step, ::step].ravel()
+    low, high = np.percentile(sample, [0.5, 75.0])
+    peak = float(np.abs(sample).max())
+    if peak > MAX_CT_HU:
+        return (
+            f"values reach {peak:.3g}, beyond any CT range in Hounsfield units; the prediction is unreliable"
+        )
+    if low > -200.0 and high > 700.0:
+        return (
+            f"no air (nothing below -200 HU) and a quarter of the voxels above {high:.0f} HU: the "
+            "values look like stored pixel values without the rescale intercept (air should read "
+            "about -1000 HU); the prediction is unreliable"
+        )
+    return None

@@ -22,6 +22,10 @@ _ACETATE = re.compile(r"acetate|\bc-?11\b|11c|carbon-?11")
 _CONTRAST = re.compile(r"post|\bgd\b|gad|\bce\b|t1ce|t1c\b|\+c|\bc\+|contrast|enhanc")
 
 
+# The DICOM Modality (0008,0060) of each imaging kind a task takes.
+DICOM_MODALITY = {"ct": "CT", "pet": "PT", "mri": "MR"}
+
+
 @dataclass(frozen=True)
 class Guess:
     modality: str | None

@@ -39,8 +39,17 @@ def volume_from_nifti(data: bytes, field: str, max_bytes: int) -> Volume:
         image = (
             nib.Nifti2Image.from_bytes(data) if data[4:8] == b"n+2\x00" else nib.Nifti1Image.from_bytes(data)
         )
-        array = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel raises several kinds for truncated or odd files
+        raise UnsupportedMediaError(f"the NIfTI file cannot be read ({exc})", field=field) from None
+    stored = image.get_data_dtype()
+    if stored.kind not in "biuf":
+        # Complex or RGB voxels cast to float32 would silently lose parts of each value.
+        raise UnsupportedMediaError(
+            f"voxels of type {stored} are not real scalars; send one real-valued channel", field=field
+        )
+    try:
+        array = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # truncated data, odd scaling
         raise UnsupportedMediaError(f"the NIfTI file cannot be read ({exc})", field=field) from None
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]

@@ -23,6 +23,7 @@ from app.errors import (
     InvalidStudyError,
     MissingFieldError,
     MissingModalityError,
+    ModalityMismatchError,
     NonFiniteVoxelsError,
     NotDicomError,
     SeveralSeriesError,
@@ -30,7 +31,7 @@ from app.errors import (
     UnsupportedMediaError,
 )
 from app.ingest.archive import ZipLimits, iter_members
-from app.ingest.assign import guess_modality
+from app.ingest.assign import DICOM_MODALITY, guess_modality
 from app.ingest.nifti import volume_from_nifti
 from app.ingest.pet import to_suv
 from app.ingest.sniff import sniff
@@ -221,7 +222,21 @@ def _ingest_field(
             "or the whole study as `study` to have series assigned from their tags",
             field=modality,
         )
+    _check_dicom_modality(datasets[0], modality, task)
     _volume_from_dicom(datasets, modality, task.kind_of(modality), f"sent as field {modality!r}", study)
+
+
+def _check_dicom_modality(ds: Dataset, field_name: str, task: TaskSpec) -> None:
+    """Refuse a series whose Modality tag contradicts the field it was sent as (an MR sent as
+    `ct` would be graded on MR values read as HU); a series without the tag is taken as sent."""
+    expected = DICOM_MODALITY[task.kind_of(field_name)]
+    found = str(ds.get("Modality", "") or "").upper()
+    if found and found != expected:
+        raise ModalityMismatchError(
+            f"the series sent as {field_name!r} has DICOM Modality {found!r}, not {expected!r}; "
+            f"send a {expected} series as {field_name!r}, or the whole study as {STUDY_FIELD!r}",
+            field=field_name,
+        )
 
 
 def _ingest_study(uploads: Sequence[Upload], task: TaskSpec, limits: IngestLimits, study: Study) -> None:

@@ -92,6 +92,15 @@ def test_symlink_member(client) -> None:  # type: ignore[no-untyped-def]
     assert_problem(response, 400, "unsafe-archive", "ct")
 
 
+def test_complex_nifti_refused(client) -> None:  # type: ignore[no-untyped-def]
+    """Complex voxels cast to float would lose their imaginary part without a word."""
+    import nibabel as nib
+
+    data = nib.Nifti1Image(np.ones((8, 8, 8), np.complex64), np.eye(4)).to_bytes()
+    body = assert_problem(_post(client, [("ct", ("c.nii", data, NII))]), 415, "unsupported-media", "ct")
+    assert "complex" in body["detail"]
+
+
 def test_nested_zip_refused(client) -> None:  # type: ignore[no-untyped-def]
     inner = series_zip(ct_volume())
     response = _post(client, [("ct", ("n.zip", zip_bytes({"inner.zip": inner}), "application/zip"))])

@@ -21,6 +21,7 @@ from scipy import ndimage
 from app.quality import (
     INTERIOR,
     NOISE_WARN_HU,
+    coverage_warning,
     ct_noise_hu,
     eroded_interior,
     in_plane_residual,
@@ -233,3 +234,36 @@ def test_ct_warnings_flag_low_dose_and_a_missing_liver(hcc_case) -> None:  # typ
     assert any("low-dose" in w for w in flagged)
     assert sum(w.startswith("pet_") for w in flagged) == 2
     assert any("liver" in w for w in input_warnings({"ct": Volume(no_liver, ct.affine)}, task))
+
+
+def test_ct_warnings_flag_values_that_are_not_hounsfield_units(hcc_case) -> None:  # type: ignore[no-untyped-def]
+    """Stored values without the -1024 intercept (air at 0, soft tissue near 1050) and values
+    beyond any CT range are flagged; the same scan in HU is not."""
+    ct = Volume(hcc_case.volumes["ct"], hcc_case.affines["ct"])
+    task = get_task("hcc")
+
+    def units(array: np.ndarray) -> list[str]:
+        return [
+            w
+            for w in input_warnings({"ct": Volume(array, ct.affine)}, task)
+            if "Hounsfield" in w or "intercept" in w
+        ]
+
+    assert units(ct.array) == []
+    assert any("rescale intercept" in w for w in units(ct.array + 1024.0))
+    assert any("beyond any CT range" in w for w in units(np.where(ct.array > 500, 1e6, ct.array)))
+
+
+def test_coverage_warning_follows_the_world_axes() -> None:
+    """A volume spanning under a quarter of the model's field of view along a world axis is
+    flagged, whichever of its voxel axes that is."""
+    task = get_task("hcc")  # 384 x 384 x 192 mm
+    thick = Volume(np.zeros((100, 100, 20), np.float32), np.diag([4.0, 4.0, 4.0, 1.0]))
+    assert coverage_warning(thick, task) is None
+    thin_z = Volume(np.zeros((100, 100, 2), np.float32), np.diag([4.0, 4.0, 4.0, 1.0]))
+    assert "400 x 400 x 8 mm" in (coverage_warning(thin_z, task) or "")
+    # voxel axis 0 along z: 2 voxels thick in z once rotated into the world
+    rotated = np.array([[0, 0, 4.0, 0], [0, 4.0, 0, 0], [4.0, 0, 0, 0], [0, 0, 0, 1]])
+    assert "400 x 400 x 8 mm" in (
+        coverage_warning(Volume(np.zeros((2, 100, 100), np.float32), rotated), task) or ""
+    )

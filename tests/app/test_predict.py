@@ -127,13 +127,30 @@ def test_pydicom_ct_small_is_answered(client) -> None:  # type: ignore[no-untype
     data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     response = _post(client, "hcc", [("ct", ("CT_small.dcm", data, "application/dicom"))])
     assert response.status_code == 200, response.text
-    assert response.json()["modalities"]["used"] == ["ct"]
+    body = response.json()
+    assert body["modalities"]["used"] == ["ct"]
+    # One 5 mm slice of 85 x 85 mm: answered, but the client is told the model saw little.
+    assert any(w.startswith("ct: the image covers 85 x 85 x 5 mm") for w in body["warnings"])
 
 
 def test_pydicom_truncated_pixel_data_is_a_problem(client) -> None:  # type: ignore[no-untyped-def]
     data = Path(get_testdata_file("MR_truncated.dcm")).read_bytes()
-    response = _post(client, "hcc", [("ct", ("MR_truncated.dcm", data, "application/dicom"))])
-    assert_problem(response, 422, "corrupt-pixel-data", "ct")
+    response = _post(client, "brats", [("t2", ("MR_truncated.dcm", data, "application/dicom"))])
+    assert_problem(response, 422, "corrupt-pixel-data", "t2")
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "found"),
+    [("MR_small.dcm", "ct", "MR"), ("rtdose_1frame.dcm", "ct", "RTDOSE"), ("CT_small.dcm", "pet_fdg", "CT")],
+)
+def test_a_series_of_another_modality_than_its_field_is_refused(client, name, field, found) -> None:  # type: ignore[no-untyped-def]
+    """An MR or a dose grid sent as `ct` would be graded on values read as HU: refused, naming
+    the Modality tag found."""
+    data = Path(get_testdata_file(name)).read_bytes()
+    body = assert_problem(
+        _post(client, "hcc", [(field, (name, data, "application/dicom"))]), 422, "modality-mismatch", field
+    )
+    assert repr(found) in body["detail"]
 
 
 def test_pydicom_no_meta_is_not_dicom(client) -> None:  # type: ignore[no-untyped-def]
