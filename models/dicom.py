@@ -162,10 +162,25 @@ def _frame_from_classic(ds: Dataset, index: int) -> _Frame:
     )
 
 
+def _check_frame_values(frame: _Frame) -> None:
+    """Refuse header numbers no scanner writes: a NaN position would sort anywhere, and a
+    negative pixel spacing would mirror the image without a word."""
+    if not np.all(np.isfinite(frame.position)):
+        raise DicomGeometryError("ImagePositionPatient", "a slice position is not a finite number")
+    if not all(np.isfinite(v) and v > 0 for v in frame.pixel_spacing):
+        raise DicomGeometryError(
+            "PixelSpacing", f"pixel spacing must be positive, got {list(frame.pixel_spacing)}"
+        )
+    if not (np.isfinite(frame.slope) and np.isfinite(frame.intercept)):
+        raise DicomGeometryError("RescaleSlope", "the rescale slope or intercept is not a finite number")
+
+
 def _order_frames(
     frames: list[_Frame], max_tilt_degrees: float, spacing_tolerance: float
 ) -> tuple[list[_Frame], np.ndarray]:
     """Frames sorted along the slice normal, and the LPS vector from one slice to the next."""
+    for frame in frames:
+        _check_frame_values(frame)
     first = frames[0]
     for frame in frames[1:]:
         if not (

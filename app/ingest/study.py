@@ -222,18 +222,18 @@ def _ingest_field(
             "or the whole study as `study` to have series assigned from their tags",
             field=modality,
         )
-    _check_dicom_modality(datasets[0], modality, task)
+    _check_dicom_modality(datasets, modality, task)
     _volume_from_dicom(datasets, modality, task.kind_of(modality), f"sent as field {modality!r}", study)
 
 
-def _check_dicom_modality(ds: Dataset, field_name: str, task: TaskSpec) -> None:
-    """Refuse a series whose Modality tag contradicts the field it was sent as (an MR sent as
-    `ct` would be graded on MR values read as HU); a series without the tag is taken as sent."""
+def _check_dicom_modality(datasets: Sequence[Dataset], field_name: str, task: TaskSpec) -> None:
+    """Refuse a series whose Modality tags contradict the field it was sent as (an MR sent as
+    `ct` would be graded on MR values read as HU); instances without the tag are taken as sent."""
     expected = DICOM_MODALITY[task.kind_of(field_name)]
-    found = str(ds.get("Modality", "") or "").upper()
-    if found and found != expected:
+    found = sorted({str(ds.get("Modality", "") or "").upper() for ds in datasets} - {"", expected})
+    if found:
         raise ModalityMismatchError(
-            f"the series sent as {field_name!r} has DICOM Modality {found!r}, not {expected!r}; "
+            f"the series sent as {field_name!r} holds DICOM Modality {found[0]!r}, not {expected!r}; "
             f"send a {expected} series as {field_name!r}, or the whole study as {STUDY_FIELD!r}",
             field=field_name,
         )

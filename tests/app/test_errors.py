@@ -92,6 +92,14 @@ def test_symlink_member(client) -> None:  # type: ignore[no-untyped-def]
     assert_problem(response, 400, "unsafe-archive", "ct")
 
 
+def test_one_instance_of_another_modality_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+    datasets = series_from_volume(ct_volume())
+    datasets[3].Modality = "MR"
+    files = [("ct", (f"{n}.dcm", dicom_bytes(d), "application/dicom")) for n, d in enumerate(datasets)]
+    body = assert_problem(_post(client, files), 422, "modality-mismatch", "ct")
+    assert "'MR'" in body["detail"]
+
+
 def test_complex_nifti_refused(client) -> None:  # type: ignore[no-untyped-def]
     """Complex voxels cast to float would lose their imaginary part without a word."""
     import nibabel as nib

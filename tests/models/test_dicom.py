@@ -107,6 +107,22 @@ def test_duplicate_position_is_refused() -> None:
         volume_from_series(datasets)
 
 
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("PixelSpacing", [-2.0, 3.0], "must be positive"),  # would mirror the image
+        ("PixelSpacing", [0.0, 0.0], "must be positive"),
+        ("ImagePositionPatient", ["nan", "0", "0"], "not a finite number"),  # would sort anywhere
+    ],
+)
+def test_impossible_header_numbers_are_refused(keyword: str, value: list, message: str) -> None:
+    datasets = series_from_volume(_volume())
+    setattr(datasets[2], keyword, value)
+    with pytest.raises(DicomGeometryError, match=message) as raised:
+        volume_from_series(datasets)
+    assert raised.value.field == keyword
+
+
 def test_several_series_are_refused() -> None:
     a = series_from_volume(_volume())
     b = series_from_volume(_volume())
