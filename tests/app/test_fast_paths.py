@@ -254,6 +254,17 @@ def test_ct_warnings_flag_values_that_are_not_hounsfield_units(hcc_case) -> None
     assert any("beyond any CT range" in w for w in units(np.where(ct.array > 500, 1e6, ct.array)))
 
 
+def test_pet_warnings_flag_values_far_above_any_suv() -> None:
+    """PET in SUV passes; the same PET in Bq/ml (thousands) is flagged, naming the field."""
+    task = get_task("hcc")
+    ct = ct_volume()
+    suv = Volume(np.clip((ct.array + 1000) / 300, 0, None).astype(np.float32), ct.affine)
+    assert not [w for w in input_warnings({"ct": ct, "pet_fdg": suv}, task) if "SUV" in w]
+    becquerel = Volume(suv.array * 5000.0, suv.affine)
+    flagged = input_warnings({"ct": ct, "pet_fdg": becquerel}, task)
+    assert any(w.startswith("pet_fdg: the 99.9th percentile") and "Bq/ml" in w for w in flagged)
+
+
 def test_coverage_warning_follows_the_world_axes() -> None:
     """A volume spanning under a quarter of the model's field of view along a world axis is
     flagged, whichever of its voxel axes that is."""
