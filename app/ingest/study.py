@@ -3,7 +3,7 @@
 Per-modality fields hold a NIfTI file, a zip of one DICOM series, or DICOM Part-10 files;
 the `study` field holds a zip (or files) of a whole study whose series are assigned to
 modalities from their tags (see `app.ingest.assign`); `mask` is an optional NIfTI label
-map on any grid (used for region-graph explanations).
+map (integer labels 0 to 255) on any grid, used for region-graph explanations.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from models.tasks import TaskSpec
 
 STUDY_FIELD = "study"
 MASK_FIELD = "mask"
+MAX_MASK_LABEL = 255  # label maps are uint8 in practice; each label is a region-graph node
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 
 
@@ -293,9 +294,41 @@ def build_study(uploads: Mapping[str, Sequence[Upload]], task: TaskSpec, limits:
     if uploads.get(STUDY_FIELD):
         _ingest_study(uploads[STUDY_FIELD], task, limits, study)
     if uploads.get(MASK_FIELD):
-        study.mask = volume_from_nifti(uploads[MASK_FIELD][0].data, MASK_FIELD, limits.max_image_bytes)
+        study.mask = _read_mask(uploads[MASK_FIELD], limits)
     _check_complete(study, task)
     return study
+
+
+def _read_mask(uploads: Sequence[Upload], limits: IngestLimits) -> Volume:
+    """The label map: one NIfTI of integer labels 0 (background) to `MAX_MASK_LABEL`.
+
+    Each label becomes a region-graph node, so a probability map or an image sent by mistake
+    (thousands of "labels") is refused rather than explained as nonsense.
+    """
+    if len(uploads) > 1:
+        raise SeveralSeriesError(
+            f"{len(uploads)} files sent as {MASK_FIELD!r}; send one label map", field=MASK_FIELD
+        )
+    mask = volume_from_nifti(uploads[0].data, MASK_FIELD, limits.max_image_bytes)
+    values = mask.array
+    if np.any(np.abs(values - np.rint(values)) > 1e-3):
+        raise InvalidStudyError(
+            "the mask holds non-integer values; send a label map (0 background, 1, 2... regions), "
+            "not probabilities or an image",
+            field=MASK_FIELD,
+        )
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > MAX_MASK_LABEL:
+        raise InvalidStudyError(
+            f"mask labels run from {low:.0f} to {high:.0f}; labels must be 0 (background) to "
+            f"{MAX_MASK_LABEL}",
+            field=MASK_FIELD,
+        )
+    if high == 0:
+        raise InvalidStudyError(
+            "the mask is empty (all background); send it with labelled regions", field=MASK_FIELD
+        )
+    return mask
 
 
 def _check_complete(study: Study, task: TaskSpec) -> None:

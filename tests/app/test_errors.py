@@ -100,6 +100,25 @@ def test_one_instance_of_another_modality_is_refused(client) -> None:  # type: i
     assert "'MR'" in body["detail"]
 
 
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        (lambda ct: np.clip(ct / 1000.0, 0.0, 1.0), "non-integer"),  # a probability map
+        (lambda ct: ct, "labels run from"),  # the CT itself: thousands of "regions", negative
+        (lambda ct: np.where(ct > 0, 1e7, 0.0), "labels run from"),
+        (lambda ct: np.zeros_like(ct), "empty"),
+    ],
+)
+def test_a_mask_that_is_not_a_label_map_is_refused(client, values, reason) -> None:  # type: ignore[no-untyped-def]
+    """Each label becomes a region-graph node: anything but a small label map is refused at
+    ingest (it used to fail later, as a 500 from the graph explanation)."""
+    ct = ct_volume()
+    mask = Volume(values(ct.array).astype(np.float32), ct.affine)
+    files = [("ct", ("ct.nii.gz", nifti_bytes(ct), NII)), ("mask", ("m.nii.gz", nifti_bytes(mask), NII))]
+    body = assert_problem(_post(client, files), 422, "invalid-study", "mask")
+    assert reason in body["detail"]
+
+
 def test_complex_nifti_refused(client) -> None:  # type: ignore[no-untyped-def]
     """Complex voxels cast to float would lose their imaginary part without a word."""
     import nibabel as nib
