@@ -35,9 +35,9 @@ from app.ingest.assign import DICOM_MODALITY, guess_modality
 from app.ingest.nifti import volume_from_nifti
 from app.ingest.pet import to_suv
 from app.ingest.sniff import sniff
-from models.contract import Volume
+from models.contract import FOREGROUND_THRESHOLD, Volume
 from models.dicom import DicomGeometryError, volume_from_series
-from models.tasks import TaskSpec
+from models.tasks import ModalityKind, TaskSpec
 
 STUDY_FIELD = "study"
 MASK_FIELD = "mask"
@@ -347,5 +347,24 @@ def _check_complete(study: Study, task: TaskSpec) -> None:
             field=missing[0],
         )
     for name, volume in study.volumes.items():
-        if not np.all(np.isfinite(volume.array)):
-            raise NonFiniteVoxelsError(f"{name} contains NaN or infinite voxel values", field=name)
+        _check_values(name, volume, task.kind_of(name))
+
+
+def _check_values(name: str, volume: Volume, kind: ModalityKind) -> None:
+    """Refuse voxels that are not numbers, and images that carry nothing to grade: a constant
+    image (a placeholder for a missing modality, which should be left out instead) or an MR
+    with no voxel above background, which the network would see as all zeros."""
+    low, high = float(volume.array.min()), float(volume.array.max())  # NaN and inf propagate
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise NonFiniteVoxelsError(f"{name} contains NaN or infinite voxel values", field=name)
+    if low == high:
+        raise InvalidStudyError(
+            f"every voxel of {name} is {low:g}: the image is blank; leave a missing modality out "
+            "and it is reported as missing",
+            field=name,
+        )
+    if kind == "mri" and high <= FOREGROUND_THRESHOLD["mri"]:
+        raise InvalidStudyError(
+            f"{name} has no voxel above background (0): MR intensities must be positive",
+            field=name,
+        )

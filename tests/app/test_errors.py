@@ -119,6 +119,27 @@ def test_a_mask_that_is_not_a_label_map_is_refused(client, values, reason) -> No
     assert reason in body["detail"]
 
 
+@pytest.mark.parametrize(
+    ("task", "field", "values", "reason"),
+    [
+        ("hcc", "ct", np.zeros, "blank"),
+        ("hcc", "pet_fdg", np.zeros, "blank"),  # a placeholder for a missing PET
+        ("brats", "t1", lambda shape: -np.ones(shape) * np.arange(shape[-1]), "no voxel above background"),
+    ],
+)
+def test_an_image_with_nothing_to_grade_is_refused(client, has_brats, task, field, values, reason) -> None:  # type: ignore[no-untyped-def]
+    """A blank image would be graded (an all-zero MR was called HGG at 0.53, no warning)."""
+    if task == "brats" and not has_brats:
+        pytest.skip("brats_student is not registered")
+    ct = ct_volume()
+    blank = Volume(values(ct.array.shape).astype(np.float32), ct.affine)
+    files = [(field, ("x.nii.gz", nifti_bytes(blank), NII))]
+    if field != "ct" and task == "hcc":
+        files.append(("ct", ("ct.nii.gz", nifti_bytes(ct), NII)))
+    body = assert_problem(_post(client, files, task=task), 422, "invalid-study", field)
+    assert reason in body["detail"]
+
+
 def test_complex_nifti_refused(client) -> None:  # type: ignore[no-untyped-def]
     """Complex voxels cast to float would lose their imaginary part without a word."""
     import nibabel as nib
