@@ -143,17 +143,10 @@ def input_warnings(volumes: dict[str, Volume], task: TaskSpec) -> list[str]:
     return warnings
 
 
-def world_extent_mm(volume: Volume) -> np.ndarray:
-    """Size (mm) of the volume's bounding box along the world (RAS) axes."""
-    corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in volume.array.shape], indexing="ij"))
-    corners = corners.reshape(3, -1)
-    world = volume.affine[:3, :3] @ corners
-    return np.ptp(world, axis=1)
-
-
 def coverage_warning(volume: Volume, task: TaskSpec) -> str | None:
     """A warning when the volume spans under `MIN_COVERAGE` of the model grid on some axis."""
-    extent = world_extent_mm(volume)
+    low, high = volume.world_bounds()
+    extent = high - low
     grid = np.array(task.shape[::-1], dtype=np.float64) * np.array(task.spacing_mm)  # (x, y, z)
     if np.all(extent >= MIN_COVERAGE * grid):
         return None

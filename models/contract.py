@@ -72,6 +72,13 @@ class Volume:
         x, y, z = np.linalg.norm(self.affine[:3, :3], axis=0)
         return float(x), float(y), float(z)
 
+    def world_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lowest and highest RAS+ corner (mm) of the box holding every voxel, edges included."""
+        edges = [(-0.5, n - 0.5) for n in self.array.shape]
+        corners = np.array(np.meshgrid(*edges, indexing="ij")).reshape(3, -1)
+        world = self.affine[:3, :3] @ corners + self.affine[:3, 3:]
+        return world.min(axis=1), world.max(axis=1)
+
 
 @dataclass(frozen=True)
 class Grid:

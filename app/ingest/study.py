@@ -35,12 +35,13 @@ from app.ingest.assign import DICOM_MODALITY, guess_modality
 from app.ingest.nifti import volume_from_nifti
 from app.ingest.pet import to_suv
 from app.ingest.sniff import sniff
-from models.contract import FOREGROUND_THRESHOLD, Volume
+from models.contract import FOREGROUND_THRESHOLD, Volume, reference_modality
 from models.dicom import DicomGeometryError, volume_from_series
 from models.tasks import ModalityKind, TaskSpec
 
 STUDY_FIELD = "study"
 MASK_FIELD = "mask"
+MIN_SHARED_VOLUME = 0.5  # of the smaller image's box, for two modalities of one study
 MAX_MASK_LABEL = 255  # label maps are uint8 in practice; each label is a region-graph node
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 
@@ -348,6 +349,36 @@ def _check_complete(study: Study, task: TaskSpec) -> None:
         )
     for name, volume in study.volumes.items():
         _check_values(name, volume, task.kind_of(name))
+    _check_alignment(study, task)
+
+
+def _check_alignment(study: Study, task: TaskSpec) -> None:
+    """Every modality must lie where the reference one does: the network reads them voxel by
+    voxel on one grid placed on the reference, so a PET elsewhere in space would enter as
+    background while counted as given. Different DICOM frames of reference are allowed
+    (a PET/CT registered offline) but said in a warning."""
+    reference = reference_modality(task, set(study.volumes))
+    ref_low, ref_high = study.volumes[reference].world_bounds()
+    ref_frame = study.sources[reference].frame_of_reference_uid
+    for name, volume in study.volumes.items():
+        if name == reference:
+            continue
+        low, high = volume.world_bounds()
+        shared = np.prod(np.clip(np.minimum(high, ref_high) - np.maximum(low, ref_low), 0.0, None))
+        smaller = min(np.prod(high - low), np.prod(ref_high - ref_low))
+        if shared < MIN_SHARED_VOLUME * smaller:
+            raise InvalidStudyError(
+                f"{name} lies elsewhere in space than {reference} ({shared / smaller:.0%} of the smaller "
+                "one's box is shared): they cannot be read on one grid; send images of one patient "
+                "position, or leave it out",
+                field=name,
+            )
+        frame = study.sources[name].frame_of_reference_uid
+        if frame and ref_frame and frame != ref_frame:
+            study.warnings.append(
+                f"{name}: another DICOM frame of reference than {reference}; it is read where its "
+                "coordinates place it, so it must have been registered to it"
+            )
 
 
 def _check_values(name: str, volume: Volume, kind: ModalityKind) -> None:

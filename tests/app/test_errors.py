@@ -14,6 +14,7 @@ from app_helpers import (
     assert_problem,
     ct_volume,
     dicom_bytes,
+    dicom_files,
     make_settings,
     nifti_bytes,
     pet_volume,
@@ -138,6 +139,32 @@ def test_an_image_with_nothing_to_grade_is_refused(client, has_brats, task, fiel
         files.append(("ct", ("ct.nii.gz", nifti_bytes(ct), NII)))
     body = assert_problem(_post(client, files, task=task), 422, "invalid-study", field)
     assert reason in body["detail"]
+
+
+def test_a_pet_elsewhere_in_space_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+    """A PET 2 m away from the CT would enter the model as background while counted as given."""
+    ct, pet = ct_volume(), pet_volume()
+    affine = pet.affine.copy()
+    affine[0, 3] += 2000.0
+    files = [
+        ("ct", ("ct.nii.gz", nifti_bytes(ct), NII)),
+        ("pet_fdg", ("p.nii.gz", nifti_bytes(Volume(pet.array, affine)), NII)),
+    ]
+    body = assert_problem(_post(client, files), 422, "invalid-study", "pet_fdg")
+    assert "elsewhere in space" in body["detail"]
+
+
+def test_another_frame_of_reference_is_said(client) -> None:  # type: ignore[no-untyped-def]
+    files = [
+        *[("ct", (f"c{n}.dcm", d, "application/dicom")) for n, d in enumerate(dicom_files(ct_volume()))],
+        *[
+            ("pet_fdg", (f"p{n}.dcm", d, "application/dicom"))
+            for n, d in enumerate(dicom_files(pet_volume(), modality="PT", frame_of_reference_uid="1.2.3.4"))
+        ],
+    ]
+    response = _post(client, files)
+    assert response.status_code == 200, response.text
+    assert any(w.startswith("pet_fdg: another DICOM frame of reference") for w in response.json()["warnings"])
 
 
 def test_complex_nifti_refused(client) -> None:  # type: ignore[no-untyped-def]

@@ -112,3 +112,13 @@ def test_mri_is_z_scored_inside_the_foreground():
     inside = flair[flair != 0]
     assert abs(inside.mean()) < 0.1 and abs(inside.std() - 1) < 0.1
     assert to_tensor_layout(array).shape == (30, 30, 30)
+
+
+def test_world_bounds_hold_every_voxel_edge_in_any_orientation():
+    """A 4 x 2 x 3 volume of 2 x 3 x 5 mm voxels with its first two axes swapped and the
+    third flipped: the box spans 8 mm along y, 6 along x and 15 along z."""
+    affine = np.array([[0.0, 3.0, 0.0, 10.0], [2.0, 0.0, 0.0, 20.0], [0.0, 0.0, -5.0, 30.0], [0, 0, 0, 1]])
+    low, high = Volume(np.zeros((4, 2, 3), np.float32), affine).world_bounds()
+    np.testing.assert_allclose(high - low, [6.0, 8.0, 15.0])
+    # voxel (0, 0, 0) is centred at (10, 20, 30): its edges reach half a voxel out
+    np.testing.assert_allclose(low, [10.0 - 1.5, 20.0 - 1.0, 30.0 - 12.5])
