@@ -3,7 +3,9 @@
 - Modality CT -> ``ct``; localisers (ImageType LOCALIZER) are skipped.
 - Modality PT -> ``pet_fdg`` or ``pet_act`` from the radiopharmaceutical (name, code
   meanings of RadiopharmaceuticalCodeSequence and RadionuclideCodeSequence, then the
-  series description): fluorodeoxyglucose/FDG vs acetate/C-11.
+  series description): fluorodeoxyglucose/FDG vs acetate/C-11. A PET series whose
+  CorrectedImage lacks ATTN (the non-attenuation-corrected copy most PET/CT studies hold)
+  is skipped: its values are not quantitative.
 - Modality MR -> ``flair``, ``t2``, ``t1ce``, ``t1`` from SeriesDescription/ProtocolName
   keywords; T1 counts as post-contrast with post, gd, gad, ce, +c, contrast keywords or a
   ContrastBolusAgent.
@@ -69,6 +71,15 @@ def _mr_sequence(ds: Dataset) -> Guess:
     return Guess(None, f"MR series described {text.strip()!r}: sequence not recognised; not used")
 
 
+def attenuation_corrected(ds: Dataset) -> bool | None:
+    """Whether a PET series is attenuation-corrected (ATTN in CorrectedImage); None: untold."""
+    corrected = ds.get("CorrectedImage")
+    if corrected is None or corrected == "":
+        return None
+    values = [corrected] if isinstance(corrected, str) else list(corrected)
+    return "ATTN" in {str(v).upper() for v in values}
+
+
 def guess_modality(ds: Dataset) -> Guess:
     """The task modality a series (represented by one of its headers) most likely is."""
     modality = str(ds.get("Modality", "")).upper()
@@ -78,6 +89,10 @@ def guess_modality(ds: Dataset) -> Guess:
     if modality == "CT":
         return Guess("ct", "Modality CT")
     if modality == "PT":
+        if attenuation_corrected(ds) is False:
+            return Guess(
+                None, "PT series without attenuation correction (CorrectedImage lacks ATTN); not used"
+            )
         return _pet_tracer(ds)
     if modality == "MR":
         return _mr_sequence(ds)

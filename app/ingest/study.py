@@ -31,7 +31,7 @@ from app.errors import (
     UnsupportedMediaError,
 )
 from app.ingest.archive import ZipLimits, iter_members
-from app.ingest.assign import DICOM_MODALITY, guess_modality
+from app.ingest.assign import DICOM_MODALITY, attenuation_corrected, guess_modality
 from app.ingest.nifti import volume_from_nifti
 from app.ingest.pet import to_suv
 from app.ingest.sniff import sniff
@@ -181,6 +181,11 @@ def _volume_from_dicom(
         ) from None
     first = datasets[0]
     if kind == "pet":
+        if attenuation_corrected(first) is False:
+            study.warnings.append(
+                f"{modality}: not attenuation-corrected (CorrectedImage lacks ATTN): its values are "
+                "not quantitative and the prediction is unreliable; send the corrected series"
+            )
         volume, warning, note = to_suv(volume, first)
         reason = f"{reason}; {note}"
         if warning:

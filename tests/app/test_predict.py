@@ -87,7 +87,7 @@ def test_hcc_with_pet(client, fields, used) -> None:  # type: ignore[no-untyped-
     assert body["modalities"]["missing"] == [m for m in ("ct", "pet_fdg", "pet_act") if m not in used]
 
 
-def _pet_series(tracer: str, units: str = "BQML") -> list[bytes]:
+def _pet_series(tracer: str, units: str = "BQML", corrected: tuple[str, ...] = ()) -> list[bytes]:
     item = Dataset()
     item.Radiopharmaceutical = tracer
     item.RadionuclideTotalDose = 370e6
@@ -101,7 +101,35 @@ def _pet_series(tracer: str, units: str = "BQML") -> list[bytes]:
         "SeriesTime": "110000",
         "RadiopharmaceuticalInformationSequence": DicomSequence([item]),
     }
+    if corrected:
+        extra["CorrectedImage"] = list(corrected)
     return dicom_files(pet, modality="PT", rescale_intercept=0.0, extra=extra)
+
+
+def test_study_zip_skips_pet_without_attenuation_correction(client) -> None:  # type: ignore[no-untyped-def]
+    """PET/CT studies hold a non-attenuation-corrected copy of each PET, as many slices as the
+    corrected one: its values are not quantitative, so the corrected series is taken."""
+    members = {}
+    for prefix, files in (
+        ("ct", dicom_files(ct_volume(), study_uid="1.2.3")),
+        ("nac", _pet_series("Fluorodeoxyglucose", corrected=("DECY", "RAN", "SCAT"))),
+        ("ac", _pet_series("Fluorodeoxyglucose", corrected=("ATTN", "DECY", "RAN", "SCAT"))),
+    ):
+        members.update({f"{prefix}/{n}.dcm": d for n, d in enumerate(files)})
+    response = _post(client, "hcc", [("study", ("study.zip", zip_bytes(members), "application/zip"))])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["modalities"]["used"] == ["ct", "pet_fdg"]
+    assert [i["reason"] for i in body["study"]["ignored"]] == [
+        "PT series without attenuation correction (CorrectedImage lacks ATTN); not used"
+    ]
+    # Sent as its own field, a non-corrected PET is used as asked, and said to be unreliable.
+    nac = [
+        ("pet_fdg", (f"{n}.dcm", d, "application/dicom"))
+        for n, d in enumerate(_pet_series("FDG", corrected=("DECY",)))
+    ]
+    response = _post(client, "hcc", [("ct", ("ct.nii.gz", nifti_bytes(ct_volume()), NII)), *nac])
+    assert any(w.startswith("pet_fdg: not attenuation-corrected") for w in response.json()["warnings"])
 
 
 def test_study_zip_assigns_series_from_tags(client) -> None:  # type: ignore[no-untyped-def]
