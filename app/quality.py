@@ -11,7 +11,8 @@ Heuristics, documented so their limits are clear:
   venous CT at routine dose has about 10-20 HU noise; above 30 HU suggests a low-dose or
   very thin-slice scan, where the student is less reliable (noise grows as 1/sqrt(dose)).
 - No liver (`hcc`): fewer than 100 ml of voxels in the enhanced-liver range 60..160 HU
-  means the field of view probably misses the liver.
+  means the field of view probably misses the liver, or the scan is another phase (an
+  unenhanced liver reads about 55 HU).
 - Small coverage: a volume spanning under a quarter of the model's field of view along a
   world axis (a single slice, a tight crop) leaves most of what the network sees empty.
 - Not Hounsfield units (CT): nothing below -200 HU (no air, which nearly every body CT
@@ -138,7 +139,8 @@ def input_warnings(volumes: dict[str, Volume], task: TaskSpec) -> list[str]:
         if task.name == "hcc" and liver_ml(ct) < MIN_LIVER_ML:
             warnings.append(
                 f"ct: under {MIN_LIVER_ML:.0f} ml of tissue in the liver range {LIVER_HU} HU; "
-                "the field of view may not include the liver"
+                "the field of view may miss the liver, or the scan is not portal-venous (the phase the "
+                "model was trained on)"
             )
     return warnings
 
