@@ -9,7 +9,10 @@
 - Modality MR -> ``flair``, ``t2``, ``t1ce``, ``t1`` from SeriesDescription/ProtocolName
   keywords; T1 counts as post-contrast with post, gd, gad, ce, +c, contrast keywords or a
   ContrastBolusAgent.
-Several candidates for one modality: the one with the most slices wins and the reason says so.
+Several candidates for one modality: a CT described as portal-venous (the phase the HCC
+models were trained on) wins over one of unknown phase, which wins over one described as
+another phase (unenhanced, arterial, delayed: a multiphase liver CT holds them all, often
+with equal slice counts); then the one with the most slices. The reason says which rule chose.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from pydicom.dataset import Dataset
 
 _FDG = re.compile(r"fluorodeoxyglucose|\bfdg\b|18f-?fdg|fludeoxyglucose")
 _ACETATE = re.compile(r"acetate|\bc-?11\b|11c|carbon-?11")
+_PORTAL_VENOUS = re.compile(r"portal|venous|\bpv\b|\bpvp\b|\b70 ?s(ec)?\b")
+_OTHER_PHASE = re.compile(
+    r"arterial|\bart\b|delay|equilibrium|non-?contrast|unenhanced|\bnc\b|plain|\bpre\b|native"
+)
 _CONTRAST = re.compile(r"post|\bgd\b|gad|\bce\b|t1ce|t1c\b|\+c|\bc\+|contrast|enhanc")
 
 
@@ -97,3 +104,14 @@ def guess_modality(ds: Dataset) -> Guess:
     if modality == "MR":
         return _mr_sequence(ds)
     return Guess(None, f"Modality {modality or 'unknown'} is not an input of any task; not used")
+
+
+def ct_phase_rank(ds: Dataset) -> tuple[int, str]:
+    """2 for a CT described as portal-venous, 1 for an unknown phase, 0 for another phase,
+    from SeriesDescription and ProtocolName; with the words that decided."""
+    text = _text(ds, "SeriesDescription", "ProtocolName")
+    if _PORTAL_VENOUS.search(text):
+        return 2, f"described {text.strip()!r}: portal-venous phase"
+    if _OTHER_PHASE.search(text):
+        return 0, f"described {text.strip()!r}: not the portal-venous phase"
+    return 1, "phase not described"

@@ -31,7 +31,7 @@ from app.errors import (
     UnsupportedMediaError,
 )
 from app.ingest.archive import ZipLimits, iter_members
-from app.ingest.assign import DICOM_MODALITY, attenuation_corrected, guess_modality
+from app.ingest.assign import DICOM_MODALITY, attenuation_corrected, ct_phase_rank, guess_modality
 from app.ingest.nifti import volume_from_nifti
 from app.ingest.pet import to_suv
 from app.ingest.sniff import sniff
@@ -263,15 +263,25 @@ def _ingest_study(uploads: Sequence[Upload], task: TaskSpec, limits: IngestLimit
             for uid, _, _ in options:
                 study.ignored.append({"series_uid": uid, "reason": f"{modality!r} was sent as its own field"})
             continue
-        options.sort(key=lambda o: len(o[1]), reverse=True)
+        kind = task.kind_of(modality)
+        options.sort(key=lambda o: _preference(kind, o[1]), reverse=True)
         uid, members, reason = options[0]
         if len(options) > 1:
-            reason += f"; chosen over {len(options) - 1} other candidate(s) for having the most slices"
+            why = "portal-venous phase first, then the most slices" if kind == "ct" else "the most slices"
+            if kind == "ct":
+                reason += f", {ct_phase_rank(members[0])[1]}"
+            reason += f"; chosen over {len(options) - 1} other candidate(s): {why}"
             for other, _, _ in options[1:]:
                 study.ignored.append(
-                    {"series_uid": other, "reason": f"another {modality!r} series had more slices"}
+                    {"series_uid": other, "reason": f"another {modality!r} series was preferred ({why})"}
                 )
         _volume_from_dicom(members, modality, task.kind_of(modality), reason, study)
+
+
+def _preference(kind: str, members: Sequence[Dataset]) -> tuple[int, int]:
+    """Sort key among candidate series for one modality: CT phase rank, then slice count."""
+    phase = ct_phase_rank(members[0])[0] if kind == "ct" else 0
+    return phase, len(members)
 
 
 def build_study(uploads: Mapping[str, Sequence[Upload]], task: TaskSpec, limits: IngestLimits) -> Study:

@@ -132,6 +132,24 @@ def test_study_zip_skips_pet_without_attenuation_correction(client) -> None:  # 
     assert any(w.startswith("pet_fdg: not attenuation-corrected") for w in response.json()["warnings"])
 
 
+def test_study_zip_takes_the_portal_venous_ct_of_a_multiphase_study(client) -> None:  # type: ignore[no-untyped-def]
+    """A multiphase liver CT holds unenhanced, arterial, portal-venous and delayed series; the
+    portal-venous one (the phase the model knows) is taken even when another has more slices."""
+    members = {}
+    for n, (description, slices) in enumerate(
+        (("ABD ARTERIAL", 20), ("ABD PORTAL VENOUS", 16), ("ABD DELAYED", 16), ("ABD 5mm", 18))
+    ):
+        files = dicom_files(ct_volume((32, 32, slices)), study_uid="1.2.3", series_description=description)
+        members.update({f"s{n}/{i}.dcm": d for i, d in enumerate(files)})
+    response = _post(client, "hcc", [("study", ("study.zip", zip_bytes(members), "application/zip"))])
+    assert response.status_code == 200, response.text
+    study = response.json()["study"]
+    (assignment,) = study["assignments"]
+    assert "'abd portal venous': portal-venous phase" in assignment["reason"]
+    assert "chosen over 3 other candidate(s)" in assignment["reason"]
+    assert len(study["ignored"]) == 3
+
+
 def test_study_zip_assigns_series_from_tags(client) -> None:  # type: ignore[no-untyped-def]
     members = {}
     for prefix, files in (

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from app.errors import BusyError, UnknownIdError
-from app.ingest.assign import guess_modality
+from app.ingest.assign import ct_phase_rank, guess_modality
 from app.ingest.pet import suv_factor
 from app.runtime import InferenceGate
 from app.settings import Settings
@@ -81,6 +81,25 @@ def test_guess_modality(modality, description, tracer, expected) -> None:  # typ
     ds.SeriesDescription = description
     guess = guess_modality(ds)
     assert guess.modality == expected and guess.reason
+
+
+@pytest.mark.parametrize(
+    ("description", "rank"),
+    [
+        ("ABD PORTAL VENOUS 5mm", 2),
+        ("Liver PV phase", 2),
+        ("ABDOMEN 70s", 2),
+        ("ARTERIAL PHASE", 0),
+        ("Delayed 3 min", 0),
+        ("Non-contrast abdomen", 0),
+        ("ABDOMEN 5mm", 1),
+        ("", 1),
+    ],
+)
+def test_ct_phase_rank(description, rank) -> None:  # type: ignore[no-untyped-def]
+    ds = Dataset()
+    ds.SeriesDescription = description
+    assert ct_phase_rank(ds)[0] == rank
 
 
 def test_suv_factor_decay_and_missing_tags() -> None:
