@@ -1,0 +1,58 @@
+"""Every DICOM file pydicom ships (CT, MR, PET, RT, ultrasound, broken and odd encodings)
+sent to /v1/predict: none may crash the service or be graded as something it is not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from app_helpers import zip_bytes
+from pydicom.data import get_testdata_file
+
+PYDICOM_FILES = sorted(p for p in Path(get_testdata_file("CT_small.dcm")).parent.rglob("*") if p.is_file())
+
+
+def _modality(path: Path) -> str | None:
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True, force=True).get("Modality", "")) or None
+    except Exception:
+        return None
+
+
+def _check(response) -> int:  # type: ignore[no-untyped-def]
+    """A 200, or a 4xx problem+json naming a field: never a 5xx."""
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["field"], response.text
+    return int(response.status_code)
+
+
+def test_pydicom_files_as_ct_are_answered_or_refused_never_misread(client) -> None:  # type: ignore[no-untyped-def]
+    """Sent as `ct`: only CT-tagged (or untagged) images may be graded; MR, PET and dose
+    grids are refused as another modality."""
+    assert len(PYDICOM_FILES) > 50
+    graded = []
+    for path in PYDICOM_FILES:
+        files = [("ct", (path.name, path.read_bytes(), "application/dicom"))]
+        if _check(client.post("/v1/predict", data={"task": "hcc"}, files=files)) == 200:
+            graded.append(path.name)
+            assert _modality(path) in ("CT", None), f"{path.name} ({_modality(path)}) was graded as CT"
+    assert "CT_small.dcm" in graded
+
+
+@pytest.mark.parametrize("task", ["hcc", "brats"])
+def test_pydicom_files_as_studies_are_assigned_or_refused(client, has_brats, task) -> None:  # type: ignore[no-untyped-def]
+    """Inside a `study` zip each file is assigned from its tags or the study is refused."""
+    if task == "brats" and not has_brats:
+        pytest.skip("brats_student is not registered")
+    for path in PYDICOM_FILES:
+        study = zip_bytes({path.name: path.read_bytes()})
+        response = client.post(
+            "/v1/predict", data={"task": task}, files=[("study", ("s.zip", study, "application/zip"))]
+        )
+        if _check(response) == 200:
+            used = response.json()["modalities"]["used"]
+            expected = {"hcc": "CT", "brats": "MR"}[task]
+            assert _modality(path) == expected, f"{path.name} assigned to {used}"
