@@ -2,7 +2,14 @@
 
 from models import brats, hcc  # noqa: F401  registers networks
 from models.contract import ContractError, Grid, ModelInput, Volume, prepare_input
-from models.registry import ModelOutput, create_model, list_models, model_from_checkpoint, register_model
+from models.registry import (
+    ModelOutput,
+    create_model,
+    list_models,
+    model_from_checkpoint,
+    register_model,
+    resolved_kwargs,
+)
 from models.tasks import TASKS, TaskSpec, get_task
 
 __all__ = [
@@ -19,4 +26,5 @@ __all__ = [
     "model_from_checkpoint",
     "prepare_input",
     "register_model",
+    "resolved_kwargs",
 ]

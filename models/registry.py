@@ -6,6 +6,7 @@ only needs to record the registered name and its keyword arguments.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -47,6 +48,30 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown model {name!r}; registered: {list_models()}") from None
     return factory(**kwargs)
+
+
+def _defaults(function: Callable[..., Any]) -> dict[str, Any]:
+    return {
+        p.name: p.default
+        for p in inspect.signature(function).parameters.values()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def resolved_kwargs(name: str, **kwargs: Any) -> dict[str, Any]:
+    """`kwargs` with every default of network `name` filled in: what a checkpoint records, so
+    it rebuilds the same network after a default changes (a checkpoint of group-norm layers
+    would otherwise load silently into instance-norm layers of the same parameter names).
+
+    Defaults come from the network class (what a factory's ``**kwargs`` reach), overridden
+    by the factory's own (a factory may choose a narrower `width`), overridden by `kwargs`.
+    """
+    network = type(create_model(name, **kwargs))  # refuses unknown names and arguments
+    factory = _REGISTRY[name]
+    parameters = inspect.signature(factory).parameters.values()
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    resolved = {**(_defaults(network.__init__) if takes_any else {}), **_defaults(factory), **kwargs}
+    return {key: list(v) if isinstance(v, tuple) else v for key, v in resolved.items()}
 
 
 def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> nn.Module:

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from models import create_model, get_task, model_from_checkpoint
+from models import create_model, get_task, model_from_checkpoint, resolved_kwargs
 from models.region_graph import (
     DEFAULT_SUPERVOXELS,
     distance_matrix,
@@ -349,7 +349,8 @@ def save_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, **extra: Any
     net = model.module if isinstance(model, DistributedDataParallel) else model
     state = {
         "model": cfg.model,
-        "model_kwargs": cfg.model_kwargs,
+        # Every default filled in: the checkpoint rebuilds this network even if defaults change.
+        "model_kwargs": resolved_kwargs(cfg.model, **cfg.model_kwargs),
         "task": cfg.task,
         "role": cfg.role,
         "kind": cfg.kind,

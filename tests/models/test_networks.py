@@ -6,7 +6,7 @@ import pytest
 import torch
 from net_helpers import TINY_SHAPES, assert_gradients_reach_every_parameter, small_kwargs, tiny_input
 
-from models.registry import ModelOutput, create_model, list_models
+from models.registry import ModelOutput, create_model, list_models, resolved_kwargs
 
 
 def test_all_five_networks_are_registered() -> None:
@@ -70,3 +70,17 @@ def test_students_stay_small() -> None:
     for name in ("hcc_student", "brats_student"):
         count = sum(p.numel() for p in create_model(name).parameters())
         assert count <= 2_000_000, f"{name} has {count} parameters"
+
+
+def test_resolved_kwargs_rebuild_the_same_network(model_name: str) -> None:
+    """A checkpoint records every default: with them the same network (same parameters, same
+    values from the same seed) is built, and a given argument wins over its default."""
+    resolved = resolved_kwargs(model_name)
+    assert {"norm", "pool", "width"} <= set(resolved)
+    torch.manual_seed(0)
+    plain = create_model(model_name).state_dict()
+    torch.manual_seed(0)
+    rebuilt = create_model(model_name, **resolved).state_dict()
+    assert plain.keys() == rebuilt.keys()
+    assert all(torch.equal(plain[k], rebuilt[k]) for k in plain)
+    assert resolved_kwargs(model_name, norm="group")["norm"] == "group"

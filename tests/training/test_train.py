@@ -54,6 +54,9 @@ def test_teacher_run_writes_config_metrics_and_the_best_checkpoint(sf_teacher: P
     best = max(float(r["val_auc"]) for r in rows if r["val_auc"] != "nan")
     assert state["model"] == "hcc_teacher_sf" and state["val_auc"] == pytest.approx(best)
     assert state["config"]["kind"] == "structure-function" and state["git_commit"]
+    # Given {"width": 4}; recorded with every default, so later default changes cannot alter it.
+    assert state["model_kwargs"]["width"] == 4
+    assert state["model_kwargs"]["norm"] == "instance" and state["model_kwargs"]["pool"] == "topk"
 
 
 def test_distillation_pulls_the_student_onto_its_teacher(
