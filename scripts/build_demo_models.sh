@@ -27,7 +27,7 @@ teacher configs/demo/hcc_teacher_sf.yaml "$HCC" hcc-structure-function
 teacher configs/demo/hcc_teacher_dose.yaml "$HCC" hcc-dose-aware
 $BIN/reactkd train student --config configs/demo/hcc_student.yaml --data "$HCC" --out "$RUNS" --seed "$SEED" \
   --teachers "$RUNS/hcc-structure-function-s$SEED/best.pt" "$RUNS/hcc-dose-aware-s$SEED/best.pt"
-$BIN/reactkd export "$RUNS/hcc-student-s$SEED/best.pt" --out "$OUT/hcc_student.onnx" --data "$HCC" \
+$BIN/reactkd export "$RUNS/hcc-student-s$SEED/best.pt" --out "$OUT/hcc_student.onnx" --data "$HCC" --calibrate \
   --training-data "$(card "Synthetic HCC benchmark of this project (docs/benchmark.md): reactkd synth hcc --cases $HCC_CASES --seed $SEED; trained on its train split, selected on val, metrics on test. Not real patients.")"
 
 }
@@ -39,7 +39,7 @@ BRATS="$WORK/brats"
 teacher configs/demo/brats_teacher_hybrid.yaml "$BRATS" brats-hybrid
 $BIN/reactkd train student --config configs/demo/brats_student.yaml --data "$BRATS" --out "$RUNS" --seed "$SEED" \
   --teachers "$RUNS/brats-hybrid-s$SEED/best.pt"
-$BIN/reactkd export "$RUNS/brats-student-s$SEED/best.pt" --out "$OUT/brats_student.onnx" --data "$BRATS" \
+$BIN/reactkd export "$RUNS/brats-student-s$SEED/best.pt" --out "$OUT/brats_student.onnx" --data "$BRATS" --calibrate \
   --training-data "$(card "Synthetic BraTS-like benchmark of this project in the BraTS 2019 layout (docs/benchmark.md): reactkd synth brats --cases $BRATS_CASES --seed $SEED $BRATS_GRID; trained on its train split, selected on val, metrics on test. Not real patients.")"
 }
 

@@ -4,7 +4,7 @@
     reactkd synth brats --out DIR --cases N --seed S
     reactkd train teacher --task hcc --kind structure-function --data DIR/manifest.csv
     reactkd train student --task hcc --teachers SF.pt DOSE.pt --data DIR/manifest.csv
-    reactkd export runs/NAME/best.pt --out models/NAME.onnx [--data DIR/manifest.csv]
+    reactkd export runs/NAME/best.pt --out models/NAME.onnx [--data DIR/manifest.csv] [--calibrate] [--int8]
     reactkd evaluate models/NAME.onnx --data DIR/manifest.csv --out REPORT [--dose] [--missing]
     reactkd ablation --task hcc --config BASE.yaml --data M.csv --external EXT.csv \
         --teachers SF.pt DOSE.pt --seeds 0 1 2 --out reports/ablation-hcc
@@ -83,6 +83,7 @@ def _export(args: argparse.Namespace) -> None:
         training_data=training_data,
         data=args.data,
         int8=args.int8,
+        calibrate=args.calibrate,
     )
     diff = card["parity"]["max_abs_logit_diff"]
     print(f"wrote {args.out} (sha256 {card['onnx_sha256'][:12]}, ONNX Runtime vs PyTorch {diff:.1e})")
@@ -182,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--int8", action="store_true", help="also write NAME.int8.onnx and measure its accuracy"
     )
     export.add_argument("--training-data", help='JSON for the card, e.g. {"synthetic": true, ...}')
+    export.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit a temperature and per-class biases on the val split of --data, folded into the last layer",
+    )
     export.set_defaults(func=_export)
 
     evaluate = commands.add_parser("evaluate", help="metrics, plots and a report for a .pt or .onnx model")

@@ -44,6 +44,13 @@ class Predictor:
             self.task = get_task(state["task"])
             self.model = model_from_checkpoint(state)
 
+    @classmethod
+    def for_network(cls, model: torch.nn.Module, task: TaskSpec, name: str) -> Predictor:
+        """A predictor over a network in memory (`name` labels its progress bar)."""
+        predictor = cls.__new__(cls)
+        predictor.path, predictor.task, predictor.model = Path(name), task, model.eval()
+        return predictor
+
     def __call__(self, image: np.ndarray, present: np.ndarray) -> np.ndarray:
         """image (N, M, D, H, W), present (N, M) -> probabilities (N, C)."""
         if self.model is None:

@@ -103,6 +103,7 @@ def export_model(
     metrics: Mapping[str, Any] | None = None,
     data: Path | None = None,
     int8: bool = False,
+    calibrate: bool = False,
     tolerance: float = 1e-4,
 ) -> dict[str, Any]:
     """Write ``out`` (NAME.onnx), NAME.pt and NAME.json from a checkpoint; return the card.
@@ -110,7 +111,9 @@ def export_model(
     With `data` (the cohort it was trained on), the card also carries test-split metrics
     and class prototype graphs computed through the exported ONNX file itself. With `int8`,
     a dynamically quantized ``NAME.int8.onnx`` is written too, and the card records how far
-    its logits and (with `data`) its test AUC move from the float model's.
+    its logits and (with `data`) its test AUC move from the float model's. With `calibrate`
+    (needs `data`), a temperature and per-class biases fitted on the val split are folded
+    into the last layer first (`training.calibration`); everything after sees that network.
     """
     state = (
         torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -124,6 +127,14 @@ def export_model(
         raise ValueError(f"output must end in .onnx, got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    calibration = None
+    if calibrate:
+        if data is None:
+            raise ValueError("calibration is fitted on the val split of a cohort: give `data`")
+        from training.calibration import calibrate_on_validation
+
+        calibration = calibrate_on_validation(model, task, data)
+        state = {**state, "state_dict": model.state_dict()}
     write_onnx(model, task, out)
     diff = parity(model, task, out)
     if diff > tolerance:
@@ -151,6 +162,8 @@ def export_model(
     )
     if quantization is not None:
         card["int8"] = quantization
+    if calibration is not None:
+        card["calibration"] = calibration
     card = json_safe(card)
     out.with_suffix(".json").write_text(json.dumps(card, indent=2, allow_nan=False))
     return card
