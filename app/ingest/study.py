@@ -27,6 +27,7 @@ from app.errors import (
     NonFiniteVoxelsError,
     NotDicomError,
     SeveralSeriesError,
+    TooLargeError,
     UnknownModalityError,
     UnsupportedMediaError,
 )
@@ -43,6 +44,7 @@ STUDY_FIELD = "study"
 MASK_FIELD = "mask"
 MIN_SHARED_VOLUME = 0.5  # of the smaller image's box, for two modalities of one study
 MAX_MASK_LABEL = 255  # label maps are uint8 in practice; each label is a region-graph node
+MAX_MATRIX = 4096  # pixels along a slice side: CT is 512-1024, MR and PET smaller
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 
 
@@ -164,9 +166,34 @@ def _sorted_headers(datasets: Sequence[Dataset]) -> list[Dataset]:
         return headers  # enhanced multi-frame: one instance, nothing to order
 
 
+def _check_decoded_size(datasets: Sequence[Dataset], modality: str, max_bytes: int) -> None:
+    """Refuse, from the headers alone, pixel data that would decode into more memory than
+    allowed: a compressed slice of a few kB can claim 65535 x 65535 pixels."""
+    try:
+        shapes = [
+            (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), int(ds.get("NumberOfFrames") or 1))
+            for ds in datasets
+        ]
+    except (TypeError, ValueError):
+        return  # malformed numbers are refused, with their reason, when the series is read
+    largest = max(max(rows, cols) for rows, cols, _ in shapes)
+    if largest > MAX_MATRIX:
+        raise TooLargeError(
+            f"{modality}: a {largest}-pixel matrix side is larger than any CT, PET or MR slice "
+            f"(at most {MAX_MATRIX})",
+            field=modality,
+        )
+    decoded = sum(rows * cols * frames for rows, cols, frames in shapes) * np.dtype(np.float32).itemsize
+    if decoded > max_bytes:
+        raise TooLargeError(
+            f"{modality}: the series decodes to {decoded} bytes, over {max_bytes}", field=modality
+        )
+
+
 def _volume_from_dicom(
-    datasets: Sequence[Dataset], modality: str, kind: str, reason: str, study: Study
+    datasets: Sequence[Dataset], modality: str, kind: str, reason: str, study: Study, limits: IngestLimits
 ) -> None:
+    _check_decoded_size(datasets, modality, limits.max_image_bytes)
     try:
         volume = volume_from_series(datasets)
     except DicomGeometryError as exc:
@@ -230,7 +257,9 @@ def _ingest_field(
             field=modality,
         )
     _check_dicom_modality(datasets, modality, task)
-    _volume_from_dicom(datasets, modality, task.kind_of(modality), f"sent as field {modality!r}", study)
+    _volume_from_dicom(
+        datasets, modality, task.kind_of(modality), f"sent as field {modality!r}", study, limits
+    )
 
 
 def _check_dicom_modality(datasets: Sequence[Dataset], field_name: str, task: TaskSpec) -> None:
@@ -275,7 +304,7 @@ def _ingest_study(uploads: Sequence[Upload], task: TaskSpec, limits: IngestLimit
                 study.ignored.append(
                     {"series_uid": other, "reason": f"another {modality!r} series was preferred ({why})"}
                 )
-        _volume_from_dicom(members, modality, task.kind_of(modality), reason, study)
+        _volume_from_dicom(members, modality, task.kind_of(modality), reason, study, limits)
 
 
 def _preference(kind: str, members: Sequence[Dataset]) -> tuple[int, int]:

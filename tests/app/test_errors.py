@@ -9,6 +9,7 @@ import stat
 import zipfile
 
 import numpy as np
+import pydicom
 import pytest
 from app_helpers import (
     assert_problem,
@@ -165,6 +166,24 @@ def test_another_frame_of_reference_is_said(client) -> None:  # type: ignore[no-
     response = _post(client, files)
     assert response.status_code == 200, response.text
     assert any(w.startswith("pet_fdg: another DICOM frame of reference") for w in response.json()["warnings"])
+
+
+@pytest.mark.parametrize(
+    ("rows", "frames", "reason"), [(20000, None, "matrix side"), (4000, 200, "decodes to")]
+)
+def test_a_pixel_bomb_is_refused_from_its_header(client, rows, frames, reason) -> None:  # type: ignore[no-untyped-def]
+    """A compressed slice of a few kB may claim a matrix that decodes to gigabytes: refused
+    before decoding."""
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    ds.Modality, ds.Rows, ds.Columns = "CT", rows, rows
+    if frames:
+        ds.NumberOfFrames = frames
+    body = assert_problem(
+        _post(client, [("ct", ("bomb.dcm", dicom_bytes(ds), "application/dicom"))]), 413, "too-large", "ct"
+    )
+    assert reason in body["detail"]
 
 
 def test_complex_nifti_refused(client) -> None:  # type: ignore[no-untyped-def]
