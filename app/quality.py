@@ -18,7 +18,7 @@ Heuristics, documented so their limits are clear:
 - Not Hounsfield units (CT): nothing below -200 HU (no air, which nearly every body CT
   holds) with a quarter of the voxels above 700 HU (denser than bone marrow) is the
   signature of stored pixel values whose rescale intercept (-1024) was lost: air then reads
-  about 0 and soft tissue about 1050. Values beyond 30000 are outside any CT range.
+  about 0 and soft tissue about 1050. Values above 30000 are outside any CT range.
 - Not SUV (PET): the model reads PET as body-weight SUV (liver about 2, tumours up to
   about 20, the bladder rarely above 100). A 99.9th percentile above 100 means activity
   concentration (Bq/ml, thousands) sent as is, or a wrong dose, weight or injection time.
@@ -169,7 +169,7 @@ def hounsfield_warning(volume: Volume) -> str | None:
     """A warning when CT values do not look like Hounsfield units (see the module notes)."""
     sample = _sample(volume)
     low, high = np.percentile(sample, [0.5, 75.0])
-    peak = float(np.abs(sample).max())
+    peak = float(sample.max())  # not the minimum: padding outside the scan circle can be -32768
     if peak > MAX_CT_HU:
         return (
             f"values reach {peak:.3g}, beyond any CT range in Hounsfield units; the prediction is unreliable"

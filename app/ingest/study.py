@@ -304,7 +304,7 @@ def _ingest_study(uploads: Sequence[Upload], task: TaskSpec, limits: IngestLimit
                 study.ignored.append(
                     {"series_uid": other, "reason": f"another {modality!r} series was preferred ({why})"}
                 )
-        _volume_from_dicom(members, modality, task.kind_of(modality), reason, study, limits)
+        _volume_from_dicom(members, modality, kind, reason, study, limits)
 
 
 def _preference(kind: str, members: Sequence[Dataset]) -> tuple[int, int]:
