@@ -65,7 +65,7 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, steps: int = 200) ->
         return loss
 
     optimizer.step(closure)
-    return Calibration(float(log_t.exp()), [float(b) for b in bias().detach()])
+    return Calibration(float(log_t.detach().exp()), [float(b) for b in bias().detach()])
 
 
 def calibration_report(logits: np.ndarray, labels: np.ndarray, calibration: Calibration) -> dict[str, float]:
