@@ -19,6 +19,9 @@ Heuristics, documented so their limits are clear:
   holds) with a quarter of the voxels above 700 HU (denser than bone marrow) is the
   signature of stored pixel values whose rescale intercept (-1024) was lost: air then reads
   about 0 and soft tissue about 1050. Values above 30000 are outside any CT range.
+- Normalised MR: the model z-scores raw MR intensities inside the foreground (voxels above
+  0) itself. Over 5 % of voxels below 0 means an image normalised already (z-scored, say):
+  its negative half is read as background.
 - Not SUV (PET): the model reads PET as body-weight SUV (liver about 2, tumours up to
   about 20, the bladder rarely above 100). A 99.9th percentile above 100 means activity
   concentration (Bq/ml, thousands) sent as is, or a wrong dose, weight or injection time.
@@ -29,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.contract import Volume
-from models.tasks import TaskSpec
+from models.tasks import ModalityKind, TaskSpec
 
 NOISE_WARN_HU = 30.0
 LIVER_HU = (60.0, 160.0)
@@ -37,6 +40,7 @@ MIN_LIVER_ML = 100.0
 MIN_COVERAGE = 0.25
 MAX_CT_HU = 30000.0
 MAX_SUV = 100.0
+MAX_NEGATIVE_MR = 0.05
 
 
 INTERIOR = (slice(1, -1),) * 3  # the voxels an eroded mask can hold
@@ -121,15 +125,11 @@ def input_warnings(volumes: dict[str, Volume], task: TaskSpec) -> list[str]:
         coverage = coverage_warning(volume, task)
         if coverage:
             warnings.append(f"{name}: {coverage}")
-        if task.kind_of(name) == "pet":
-            units = suv_warning(volume)
-            if units:
-                warnings.append(f"{name}: {units}")
+        units = units_warning(volume, task.kind_of(name))
+        if units:
+            warnings.append(f"{name}: {units}")
     ct = volumes.get("ct") if "ct" in task.modalities else None
     if ct is not None:
-        units = hounsfield_warning(ct)
-        if units:
-            warnings.append(f"ct: {units}")
         noise = ct_noise_hu(ct)
         if noise is not None and noise > NOISE_WARN_HU:
             warnings.append(
@@ -143,6 +143,12 @@ def input_warnings(volumes: dict[str, Volume], task: TaskSpec) -> list[str]:
                 "model was trained on)"
             )
     return warnings
+
+
+def units_warning(volume: Volume, kind: ModalityKind) -> str | None:
+    """A warning when the values do not look like the units the network expects for `kind`."""
+    check = {"ct": hounsfield_warning, "pet": suv_warning, "mri": mr_units_warning}[kind]
+    return check(volume)
 
 
 def coverage_warning(volume: Volume, task: TaskSpec) -> str | None:
@@ -192,4 +198,15 @@ def suv_warning(volume: Volume) -> str | None:
         f"the 99.9th percentile is {peak:.3g}, far above any SUV (the model reads body-weight "
         "SUV): was activity concentration (Bq/ml) sent, or are the dose, weight or injection "
         "time wrong? The prediction is unreliable"
+    )
+
+
+def mr_units_warning(volume: Volume) -> str | None:
+    """A warning when an MR looks normalised already (see the module notes)."""
+    negative = float(np.mean(_sample(volume) < 0))
+    if negative <= MAX_NEGATIVE_MR:
+        return None
+    return (
+        f"{negative:.0%} of voxels are negative: the image looks normalised already, and the "
+        "model reads voxels at or below 0 as background; send raw intensities"
     )

@@ -265,6 +265,20 @@ def test_pet_warnings_flag_values_far_above_any_suv() -> None:
     assert any(w.startswith("pet_fdg: the 99.9th percentile") and "Bq/ml" in w for w in flagged)
 
 
+def test_mr_warnings_flag_an_image_normalised_already() -> None:
+    """Raw MR intensities pass; the same image z-scored (its negative half read as
+    background by the model's own normalisation) is flagged."""
+    task = get_task("brats")
+    rng = np.random.default_rng(0)
+    raw = np.where(rng.random((40, 40, 30)) < 0.6, rng.normal(400, 80, (40, 40, 30)), 0.0).astype(np.float32)
+    volume = Volume(raw, np.diag([4.0, 4.0, 4.0, 1.0]))
+    assert not [w for w in input_warnings({"t1": volume}, task) if "negative" in w]
+    zscored = Volume((raw - raw.mean()) / raw.std(), volume.affine)
+    assert any(
+        w.startswith("t1: ") and "normalised already" in w for w in input_warnings({"t1": zscored}, task)
+    )
+
+
 def test_coverage_warning_follows_the_world_axes() -> None:
     """A volume spanning under a quarter of the model's field of view along a world axis is
     flagged, whichever of its voxel axes that is."""
