@@ -41,13 +41,16 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered network `name` with `kwargs`."""
+def _factory(name: str) -> Callable[..., nn.Module]:
     try:
-        factory = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; registered: {list_models()}") from None
-    return factory(**kwargs)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered network `name` with `kwargs`."""
+    return _factory(name)(**kwargs)
 
 
 def _defaults(function: Callable[..., Any]) -> dict[str, Any]:
@@ -66,10 +69,11 @@ def resolved_kwargs(name: str, **kwargs: Any) -> dict[str, Any]:
     Defaults come from the network class (what a factory's ``**kwargs`` reach), overridden
     by the factory's own (a factory may choose a narrower `width`), overridden by `kwargs`.
     """
-    network = type(create_model(name, **kwargs))  # refuses unknown names and arguments
-    factory = _REGISTRY[name]
-    parameters = inspect.signature(factory).parameters.values()
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    factory = _factory(name)
+    # The class comes from the factory's return annotation: no network is built for this.
+    signature = inspect.signature(factory, eval_str=True)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    network = signature.return_annotation
     resolved = {**(_defaults(network.__init__) if takes_any else {}), **_defaults(factory), **kwargs}
     return {key: list(v) if isinstance(v, tuple) else v for key, v in resolved.items()}
 

@@ -1,5 +1,5 @@
-"""Helpers every service test folder shares (tests/app, tests/integration, tests/evidence):
-settings for a test service, the small generated CT they post, and zips of members.
+"""Helpers the test folders share: settings for a test service, the small generated CT
+they post, zips of members, and checkpoints of seeded random networks.
 
 Imported as `tests.common` (pytest puts the repository root on `sys.path`).
 """
@@ -11,9 +11,11 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from app.settings import Settings
 from models.contract import Volume
+from models.registry import create_model
 
 
 def make_settings(model_dir: Path, store_dir: Path, **overrides: object) -> Settings:
@@ -49,3 +51,11 @@ def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED
         for name, data in members.items():
             zf.writestr(name, data)
     return buffer.getvalue()
+
+
+def random_checkpoint(architecture: str, task: str, seed: int = 0, **model_kwargs: object) -> dict:
+    """A registry checkpoint of `architecture` with seeded random weights (width 4 unless given)."""
+    kwargs = {"width": 4, **model_kwargs}
+    torch.manual_seed(seed)
+    model = create_model(architecture, **kwargs)
+    return {"model": architecture, "model_kwargs": kwargs, "task": task, "state_dict": model.state_dict()}

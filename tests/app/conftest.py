@@ -18,8 +18,9 @@ from app_helpers import make_settings
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from models.registry import create_model, list_models
+from models.registry import list_models
 from models.tasks import get_task
+from tests.common import random_checkpoint
 
 PROTOTYPE_REGIONS = 4
 
@@ -40,15 +41,7 @@ def _prototypes(classes: tuple[str, ...]) -> dict[str, dict[str, list]]:
 def export_student(architecture: str, task_name: str, folder: Path) -> dict:
     from training.export import export_model
 
-    torch.manual_seed(0)
-    kwargs = {"width": 4}
-    model = create_model(architecture, **kwargs).eval()
-    checkpoint = {
-        "model": architecture,
-        "model_kwargs": kwargs,
-        "task": task_name,
-        "state_dict": model.state_dict(),
-    }
+    checkpoint = random_checkpoint(architecture, task_name)
     out = folder / f"{task_name}_test.onnx"
     card = export_model(
         checkpoint, out, training_data={"synthetic": True, "description": "random weights for tests"}

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from orthanc_server import OrthancServer, OrthancUnavailable, ensure_installed
 
 from app.main import create_app
-from tests.common import make_settings
+from tests.common import make_settings, random_checkpoint
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -46,19 +46,11 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny HCC student (width 4, seeded random weights) exported as the service expects."""
-    from models.registry import create_model
     from training.export import export_model
 
     folder = tmp_path_factory.mktemp("models")
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = create_model("hcc_student", width=4).eval()
-    checkpoint = {
-        "model": "hcc_student",
-        "model_kwargs": {"width": 4},
-        "task": "hcc",
-        "state_dict": model.state_dict(),
-    }
+    checkpoint = random_checkpoint("hcc_student", "hcc")
     out = folder / "hcc_test.onnx"
     card = export_model(
         checkpoint, out, training_data={"synthetic": True, "description": "random weights for tests"}

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models import create_model
+from tests.common import random_checkpoint
 from training.calibration import Calibration, fit_calibration, fold_into_head
 from training.export import export_model
 
@@ -42,15 +43,8 @@ def test_folding_makes_the_network_answer_calibrated() -> None:
 
 def test_export_calibrates_on_the_val_split(tmp_path: Path, hcc_manifest: Path) -> None:
     """The card records the fit, the NLL on the val split does not rise, and the ONNX file
-    itself carries the calibration (its weights differ from the uncalibrated export's)."""
-    torch.manual_seed(0)
-    model = create_model("hcc_student", width=4)
-    checkpoint = {
-        "model": "hcc_student",
-        "model_kwargs": {"width": 4},
-        "task": "hcc",
-        "state_dict": model.state_dict(),
-    }
+    itself carries the calibration (its logits are the uncalibrated export's, calibrated)."""
+    checkpoint = random_checkpoint("hcc_student", "hcc")
     card = export_model(checkpoint, tmp_path / "cal" / "m.onnx", data=hcc_manifest, calibrate=True)
     export_model(checkpoint, tmp_path / "plain" / "m.onnx")
     fit = card["calibration"]

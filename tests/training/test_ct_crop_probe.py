@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from bench.ct_crop_probe import lesion_crops, lesion_grid, probe, teacher_probabilities
-from models import create_model
 from models.contract import resample
+from tests.common import random_checkpoint
 from training.data.readers import load_case, read_records
 
 
@@ -29,16 +29,8 @@ def test_scratch_and_distilled_students_are_scored_each_epoch(hcc_manifest: Path
     crops = lesion_crops(records, size=16, spacing=4.0)
     assert crops.shape == (8, 1, 16, 16, 16) and crops.min() >= 0.0 and crops.max() <= 1.0
 
-    torch.manual_seed(0)
     checkpoint = tmp_path / "teacher.pt"
-    model = create_model("hcc_teacher_sf", width=4)
-    state = {
-        "model": "hcc_teacher_sf",
-        "model_kwargs": {"width": 4},
-        "task": "hcc",
-        "state_dict": model.state_dict(),
-    }
-    torch.save(state, checkpoint)
+    torch.save(random_checkpoint("hcc_teacher_sf", "hcc"), checkpoint)
     teacher = teacher_probabilities(records, str(checkpoint))
     assert teacher.shape == (8, 3) and torch.allclose(teacher.sum(dim=1), torch.ones(8))
 

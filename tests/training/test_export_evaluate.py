@@ -6,24 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from cohort_shapes import HCC_SHAPE
 
-from models import create_model
+from tests.common import random_checkpoint
 from training.data.synth_hcc import write_hcc_cohort
 from training.evaluate import evaluate_model
 from training.export import ExportError, export_model
 
 
 def checkpoint(seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    model = create_model("hcc_student", width=4)
-    return {
-        "model": "hcc_student",
-        "model_kwargs": {"width": 4},
-        "task": "hcc",
-        "state_dict": model.state_dict(),
-    }
+    return random_checkpoint("hcc_student", "hcc", seed)
 
 
 @pytest.fixture(scope="module")
