@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from app.errors import InvalidStudyError, MissingModalityError, NonFiniteVoxelsError
+from app.errors import InvalidStudyError, MissingFieldError, MissingModalityError, NonFiniteVoxelsError
 from app.ingest.study import Study, Upload
 from app.quality import input_warnings
 from app.runtime import ServedModel
@@ -23,12 +23,14 @@ from models.tasks import TaskSpec
 def preprocess(study: Study, task: TaskSpec) -> ModelInput:
     """`prepare_input`, with its contract errors turned into typed problems."""
     try:
-        return prepare_input(study.volumes, task)
+        return prepare_input(study.volumes, task, lesion=study.mask)
     except ContractError as exc:
         if "NaN" in exc.reason:
             raise NonFiniteVoxelsError(exc.reason, field=exc.field) from None
         if "needs" in exc.reason:
-            raise MissingModalityError(exc.reason, field=exc.field) from None
+            # A lesion-grid model without the lesion's mask: a missing field, not a modality.
+            missing = MissingFieldError if exc.field == "mask" else MissingModalityError
+            raise missing(exc.reason, field=exc.field) from None
         raise InvalidStudyError(exc.reason, field=exc.field) from None
 
 
@@ -149,6 +151,7 @@ def _files(
                 "reference": reference,
                 "reference_kind": study.sources[reference].kind,
                 "classes": list(task.classes),
+                "grid": task.grid,
                 "used": list(model_input.used),
                 "input_digest": input_digest(model_input),
             }

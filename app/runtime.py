@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from app.errors import BusyError, ModelNotReadyError, TimeoutProblem, UnknownTaskError
 from app.settings import Settings
-from models.tasks import TASKS, TaskSpec
+from models.tasks import TASKS, TaskSpec, task_of_card
 
 log = logging.getLogger("app.runtime")
 T = TypeVar("T")
@@ -65,7 +65,7 @@ class ServedModel:
 
     @property
     def task(self) -> TaskSpec:
-        return TASKS[self.card["task"]]
+        return task_of_card(self.card)
 
     @property
     def version(self) -> str:
@@ -88,9 +88,7 @@ class ServedModel:
             log.warning("model not ready", extra={"model": self.name, "reason": str(exc)})
 
     def _load(self, settings: Settings) -> None:
-        task = self.card.get("task")
-        if task not in TASKS:
-            raise ValueError(f"card names unknown task {task!r}")
+        task_of_card(self.card)  # a card of an unknown task or grid fails here, before the session
         path = self.folder / str(self.card.get("onnx_file") or f"{self.name}.onnx")
         if not path.is_file():
             raise FileNotFoundError(f"ONNX file {path.name} is missing")

@@ -10,7 +10,7 @@ from models.registry import (
     register_model,
     resolved_kwargs,
 )
-from models.tasks import TASKS, TaskSpec, get_task
+from models.tasks import TASKS, TaskSpec, get_task, task_of_card
 
 __all__ = [
     "TASKS",
@@ -27,4 +27,5 @@ __all__ = [
     "prepare_input",
     "register_model",
     "resolved_kwargs",
+    "task_of_card",
 ]

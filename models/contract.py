@@ -8,7 +8,8 @@ trained one. The steps:
    converted by the reader).
 2. A model grid is laid out in RAS+ with the task's spacing and shape, centred on the
    centre of the reference modality's foreground (body for CT, head for MRI), so no mask
-   is needed at serving time.
+   is needed at serving time; or, on a task's ``lesion`` grid, on the lesion of a mask
+   (`lesion_center`), which must then be given.
 3. Each present modality is resampled onto that grid through its own affine (PET on its
    coarser grid lands on the same voxels as CT), trilinear, with the modality's background
    value outside its field of view.
@@ -124,21 +125,56 @@ def from_tensor_layout(array_dhw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(array_dhw, (2, 1, 0)))
 
 
+def _index_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest index of `mask`'s set voxels along each axis (it must have one).
+
+    From the mask's projection on each axis: no index list of every voxel is built.
+    """
+    lo, hi = np.zeros(3, dtype=np.intp), np.zeros(3, dtype=np.intp)
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo[axis], hi[axis] = hit[0], hit[-1]
+    return lo, hi
+
+
 def foreground_center(volume: Volume, kind: ModalityKind) -> np.ndarray:
     """RAS+ centre (mm) of the bounding box of the foreground, or of the volume if none."""
     foreground = volume.array > FOREGROUND_THRESHOLD[kind]
     if foreground.any():
-        # The box from the foreground's projection on each axis (no index list of every voxel).
-        lo, hi = np.zeros(3), np.zeros(3)
-        for axis in range(3):
-            others = tuple(a for a in range(3) if a != axis)
-            hit = np.flatnonzero(foreground.any(axis=others))
-            lo[axis], hi[axis] = hit[0], hit[-1]
+        lo, hi = _index_box(foreground)
     else:
         lo = np.zeros(3)
         hi = np.array(volume.array.shape, dtype=np.float64) - 1.0
     center_ijk = np.append((lo + hi) / 2.0, 1.0)
     return (volume.affine @ center_ijk)[:3]
+
+
+def lesion_center(mask: Volume, labels: str = "highest") -> np.ndarray:
+    """RAS+ centroid (mm) of the largest connected lesion of a label map.
+
+    The lesion is the mask's highest label present (``labels="highest"``: the tumour of a
+    liver 1 / tumour 2 map, or a binary mask) or every non-zero label (``"nonzero"``). Of
+    several lesions the largest (26-connected) is the one graded: satellites and a second
+    primary would otherwise pull the centre between them.
+
+    Raises:
+        ContractError: the mask has no lesion voxel.
+    """
+    array = mask.array
+    if labels == "highest":
+        top = float(array.max()) if array.size else 0.0
+        lesion = array == top if top > 0 else np.zeros(array.shape, dtype=bool)
+    else:
+        lesion = array > 0
+    if not lesion.any():
+        raise ContractError("mask", "has no lesion voxel to centre the model's grid on")
+    # Label only the lesion's bounding box: masks are mostly background.
+    lo, hi = _index_box(lesion)
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi, strict=True))
+    components, count = ndimage.label(lesion[box], structure=np.ones((3, 3, 3), dtype=bool))
+    largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1 if count > 1 else 1
+    index = np.argwhere(components == largest).mean(axis=0) + lo
+    return (mask.affine @ np.append(index, 1.0))[:3]
 
 
 def model_grid(task: TaskSpec, center_mm: np.ndarray) -> Grid:
@@ -274,13 +310,17 @@ def reference_modality(task: TaskSpec, available: set[str]) -> str:
 def prepare_input(
     volumes: Mapping[str, Volume],
     task: TaskSpec,
-    center_mm: np.ndarray | None = None,
+    lesion: Volume | None = None,
 ) -> ModelInput:
     """Bring the given modalities onto the task grid, normalised, in channel order.
 
+    `lesion` is a label map locating the lesion (see `lesion_center`); a task on the
+    ``lesion`` grid needs it, the ``whole`` grid does not look at it.
+
     Raises:
         ContractError: unknown modality names, a subset the task does not allow (a
-            required modality missing), or non-finite voxel values.
+            required modality missing), non-finite voxel values, or on the lesion grid a
+            missing or empty mask or a lesion outside the reference image.
     """
     unknown = sorted(set(volumes) - set(task.modalities))
     if unknown:
@@ -298,7 +338,9 @@ def prepare_input(
             raise ContractError(name, "contains NaN or infinite voxel values")
 
     reference = reference_modality(task, given)
-    if center_mm is None:
+    if task.grid == "lesion":
+        center_mm = _lesion_grid_center(lesion, volumes[reference], reference, task)
+    else:
         center_mm = foreground_center(volumes[reference], task.kind_of(reference))
     grid = model_grid(task, center_mm)
 
@@ -315,6 +357,23 @@ def prepare_input(
     used = tuple(m for m in task.modalities if m in given)
     missing = tuple(m for m in task.modalities if m not in given)
     return ModelInput(image=image, present=present, grid=grid, used=used, missing=missing)
+
+
+def _lesion_grid_center(lesion: Volume | None, reference: Volume, name: str, task: TaskSpec) -> np.ndarray:
+    """The lesion's centre, checked to lie inside the reference image."""
+    if lesion is None:
+        raise ContractError(
+            "mask", f"this {task.name!r} model reads a crop centred on the lesion and needs the lesion's mask"
+        )
+    if not np.all(np.isfinite(lesion.array)):
+        raise ContractError("mask", "contains NaN or infinite values")
+    center = lesion_center(lesion, task.lesion_labels)
+    low, high = reference.world_bounds()
+    if np.any(center < low) or np.any(center > high):
+        raise ContractError(
+            "mask", f"the lesion's centre {np.round(center, 1).tolist()} mm lies outside the {name} image"
+        )
+    return center
 
 
 def grid_of(volume: Volume) -> Grid:

@@ -3,15 +3,28 @@
 A `TaskSpec` is the single source of truth shared by data readers, training, export and
 the service: class names, the channel order of modalities, which subsets of modalities a
 model must accept, and the grid every input is resampled onto (see `models.contract`).
+
+A task has two grids. ``whole`` (the default) covers the body part, centred on the
+foreground, so a model needs nothing but the images. ``lesion`` is a small fine cube
+centred on the lesion of a mask (`LESION_GRID`): the model reads the lesion and its
+surroundings only, and needs the lesion's mask to be served. A model's checkpoint and card
+say which grid it was trained on; `get_task(name, grid)` gives the matching spec.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 ModalityKind = Literal["ct", "pet", "mri"]
+GridName = Literal["whole", "lesion"]
+GRIDS: tuple[GridName, ...] = ("whole", "lesion")
+
+LESION_GRID: dict[str, Any] = {"spacing_mm": (2.0, 2.0, 2.0), "shape": (48, 48, 48)}
+"""The lesion grid of every task: a 96 mm cube of 2 mm voxels. The largest synthetic HCC
+lesions (38 mm radius) nearly fill it; a smaller one sits in its liver surroundings."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,11 @@ class TaskSpec:
         spacing_mm: voxel size of the model grid, (x, y, z) in millimetres.
         shape: size of the model grid as (D, H, W) = (z, y, x) voxels.
         description: one line for model cards and `/v1/models`.
+        grid: where the grid is centred: on the reference modality's foreground (``whole``)
+            or on the lesion of a mask (``lesion``; see `models.contract.lesion_center`).
+        lesion_labels: which labels of a mask are the lesion: ``highest`` (the highest label
+            present: 2 of a liver 1 / tumour 2 map as in LiTS, 1 of a binary mask) or
+            ``nonzero`` (every label: BraTS' 1, 2 and 4 together).
     """
 
     name: str
@@ -39,6 +57,8 @@ class TaskSpec:
     description: str = ""
     ct_window_hu: tuple[float, float] = (-160.0, 240.0)
     pet_suv_scale: float = 2.5
+    grid: GridName = "whole"
+    lesion_labels: Literal["highest", "nonzero"] = "highest"
 
     def __post_init__(self) -> None:
         if len(self.kinds) != len(self.modalities):
@@ -97,14 +117,30 @@ BRATS = TaskSpec(
     spacing_mm=(2.5, 2.5, 2.5),
     shape=(64, 80, 64),
     description="Glioma grade (lower- vs high-grade) from any of T1, T1ce, T2 and FLAIR MRI",
+    lesion_labels="nonzero",
 )
 
 TASKS: dict[str, TaskSpec] = {task.name: task for task in (HCC, BRATS)}
 
 
-def get_task(name: str) -> TaskSpec:
-    """The task called `name`, or a ValueError listing the known tasks."""
+def get_task(name: str, grid: str = "whole") -> TaskSpec:
+    """The task called `name` on `grid`, or a ValueError listing the known tasks or grids."""
     try:
-        return TASKS[name]
+        task = TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}") from None
+    if grid == "whole":
+        return task
+    if grid == "lesion":
+        return replace(task, grid="lesion", **LESION_GRID)
+    raise ValueError(f"unknown grid {grid!r}; known grids: {list(GRIDS)}")
+
+
+def task_of_card(card: Mapping[str, Any]) -> TaskSpec:
+    """The task a model card (or checkpoint) describes, on the grid it was trained on.
+
+    Cards and checkpoints written before grids existed name no grid: theirs is ``whole``.
+    """
+    inputs = card.get("input")
+    grid = card.get("grid") or (inputs.get("grid") if isinstance(inputs, Mapping) else None)
+    return get_task(str(card.get("task")), str(grid or "whole"))

@@ -3,17 +3,24 @@
 # and teachers of the demo recipe (seed 7), then `reactkd ablation` over seeds 0 1 2.
 #   TASK=hcc bash scripts/run_ablation.sh     (the default; about 1.5 hours on 2 cores)
 #   TASK=brats bash scripts/run_ablation.sh
+#   GRID=lesion bash scripts/run_ablation.sh  (HCC on the lesion grid: reports/ablation-hcc-lesion)
 # On CPU it runs one ablation process per core (they share the runs out; the last to finish
 # writes the table). Everything is SYNTHETIC data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 TASK=${TASK:-hcc}
+GRID=${GRID:-whole}
 WORK=${WORK:-build/ablation}
-OUT=${OUT:-reports/ablation-$TASK}
 SEED=${SEED:-7}
 JOBS=${JOBS:-$(nproc)}
-T="$WORK/teachers"
+if [ "$GRID" = whole ]; then
+  SUFFIX="" TEACHER_CONFIGS=configs/demo
+else  # the teachers of another grid are other networks: their own configs and folder
+  SUFFIX="_$GRID" TEACHER_CONFIGS=configs/ablation
+fi
+OUT=${OUT:-reports/ablation-$TASK${SUFFIX/_/-}}
+T="$WORK/teachers$SUFFIX"
 
 teacher() {  # teacher CONFIG NAME DATA: train it unless its checkpoint is there
   [ -f "$T/$2-s$SEED/best.pt" ] || $BIN/reactkd train teacher --config "$1" --data "$3" --out "$T" --seed "$SEED" >&2
@@ -26,21 +33,21 @@ hcc)
   EXT="$WORK/hcc_ext/manifest.csv"
   [ -f "$DATA" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases 200 --seed "$SEED"
   [ -f "$EXT" ] || $BIN/reactkd synth hcc --out "$WORK/hcc_ext" --cases 60 --seed "$SEED" --external
-  TEACHERS=("$(teacher configs/demo/hcc_teacher_sf.yaml hcc-structure-function "$DATA")"
-            "$(teacher configs/demo/hcc_teacher_dose.yaml hcc-dose-aware "$DATA")")
+  TEACHERS=("$(teacher "$TEACHER_CONFIGS/hcc${SUFFIX}_teacher_sf.yaml" hcc-structure-function "$DATA")"
+            "$(teacher "$TEACHER_CONFIGS/hcc${SUFFIX}_teacher_dose.yaml" hcc-dose-aware "$DATA")")
   EXTRA=(--external "$EXT")
   ;;
 brats)  # the demo's cohort and grid; BraTS has no external cohort and no dose step
   DATA="$WORK/brats"
   [ -d "$DATA/HGG" ] || $BIN/reactkd synth brats --out "$DATA" --cases 240 --seed "$SEED" --shape 96 96 64 --spacing 2.5
-  TEACHERS=("$(teacher configs/demo/brats_teacher_hybrid.yaml brats-hybrid "$DATA")")
+  TEACHERS=("$(teacher "$TEACHER_CONFIGS/brats${SUFFIX}_teacher_hybrid.yaml" brats-hybrid "$DATA")")
   EXTRA=()
   ;;
 *) echo "TASK must be hcc or brats, got $TASK" >&2; exit 2 ;;
 esac
 
 ablation() {
-  $BIN/reactkd ablation --task "$TASK" --config "configs/ablation/${TASK}_student.yaml" \
+  $BIN/reactkd ablation --task "$TASK" --config "configs/ablation/${TASK}${SUFFIX}_student.yaml" \
     --data "$DATA" "${EXTRA[@]}" --seeds 0 1 2 --out "$OUT" --teachers "${TEACHERS[@]}"
 }
 for _ in $(seq "$JOBS"); do

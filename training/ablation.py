@@ -42,9 +42,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models import get_task, model_from_checkpoint, prepare_input
+from models import get_task, model_from_checkpoint
 from models.tasks import TaskSpec
 from training.config import TrainConfig, load_config
+from training.data.dataset import prepare_case
 from training.data.readers import CaseRecord, load_case, read_records
 from training.metrics import macro_auc
 
@@ -106,7 +107,7 @@ def prepare_internal(records: Sequence[CaseRecord], task: TaskSpec) -> Cohort:
     cases = [load_case(r) for r in tqdm(records, desc="internal test cases", leave=False)]
     for subset in task.allowed_subsets():
         key = "+".join(subset)
-        prepared = [prepare_input({m: c.volumes[m] for m in subset if m in c.volumes}, task) for c in cases]
+        prepared = [prepare_case(c, task, subset) for c in cases]
         cohort.images[key] = np.stack([p.image for p in prepared])
         cohort.presents[key] = np.stack([p.present for p in prepared])
         cohort.labels[key] = np.asarray([c.label for c in cases], dtype=np.int64)
@@ -120,8 +121,7 @@ def prepare_external(records: Sequence[CaseRecord], task: TaskSpec) -> Cohort:
     for record in tqdm(records, desc="external cases", leave=False):
         if record.label is None:
             continue
-        case = load_case(record)
-        prepared = prepare_input(case.volumes, task)
+        prepared = prepare_case(load_case(record), task)
         key = f"{float(record.meta.get('dose', 1.0)):g}"
         by_dose.setdefault(key, []).append((prepared.image, prepared.present, record.label))
     for key in sorted(by_dose, key=float, reverse=True):
@@ -165,15 +165,15 @@ def run_ablation(
     """Train and evaluate every (step, seed); write ``ablation.json``, ``ablation.md`` and a figure."""
     from training.train import train
 
-    task = get_task(task_name)
     if not teachers:
         raise ValueError("the ablation needs the teacher checkpoints (--teachers)")
+    base = load_config(base_config, {"task": task_name, "role": "student", "data": data}).model_dump(
+        mode="json"
+    )
+    task = get_task(task_name, base["grid"])
     if "ct" in task.modalities and len(teachers) < 2:
         raise ValueError(f"task {task.name!r} needs two teachers: the PET/CT and the dose-aware one")
     out = Path(out)
-    base = load_config(base_config, {"task": task.name, "role": "student", "data": data}).model_dump(
-        mode="json"
-    )
     records = [r for r in read_records(task.name, data) if r.split == "test" and r.label is not None]
     internal = prepare_internal(records, task)
     ext = None

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.tasks import TASKS
+from models.tasks import TASKS, GridName
 
 # Which registered network each role and kind trains.
 TEACHER_MODELS: dict[tuple[str, str], str] = {
@@ -31,6 +31,10 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: Literal["hcc", "brats"]
+    # The task's grid (`models.tasks`): the whole body part, or a crop centred on the lesion
+    # mask (then the served model needs the lesion's mask too). Teachers and students of one
+    # run share it.
+    grid: GridName = "whole"
     role: Literal["teacher", "student"]
     kind: str = Field("student", description="teacher kind (structure-function, dose-aware, hybrid)")
     model: str = Field("", description="registered network; derived from task, role and kind when empty")

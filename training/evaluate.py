@@ -22,7 +22,8 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 from tqdm.auto import tqdm
 
-from models import TaskSpec, get_task, model_from_checkpoint, prepare_input
+from models import TaskSpec, model_from_checkpoint, task_of_card
+from training.data.dataset import prepare_case
 from training.data.readers import CaseRecord, load_case
 from training.metrics import expected_calibration_error, macro_auc, per_class_auc
 
@@ -36,12 +37,12 @@ class Predictor:
         self.path = Path(path)
         if self.path.suffix == ".onnx":
             # The task is in the model card beside the file (or given, before the card exists).
-            self.task = task or get_task(json.loads(self.path.with_suffix(".json").read_text())["task"])
+            self.task = task or task_of_card(json.loads(self.path.with_suffix(".json").read_text()))
             self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
             self.model = None
         else:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
-            self.task = get_task(state["task"])
+            self.task = task_of_card(state)
             self.model = model_from_checkpoint(state)
 
     @classmethod
@@ -70,8 +71,7 @@ def predict_records(
     labels, probs = [], []
     for record in tqdm(records, desc=f"evaluate {predictor.path.name}", leave=False):
         case = load_case(record)
-        volumes = {m: v for m, v in case.volumes.items() if subset is None or m in subset}
-        prepared = prepare_input(volumes, predictor.task)
+        prepared = prepare_case(case, predictor.task, subset)
         probs.append(predictor(prepared.image[None], prepared.present[None])[0])
         labels.append(case.label)
     return np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
@@ -161,8 +161,7 @@ def cohort_evidence(
 
     graphs, graph_labels = [], []
     for record in tqdm(train, desc="prototype graphs", leave=False):
-        case = load_case(record)
-        prepared = prepare_input(case.volumes, task)
+        prepared = prepare_case(load_case(record), task)
         features = predictor.session.run(
             ["features"], {"image": prepared.image[None], "present": prepared.present[None]}
         )[0][0]

@@ -32,7 +32,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from models import get_task, model_from_checkpoint
+from models import model_from_checkpoint, task_of_card
 from models.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def export_model(
         else checkpoint
     )
     model = model_from_checkpoint(state)
-    task = get_task(state["task"])
+    task = task_of_card(state)
     out = Path(out)
     if out.suffix != ".onnx":
         raise ValueError(f"output must end in .onnx, got {out}")
@@ -148,7 +148,10 @@ def export_model(
         metrics, prototypes = cohort_evidence(out, task, data)
     quantization = quantize_int8(out, task, data, float_metrics=metrics) if int8 else None
     weights = out.with_suffix(".pt")
-    torch.save({key: state[key] for key in ("model", "model_kwargs", "task", "state_dict")}, weights)
+    torch.save(
+        {**{key: state[key] for key in ("model", "model_kwargs", "task", "state_dict")}, "grid": task.grid},
+        weights,
+    )
     card = model_card(
         state,
         task,
@@ -275,6 +278,7 @@ def model_card(
             "layout": "image [N, M, D, H, W] float32; present [N, M] float32 (1 = modality given)",
             "spacing_mm": list(task.spacing_mm),
             "shape": list(task.shape),
+            "grid": task.grid,
         },
         "outputs": {
             "logits": "[N, C]",
@@ -283,7 +287,12 @@ def model_card(
         },
         "preprocessing": (
             "models.contract.prepare_input: RAS+ grid of the task's spacing and shape centred on the "
-            f"reference modality's foreground; trilinear resampling; CT window {list(task.ct_window_hu)} HU "
+            + (
+                "reference modality's foreground"
+                if task.grid == "whole"
+                else f"largest lesion of the mask (lesion labels: {task.lesion_labels}), which is required"
+            )
+            + f"; trilinear resampling; CT window {list(task.ct_window_hu)} HU "
             f"to [0, 1]; PET SUV / {task.pet_suv_scale} clipped to [0, 4]; MRI z-scored inside the "
             "foreground; missing modalities are zero channels with present = 0"
         ),

@@ -149,13 +149,13 @@ def make_loaders(
     needs_low_dose = cfg.task == "hcc" and cfg.low_dose is not None and cfg.kind != "structure-function"
     train_set = CaseDataset(
         train,
-        get_task(cfg.task),
+        get_task(cfg.task, cfg.grid),
         augment=cfg.augment,
         cache=cfg.cache,
         low_dose=cfg.low_dose if needs_low_dose else None,
         seed=cfg.seed,
     )
-    val_set = CaseDataset(val, get_task(cfg.task), augment=False, cache=cfg.cache)
+    val_set = CaseDataset(val, get_task(cfg.task, cfg.grid), augment=False, cache=cfg.cache)
     sampler: DistributedSampler | None = DistributedSampler(train_set, seed=cfg.seed) if ddp.enabled else None
     train_loader = DataLoader(
         train_set,
@@ -186,6 +186,14 @@ class Objective:
             device
         )
         checkpoints = [torch.load(p, map_location=device, weights_only=False) for p in cfg.teachers]
+        for path, state in zip(cfg.teachers, checkpoints, strict=True):
+            # Teachers read the student's batch: a teacher of another grid would see a field of
+            # view it never learned.
+            if state.get("grid", "whole") != cfg.grid:
+                raise ValueError(
+                    f"teacher {path} was trained on the {state.get('grid', 'whole')!r} grid; "
+                    f"this run is on the {cfg.grid!r} grid"
+                )
         weights = mixing_weights(cfg, checkpoints)
         if cfg.teachers:
             log.info("teacher weights %s for %s", [round(w, 3) for w in weights], cfg.teachers)
@@ -352,6 +360,7 @@ def save_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, **extra: Any
         # Every default filled in: the checkpoint rebuilds this network even if defaults change.
         "model_kwargs": resolved_kwargs(cfg.model, **cfg.model_kwargs),
         "task": cfg.task,
+        "grid": cfg.grid,
         "role": cfg.role,
         "kind": cfg.kind,
         "state_dict": net.state_dict(),
@@ -376,7 +385,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     ddp = setup_distributed()
     device = resolve_device(cfg.device, ddp)
     seed_everything(cfg.seed + ddp.rank)
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, cfg.grid)
     run_dir = cfg.run_dir
     if ddp.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from app.ingest.study import IngestLimits, Upload, build_study
 from app.prediction import input_digest, preprocess
 from app.store import Store, StoredPrediction, npz_bytes
 from models.contract import Grid, Volume
-from models.tasks import TASKS, TaskSpec
+from models.tasks import TaskSpec, get_task
 
 # The uploads were checked against the configured limits when they were accepted; reading
 # our own store back must not refuse them if an operator has since lowered the limits.
@@ -125,7 +125,7 @@ def load_case(store: Store, prediction: StoredPrediction) -> Case:
     if outputs is None or reference is None or meta_bytes is None:
         raise NotAvailableError("the stored files of this prediction are incomplete", field="id")
     meta = json.loads(meta_bytes)
-    task = TASKS[prediction.task]
+    task = get_task(prediction.task, meta.get("grid", "whole"))
     # Kept with the prediction (fetched studies, older predictions), else cached, else rebuilt.
     model_input = store.read_npz(prediction, "input.npz")
     mask = store.read_npz(prediction, "mask.npz")

@@ -38,10 +38,10 @@ def _prototypes(classes: tuple[str, ...]) -> dict[str, dict[str, list]]:
     return out
 
 
-def export_student(architecture: str, task_name: str, folder: Path) -> dict:
+def export_student(architecture: str, task_name: str, folder: Path, grid: str = "whole") -> dict:
     from training.export import export_model
 
-    checkpoint = random_checkpoint(architecture, task_name)
+    checkpoint = {**random_checkpoint(architecture, task_name), "grid": grid}
     out = folder / f"{task_name}_test.onnx"
     card = export_model(
         checkpoint, out, training_data={"synthetic": True, "description": "random weights for tests"}
@@ -59,6 +59,14 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     export_student("hcc_student", "hcc", folder)
     if "brats_student" in list_models():
         export_student("brats_student", "brats", folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lesion_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An HCC student on the lesion grid: it needs the lesion's mask with every study."""
+    folder = tmp_path_factory.mktemp("lesion_models")
+    export_student("hcc_student", "hcc", folder, grid="lesion")
     return folder
 
 

@@ -11,13 +11,14 @@ from models.contract import (
     Volume,
     foreground_center,
     grid_of,
+    lesion_center,
     map_to_grid,
     model_grid,
     prepare_input,
     resample,
     to_tensor_layout,
 )
-from models.tasks import BRATS, HCC, get_task
+from models.tasks import BRATS, HCC, get_task, task_of_card
 
 
 def ct_volume(shape=(40, 40, 20), spacing=(8.0, 8.0, 8.0), value=50.0) -> Volume:
@@ -122,3 +123,70 @@ def test_world_bounds_hold_every_voxel_edge_in_any_orientation():
     np.testing.assert_allclose(high - low, [6.0, 8.0, 15.0])
     # voxel (0, 0, 0) is centred at (10, 20, 30): its edges reach half a voxel out
     np.testing.assert_allclose(low, [10.0 - 1.5, 20.0 - 1.0, 30.0 - 12.5])
+
+
+# -- the lesion grid ---------------------------------------------------------------------
+
+
+def _lesion_case() -> tuple[Volume, Volume, np.ndarray]:
+    """An oblique-free CT (2 x 2 x 3 mm, off-origin) with a bright cube lesion, its liver 1 /
+    lesion 2 mask with a small satellite, and the lesion's centre in RAS mm."""
+    shape = (80, 70, 40)
+    affine = np.diag([-2.0, 2.0, 3.0, 1.0])  # x flipped: the centre must still come out in RAS
+    affine[:3, 3] = [100.0, -60.0, 20.0]
+    ct = np.full(shape, 40.0, np.float32)
+    mask = np.zeros(shape, np.float32)
+    mask[10:70, 10:60, 5:35] = 1  # liver
+    mask[50:60, 20:30, 10:20] = 2  # the dominant lesion
+    ct[50:60, 20:30, 10:20] = 200.0
+    mask[15:17, 50:52, 30:32] = 2  # a satellite, far off: must not pull the centre
+    centre = (affine @ [54.5, 24.5, 14.5, 1.0])[:3]
+    return Volume(ct, affine), Volume(mask, affine), centre
+
+
+def test_lesion_center_is_the_largest_lesion_of_the_highest_label() -> None:
+    _, mask, centre = _lesion_case()
+    np.testing.assert_allclose(lesion_center(mask), centre)
+    # "nonzero" takes every label: here the liver, whose box is centred elsewhere.
+    assert not np.allclose(lesion_center(mask, "nonzero"), centre)
+    binary = Volume((mask.array == 2).astype(np.uint8), mask.affine)
+    np.testing.assert_allclose(lesion_center(binary), centre)
+
+
+def test_the_lesion_grid_is_a_fine_cube_centred_on_the_lesion() -> None:
+    ct, mask, centre = _lesion_case()
+    task = get_task("hcc", "lesion")
+    assert task.grid == "lesion" and task.shape == (48, 48, 48) and task.spacing_mm == (2.0, 2.0, 2.0)
+    prepared = prepare_input({"ct": ct}, task, lesion=mask)
+    grid_centre = prepared.grid.affine @ np.append((np.array(prepared.grid.shape) - 1) / 2, 1.0)
+    np.testing.assert_allclose(grid_centre[:3], centre)
+    # The lesion (200 HU: 0.9 in the CT window) fills the middle of the tensor.
+    assert prepared.image.shape == (3, 48, 48, 48)
+    assert prepared.image[0, 24, 24, 24] == pytest.approx(0.9)
+    # The whole grid ignores the mask.
+    whole = prepare_input({"ct": ct}, get_task("hcc"), lesion=mask)
+    np.testing.assert_array_equal(whole.image, prepare_input({"ct": ct}, get_task("hcc")).image)
+
+
+def test_the_lesion_grid_needs_a_lesion_inside_the_image() -> None:
+    ct, mask, _ = _lesion_case()
+    task = get_task("hcc", "lesion")
+    with pytest.raises(ContractError, match="needs the lesion's mask") as missing:
+        prepare_input({"ct": ct}, task)
+    assert missing.value.field == "mask"
+    empty = Volume(np.zeros_like(mask.array), mask.affine)
+    with pytest.raises(ContractError, match="no lesion voxel"):
+        prepare_input({"ct": ct}, task, lesion=empty)
+    moved = mask.affine.copy()
+    moved[:3, 3] += [0.0, 0.0, 500.0]
+    with pytest.raises(ContractError, match="outside the ct image") as outside:
+        prepare_input({"ct": ct}, task, lesion=Volume(mask.array, moved))
+    assert outside.value.field == "mask"
+
+
+def test_cards_name_their_grid_and_older_ones_mean_the_whole_grid() -> None:
+    assert task_of_card({"task": "hcc"}) == HCC
+    assert task_of_card({"task": "hcc", "input": {"grid": "lesion"}}) == get_task("hcc", "lesion")
+    assert task_of_card({"task": "brats", "grid": "lesion"}).lesion_labels == "nonzero"
+    with pytest.raises(ValueError, match="unknown grid"):
+        get_task("hcc", "liver")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.contract import prepare_input
-from models.tasks import BRATS, HCC
+from models.tasks import BRATS, HCC, get_task
 from training.data.dataset import CaseDataset
 from training.data.readers import CaseRecord, load_case, read_hcc_manifest, read_records
 
@@ -79,3 +79,18 @@ def test_brats_items_carry_seg_and_brain(brats_root: Path) -> None:
     assert "image_low_dose" not in item  # no CT in BraTS
     batch = torch.utils.data.default_collate([item, item])
     assert tuple(batch["image"].shape) == (2, 4, *BRATS.shape)
+
+
+def test_lesion_grid_items_are_cubes_around_the_tumour(
+    hcc_records: list[CaseRecord], brats_root: Path
+) -> None:
+    # Low dose too: the CT is re-acquired on the lesion cube, not on the whole grid.
+    items = CaseDataset(hcc_records, get_task("hcc", "lesion"), low_dose=(0.1, 0.1))
+    for item in items:
+        assert item["image"].shape == (3, 48, 48, 48) and item["image_low_dose"].shape == (3, 48, 48, 48)
+        tumour = item["masks"]["tumor"].numpy().astype(bool)
+        centroid = np.argwhere(tumour).mean(axis=0)
+        # The cube is centred on the tumour (its largest component: within a voxel or two).
+        np.testing.assert_allclose(centroid, [23.5] * 3, atol=2.5)
+    brats = CaseDataset(read_records("brats", brats_root)[:2], get_task("brats", "lesion"))
+    assert brats[0]["masks"]["seg"].numpy()[24, 24, 24] > 0  # every tumour label is the lesion

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from cohort_shapes import HCC_SHAPE
 
+from models.tasks import get_task
 from tests.common import random_checkpoint
 from training.data.synth_hcc import write_hcc_cohort
-from training.evaluate import evaluate_model
+from training.evaluate import Predictor, evaluate_model
 from training.export import ExportError, export_model
 
 
@@ -83,3 +84,17 @@ def test_evaluate_sweeps_the_dose_levels_of_the_external_cohort(exported: tuple[
     assert list(report["by_dose"]) == ["1", "0.5", "0.25", "0.1", "0.05"]
     assert all(entry["n"] == 3 for entry in report["by_dose"].values())
     assert (tmp_path / "report" / "dose.png").exists()
+
+
+def test_a_lesion_grid_model_is_exported_and_evaluated_on_its_grid(hcc_manifest: Path, tmp_path: Path):
+    out = tmp_path / "hcc_lesion.onnx"
+    card = export_model({**checkpoint(), "grid": "lesion"}, out, data=hcc_manifest)
+    assert card["input"]["grid"] == "lesion" and card["input"]["shape"] == [48, 48, 48]
+    assert "lesion of the mask" in card["preprocessing"]
+    # Every subset and the prototypes went through the lesion crops of the cohort's masks.
+    assert set(card["metrics"]["by_subset"]) == {"ct+pet_fdg+pet_act", "ct+pet_fdg", "ct+pet_act", "ct"}
+    assert card["prototypes"]
+    assert Predictor(out).task == get_task("hcc", "lesion")
+    assert Predictor(out.with_suffix(".pt")).task == get_task("hcc", "lesion")
+    report = evaluate_model(out, hcc_manifest, tmp_path / "report")
+    assert report["overall"]["n"] > 0

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from cohort_shapes import HCC_SHAPE
 
 from models import create_model, get_task, model_from_checkpoint
+from tests.common import random_checkpoint
 from training.config import TrainConfig
 from training.data.dataset import CaseDataset
 from training.data.readers import read_records
@@ -188,3 +189,13 @@ def test_two_process_ddp_run_completes(hcc_manifest: Path, tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "hcc-student-s0" / "best.pt").exists()
     assert len(metrics(tmp_path / "hcc-student-s0")) == 1
+
+
+def test_a_student_refuses_teachers_of_another_grid(hcc_manifest: Path, tmp_path: Path) -> None:
+    teacher = tmp_path / "lesion_teacher.pt"
+    torch.save({**random_checkpoint("hcc_teacher_sf", "hcc"), "grid": "lesion"}, teacher)
+    cfg = TrainConfig(
+        task="hcc", role="student", data=hcc_manifest, out=tmp_path, teachers=[teacher], **QUICK
+    )
+    with pytest.raises(ValueError, match="trained on the 'lesion' grid; this run is on the 'whole' grid"):
+        train(cfg)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.contract import BACKGROUND, Grid, normalize, prepare_input, resample, to_tensor_layout
+from models.contract import BACKGROUND, Grid, ModelInput, normalize, prepare_input, resample, to_tensor_layout
 from models.tasks import TaskSpec, get_task
 from training.data.lowdose import reduce_dose
 from training.data.readers import Case, CaseRecord, load_case
@@ -31,6 +31,17 @@ MASK_NAMES: dict[str, tuple[str, ...]] = {"hcc": ("liver", "tumor"), "brats": ("
 LESION_MASK: dict[str, str] = {"hcc": "tumor", "brats": "seg"}
 # Label of an unlabelled case in a batch (labels are int64 tensors).
 NO_LABEL = -1
+
+
+def prepare_case(case: Case, task: TaskSpec, modalities: Sequence[str] | None = None) -> ModelInput:
+    """`prepare_input` on a case's images (only `modalities`, if given), its lesion mask
+    locating the crop on a task's lesion grid."""
+    volumes = {
+        name: v
+        for name, v in case.volumes.items()
+        if name in task.modalities and (modalities is None or name in modalities)
+    }
+    return prepare_input(volumes, task, lesion=case.masks.get(LESION_MASK[task.name]))
 
 
 class CaseDataset(Dataset):
@@ -124,8 +135,7 @@ class CaseDataset(Dataset):
         return prepared
 
     def _prepare(self, case: Case) -> dict[str, Any]:
-        volumes = {name: v for name, v in case.volumes.items() if name in self.task.modalities}
-        model_input = prepare_input(volumes, self.task)
+        model_input = prepare_case(case, self.task)
         grid = model_input.grid
         prepared: dict[str, Any] = {
             "image": model_input.image,
@@ -135,8 +145,8 @@ class CaseDataset(Dataset):
             "grid": grid,
             "masks": {name: self._mask_on_grid(case, name, grid) for name in self.mask_names},
         }
-        if self.low_dose is not None and "ct" in volumes:
-            ct = volumes["ct"]
+        if self.low_dose is not None and "ct" in case.volumes:
+            ct = case.volumes["ct"]
             prepared["ct_hu"] = resample(ct.array, ct.affine, grid, order=1, cval=BACKGROUND["ct"])
         return prepared
 

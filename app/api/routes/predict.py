@@ -154,8 +154,8 @@ async def predict(
         name, uploads, fetched = await _read_request(request, settings)
     if name not in TASKS:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}", field="task")
-    task = TASKS[name]
     model = models.for_task(name)
+    task = model.task  # on the grid the served model was trained on
 
     def remaining() -> float:
         left = deadline - time.monotonic()
