@@ -50,6 +50,7 @@ def _train(args: argparse.Namespace) -> None:
 
     overrides = {
         "task": args.task,
+        "grid": args.grid,
         "role": args.role,
         "kind": getattr(args, "kind", None),
         "data": args.data,
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = roles.add_parser(role)
         sub.add_argument("--config", type=Path, help="YAML or TOML run config; flags override it")
         sub.add_argument("--task", choices=["hcc", "brats"])
+        sub.add_argument("--grid", choices=["whole", "lesion"], help="lesion: a cube on the lesion mask")
         sub.add_argument("--data", type=Path, help="HCC manifest.csv or BraTS root")
         sub.add_argument("--out", type=Path, help="runs folder (default runs/)")
         sub.add_argument("--name", help="run name (default TASK-KIND-sSEED)")

@@ -114,7 +114,8 @@ class TrainConfig(BaseModel):
                     f"{field}={given} is not an allowed modality subset of task {self.task!r}; "
                     f"choose from {TASKS[self.task].allowed_subsets()}"
                 )
-        self.name = self.name or f"{self.task}-{self.kind}-s{self.seed}"
+        grid = "" if self.grid == "whole" else f"{self.grid}-"
+        self.name = self.name or f"{self.task}-{grid}{self.kind}-s{self.seed}"
         return self
 
     @property

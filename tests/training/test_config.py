@@ -25,11 +25,19 @@ def test_toml_file(tmp_path: Path) -> None:
     assert cfg.model == "brats_student" and cfg.alpha == 0.3 and cfg.kind == "student"
 
 
+def test_a_lesion_grid_run_is_named_apart_from_the_whole_grid_one(tmp_path: Path) -> None:
+    cfg = load_config(
+        None, {"task": "hcc", "role": "teacher", "kind": "dose-aware", "grid": "lesion", "data": tmp_path}
+    )
+    assert cfg.grid == "lesion" and cfg.name == "hcc-lesion-dose-aware-s0"
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
         ({"task": "hcc", "role": "teacher", "kind": "hybrid"}, "unknown teacher kind 'hybrid'"),
         ({"task": "hcc", "role": "student", "alpha": 1.5}, "less than or equal to 1"),
+        ({"task": "hcc", "role": "student", "grid": "liver"}, "'whole' or 'lesion'"),
         ({"task": "hcc", "role": "student", "epoch": 3}, "Extra inputs are not permitted"),
         ({"task": "hcc", "role": "student", "low_dose": [0.5, 0.2]}, "low_dose must be a range"),
         ({"task": "hcc", "role": "student", "teachers": ["t"], "teacher_weights": [1, 2]}, "weights has 2"),
