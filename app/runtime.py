@@ -68,6 +68,14 @@ class ServedModel:
         return task_of_card(self.card)
 
     @property
+    def needs_mask(self) -> bool:
+        """Whether the model reads a crop on the lesion, so every study needs the lesion's mask."""
+        try:
+            return self.task.grid == "lesion"
+        except ValueError:  # an unknown task or grid: the model fails to load, with the reason
+            return False
+
+    @property
     def version(self) -> str:
         return str(self.card.get("version", "0"))
 
@@ -166,7 +174,9 @@ class ModelRegistry:
             wanted = settings.served_models.get(task)
             chosen = next((m for m in candidates if m.name == wanted), None) if wanted else None
             if chosen is None:
-                chosen = max(candidates, key=lambda m: str(m.card.get("created", "")))
+                # The newest model that needs nothing but images: one reading a lesion crop
+                # needs a mask with every study, so it serves by default only when alone.
+                chosen = max(candidates, key=lambda m: (not m.needs_mask, str(m.card.get("created", ""))))
             served[task] = chosen
             for other in candidates:
                 if other is not chosen:

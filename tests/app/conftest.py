@@ -42,7 +42,7 @@ def export_student(architecture: str, task_name: str, folder: Path, grid: str = 
     from training.export import export_model
 
     checkpoint = {**random_checkpoint(architecture, task_name), "grid": grid}
-    out = folder / f"{task_name}_test.onnx"
+    out = folder / f"{task_name}{'' if grid == 'whole' else '_' + grid}_test.onnx"
     card = export_model(
         checkpoint, out, training_data={"synthetic": True, "description": "random weights for tests"}
     )

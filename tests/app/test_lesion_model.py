@@ -4,6 +4,8 @@ that lesion, and its maps still overlay the image that was sent."""
 from __future__ import annotations
 
 import gzip
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from app_helpers import assert_problem, ct_volume, make_settings, nifti_bytes
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.runtime import ModelRegistry
 from models.contract import Volume
 
 NII = "application/gzip"
@@ -91,3 +94,24 @@ def test_the_cube_around_the_lesion_is_graded_and_explained_on_the_sent_image(
     graph = lesion_client.get(f"/v1/explain/{prediction['id']}/graph")
     assert graph.status_code == 200 and graph.json()["regions"] == "mask"
     assert lesion_client.get(f"/v1/explain/{prediction['id']}/attention").status_code == 200
+
+
+def test_a_lesion_model_serves_by_default_only_when_alone(
+    model_dir: Path, lesion_model_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for source in (model_dir, lesion_model_dir):
+        for path in source.glob("hcc*"):
+            shutil.copy(path, folder)
+    card = folder / "hcc_lesion_test.json"
+    card.write_text(json.dumps({**json.loads(card.read_text()), "created": "2999-01-01T00:00:00+00:00"}))
+    # The newest, but it would refuse every study sent without a mask.
+    default = ModelRegistry.from_folder(folder, make_settings(folder, tmp_path / "store"))
+    assert default.served["hcc"].name == "hcc_test" and not default.served["hcc"].needs_mask
+    chosen = ModelRegistry.from_folder(
+        folder, make_settings(folder, tmp_path / "store", served_models={"hcc": "hcc_lesion_test"})
+    )
+    assert chosen.served["hcc"].needs_mask and chosen.served["hcc"].task.grid == "lesion"
+    alone = ModelRegistry.from_folder(lesion_model_dir, make_settings(lesion_model_dir, tmp_path / "store"))
+    assert alone.served["hcc"].name == "hcc_lesion_test"
