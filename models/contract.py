@@ -75,10 +75,7 @@ class Volume:
 
     def world_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Lowest and highest RAS+ corner (mm) of the box holding every voxel, edges included."""
-        edges = [(-0.5, n - 0.5) for n in self.array.shape]
-        corners = np.array(np.meshgrid(*edges, indexing="ij")).reshape(3, -1)
-        world = self.affine[:3, :3] @ corners + self.affine[:3, 3:]
-        return world.min(axis=1), world.max(axis=1)
+        return _world_box(self.affine, np.zeros(3), np.array(self.array.shape) - 1.0)
 
 
 @dataclass(frozen=True)
@@ -125,6 +122,14 @@ def from_tensor_layout(array_dhw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(array_dhw, (2, 1, 0)))
 
 
+def _world_box(affine: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest RAS+ corner (mm) of the voxels ``lo..hi`` (indices), edges included."""
+    edges = [(a - 0.5, b + 0.5) for a, b in zip(lo, hi, strict=True)]
+    corners = np.array(np.meshgrid(*edges, indexing="ij")).reshape(3, -1)
+    world = affine[:3, :3] @ corners + affine[:3, 3:]
+    return world.min(axis=1), world.max(axis=1)
+
+
 def _index_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lowest and highest index of `mask`'s set voxels along each axis (it must have one).
 
@@ -135,6 +140,14 @@ def _index_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
         lo[axis], hi[axis] = hit[0], hit[-1]
     return lo, hi
+
+
+def foreground_bounds(volume: Volume, kind: ModalityKind) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest RAS+ corner (mm) of the foreground's box (the volume's if none)."""
+    foreground = volume.array > FOREGROUND_THRESHOLD[kind]
+    if not foreground.any():
+        return volume.world_bounds()
+    return _world_box(volume.affine, *_index_box(foreground))
 
 
 def foreground_center(volume: Volume, kind: ModalityKind) -> np.ndarray:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The exact recipe of the shipped demo models: synthetic cohorts, teachers, distilled
 # students, ONNX export with model cards. `make demo-models` runs it (CPU, 2 cores: about
-# an hour). Everything it makes is trained on SYNTHETIC data and its card says so.
+# an hour and a quarter). Everything it makes is trained on SYNTHETIC data and its card says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -20,17 +20,19 @@ card() {  # training-data note for a model card
   printf '{"synthetic": true, "description": "%s"}' "$1"
 }
 
-hcc() {  # two teachers, then the distilled CT student
+hcc() {  # two teachers, then the distilled CT student; `hcc lesion`: all three on the lesion grid
+local grid=${1:-whole} suffix="" run=""
+[ "$grid" = whole ] || { suffix="_$grid"; run="$grid-"; }
 [ -f "$WORK/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases "$HCC_CASES" --seed "$SEED"
 HCC="$WORK/hcc/manifest.csv"
-teacher configs/demo/hcc_teacher_sf.yaml "$HCC" hcc-structure-function
-teacher configs/demo/hcc_teacher_dose.yaml "$HCC" hcc-dose-aware
-$BIN/reactkd train student --config configs/demo/hcc_student.yaml --data "$HCC" --out "$RUNS" --seed "$SEED" \
-  --teachers "$RUNS/hcc-structure-function-s$SEED/best.pt" "$RUNS/hcc-dose-aware-s$SEED/best.pt"
-$BIN/reactkd export "$RUNS/hcc-student-s$SEED/best.pt" --out "$OUT/hcc_student.onnx" --data "$HCC" --calibrate \
+teacher "configs/demo/hcc${suffix}_teacher_sf.yaml" "$HCC" "hcc-${run}structure-function"
+teacher "configs/demo/hcc${suffix}_teacher_dose.yaml" "$HCC" "hcc-${run}dose-aware"
+$BIN/reactkd train student --config "configs/demo/hcc${suffix}_student.yaml" --data "$HCC" --out "$RUNS" --seed "$SEED" \
+  --teachers "$RUNS/hcc-${run}structure-function-s$SEED/best.pt" "$RUNS/hcc-${run}dose-aware-s$SEED/best.pt"
+$BIN/reactkd export "$RUNS/hcc-${run}student-s$SEED/best.pt" --out "$OUT/hcc${suffix}_student.onnx" --data "$HCC" --calibrate \
   --training-data "$(card "Synthetic HCC benchmark of this project (docs/benchmark.md): reactkd synth hcc --cases $HCC_CASES --seed $SEED; trained on its train split, selected on val, metrics on test. Not real patients.")"
-
 }
+hcc_lesion() { hcc lesion; }  # served only with the lesion's mask (REACTKD_SERVED_MODELS)
 
 brats() {  # hybrid CNN+ViT teacher, then the EfficientNet-style student
 [ -d "$WORK/brats/HGG" ] || $BIN/reactkd synth brats --out "$WORK/brats" --cases "$BRATS_CASES" --seed "$SEED" \
@@ -43,6 +45,6 @@ $BIN/reactkd export "$RUNS/brats-student-s$SEED/best.pt" --out "$OUT/brats_stude
   --training-data "$(card "Synthetic BraTS-like benchmark of this project in the BraTS 2019 layout (docs/benchmark.md): reactkd synth brats --cases $BRATS_CASES --seed $SEED $BRATS_GRID; trained on its train split, selected on val, metrics on test. Not real patients.")"
 }
 
-# TASKS="hcc" or "brats" builds one (two shells can build both at once).
-for task in ${TASKS:-hcc brats}; do "$task"; done
+# TASKS="hcc", "hcc_lesion" or "brats" builds one (shells can build them at once).
+for task in ${TASKS:-hcc hcc_lesion brats}; do "$task"; done
 ls -la "$OUT"

@@ -92,5 +92,7 @@ def test_lesion_grid_items_are_cubes_around_the_tumour(
         centroid = np.argwhere(tumour).mean(axis=0)
         # The cube is centred on the tumour (its largest component: within a voxel or two).
         np.testing.assert_allclose(centroid, [23.5] * 3, atol=2.5)
+    # The dose was simulated on the body's whole axial field, then cropped.
+    assert all(min(items.prepared(i)["ct_hu"].shape[:2]) > 48 for i in range(len(items)))
     brats = CaseDataset(read_records("brats", brats_root)[:2], get_task("brats", "lesion"))
     assert brats[0]["masks"]["seg"].numpy()[24, 24, 24] > 0  # every tumour label is the lesion

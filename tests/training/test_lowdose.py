@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.data.lowdose import reduce_dose, simulate_low_dose
+from models.contract import Grid
+from training.data.lowdose import acquisition_grid, reduce_dose, simulate_low_dose
 
 SPACING = (4.0, 4.0, 4.0)
 # The noise std must follow 1/sqrt(dose) within this relative tolerance ...
@@ -63,3 +64,32 @@ def test_same_rng_seed_gives_same_noise() -> None:
     b = simulate_low_dose(phantom, SPACING, 0.5, np.random.default_rng(5))
     np.testing.assert_array_equal(a, b)
     assert a.dtype == np.float32 and a.shape == phantom.shape
+
+
+def test_a_crop_is_widened_to_the_body_and_found_again_inside() -> None:
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [10.0, -20.0, 30.0]
+    crop = Grid((48, 48, 48), affine)
+    low, high = np.array([-150.0, -130.0, -500.0]), np.array([150.0, 110.0, 500.0])
+    wide, inside = acquisition_grid(crop, low, high)
+    assert wide.shape[0] % 32 == 0 and wide.shape[1] % 32 == 0 and wide.shape[2] == 48
+    # The widened field holds the body, and the crop's voxels are exactly its own.
+    first, last = wide.affine[:3, 3], wide.affine[:3, 3] + 2.0 * (np.array(wide.shape) - 1)
+    assert np.all(first[:2] - 1.0 <= low[:2]) and np.all(last[:2] + 1.0 >= high[:2])
+    corner = wide.affine @ np.array([inside[0].start, inside[1].start, inside[2].start, 1.0])
+    np.testing.assert_allclose(corner[:3], affine[:3, 3])
+    assert [s.stop - s.start for s in inside] == [48, 48, 48]
+    # A grid holding the body already is left as it is.
+    same, everything = acquisition_grid(wide, low, high)
+    assert same.shape == wide.shape and np.array_equal(same.affine, wide.affine)
+    assert everything == (slice(0, wide.shape[0]), slice(0, wide.shape[1]), slice(0, 48))
+
+
+def test_noise_simulated_on_the_whole_body_is_the_noise_a_crop_of_it_gets() -> None:
+    """A 96 mm crop of an abdomen-sized phantom alone would get a fraction of the noise."""
+    phantom = water_phantom(n=128, slices=4)  # 4 mm voxels, 512 mm field
+    rng = np.random.default_rng(0)
+    body = roi(reduce_dose(phantom, SPACING, 0.1, rng))
+    crop = phantom[52:76, 52:76]  # 96 mm of water in the middle: rays cross 96 mm only
+    alone = reduce_dose(crop, SPACING, 0.1, rng)[4:20, 4:20]
+    assert alone.std() < 0.6 * body.std()

@@ -5,8 +5,10 @@ plus the case's masks resampled with nearest neighbour onto the same `ModelInput
 
 With ``low_dose=(lo, hi)`` each item also carries ``image_low_dose``: the same case with its
 CT re-acquired at a dose drawn log-uniformly from ``[lo, hi]``. The dose is simulated in HU on
-the model grid, between resampling and normalisation (`training.data.lowdose.reduce_dose`),
-so the noise is what a scanner would add, not a perturbation of normalised values. Spatial
+the model grid's slices, widened to the whole body where the grid is a crop
+(`training.data.lowdose.acquisition_grid`), between resampling and normalisation
+(`training.data.lowdose.reduce_dose`), so the noise is what a scanner would add, not a
+perturbation of normalised values. Spatial
 augmentation then moves ``image``, ``image_low_dose`` and the masks with one random draw.
 """
 
@@ -19,9 +21,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.contract import BACKGROUND, Grid, ModelInput, normalize, prepare_input, resample, to_tensor_layout
+from models.contract import (
+    BACKGROUND,
+    Grid,
+    ModelInput,
+    foreground_bounds,
+    normalize,
+    prepare_input,
+    resample,
+    to_tensor_layout,
+)
 from models.tasks import TaskSpec, get_task
-from training.data.lowdose import reduce_dose
+from training.data.lowdose import acquisition_grid, reduce_dose
 from training.data.readers import Case, CaseRecord, load_case
 from training.data.transforms import train_transforms
 
@@ -146,8 +157,10 @@ class CaseDataset(Dataset):
             "masks": {name: self._mask_on_grid(case, name, grid) for name in self.mask_names},
         }
         if self.low_dose is not None and "ct" in case.volumes:
+            # The dose is simulated on the whole axial field of the body, then cropped.
             ct = case.volumes["ct"]
-            prepared["ct_hu"] = resample(ct.array, ct.affine, grid, order=1, cval=BACKGROUND["ct"])
+            field, prepared["crop"] = acquisition_grid(grid, *foreground_bounds(ct, "ct"))
+            prepared["ct_hu"] = resample(ct.array, ct.affine, field, order=1, cval=BACKGROUND["ct"])
         return prepared
 
     def _mask_on_grid(self, case: Case, name: str, grid: Grid) -> np.ndarray:
@@ -165,7 +178,7 @@ class CaseDataset(Dataset):
         lo, hi = self.low_dose  # type: ignore[misc]
         rng = self._generator()
         dose = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        hu = reduce_dose(prepared["ct_hu"], prepared["grid"].spacing, dose, rng)
+        hu = reduce_dose(prepared["ct_hu"], prepared["grid"].spacing, dose, rng)[prepared["crop"]]
         image[self.task.modalities.index("ct")] = to_tensor_layout(normalize(hu, "ct", self.task))
         return image, dose
 

@@ -24,6 +24,8 @@ import functools
 import numpy as np
 import scipy.sparse as sp
 
+from models.contract import Grid
+
 # Linear attenuation of water at about 70 keV, per millimetre.
 MU_WATER = 0.0195
 # Full-dose photons per detector bin and view. With the default number of views this gives
@@ -164,6 +166,42 @@ def reduce_dose(
     if dose == 1.0:
         return hu_full_dose.copy()
     return _add_quantum_noise(hu_full_dose, spacing_mm, i0 * dose / (1.0 - dose), rng, n_angles)
+
+
+def acquisition_grid(
+    grid: Grid, body_low: np.ndarray, body_high: np.ndarray, multiple: int = 32
+) -> tuple[Grid, tuple[slice, slice, slice]]:
+    """The axial field a scanner reconstructs around `grid`, and where `grid` lies in it.
+
+    Quantum noise comes from the attenuation along whole rays through the body. Simulated
+    on a crop (the lesion grid's 96 mm cube), the rays would cross a tenth of the abdomen
+    and the noise would come out a fraction of the real one (liver noise 22 HU instead of
+    about 40 at 10 % dose). So the crop is widened in ``x`` and ``y`` by whole voxels until it
+    holds the body's box (`body_low`, `body_high`, RAS+ mm), its side rounded up to a
+    `multiple` of voxels (few distinct shapes: the projectors are cached per shape). A grid
+    holding the body already is returned as it is. Slices (``z``) are never added: each
+    axial slice is simulated on its own.
+    """
+    spacing = np.array(grid.spacing)
+    if not np.allclose(grid.affine[:3, :3], np.diag(spacing)):
+        return grid, (slice(None), slice(None), slice(None))  # only RAS-aligned model grids widen
+    origin = grid.affine[:3, 3]
+    shape = np.array(grid.shape)
+    # Whole voxels needed on each side (the tolerance keeps an exact fit from adding one).
+    before = np.maximum(np.ceil((origin - spacing / 2 - body_low) / spacing - 1e-6), 0).astype(int)
+    end = origin + (shape - 0.5) * spacing
+    after = np.maximum(np.ceil((body_high - end) / spacing - 1e-6), 0).astype(int)
+    before[2] = after[2] = 0
+    for axis in (0, 1):
+        if before[axis] or after[axis]:
+            extra = -(shape[axis] + before[axis] + after[axis]) % multiple
+            before[axis] += extra // 2
+            after[axis] += extra - extra // 2
+    affine = grid.affine.copy()
+    affine[:3, 3] = origin - before * spacing
+    wide = Grid(tuple(int(n) for n in shape + before + after), affine)  # type: ignore[arg-type]
+    inside = tuple(slice(int(b), int(b + n)) for b, n in zip(before, shape, strict=True))
+    return wide, inside  # type: ignore[return-value]
 
 
 def _check_dose(dose: float) -> None:
