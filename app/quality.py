@@ -41,6 +41,10 @@ MIN_COVERAGE = 0.25
 MAX_CT_HU = 30000.0
 MAX_SUV = 100.0
 MAX_NEGATIVE_MR = 0.05
+# Voxels up to this size (mm) are routine for each kind (5 mm CT slices, 4-6 mm PET), however
+# fine the model grid (the lesion grid's 2 mm): only coarser ones, or coarser than 1.5 model
+# voxels, are unusual.
+ROUTINE_SPACING_MM: dict[ModalityKind, float] = {"ct": 5.0, "pet": 6.0, "mri": 3.75}
 
 
 INTERIOR = (slice(1, -1),) * 3  # the voxels an eroded mask can hold
@@ -116,7 +120,7 @@ def input_warnings(volumes: dict[str, Volume], task: TaskSpec) -> list[str]:
             warnings.append(f"{name} missing: answered from the other modalities, with less information")
     for name, volume in volumes.items():
         spacing = volume.spacing
-        coarse = max(task.spacing_mm) * 1.5
+        coarse = max(max(task.spacing_mm) * 1.5, ROUTINE_SPACING_MM[task.kind_of(name)])
         if max(spacing) > coarse or min(spacing) < 0.3:
             warnings.append(
                 f"{name}: unusual voxel spacing {tuple(round(s, 2) for s in spacing)} mm "

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -162,7 +163,7 @@ def foreground_center(volume: Volume, kind: ModalityKind) -> np.ndarray:
     return (volume.affine @ center_ijk)[:3]
 
 
-def lesion_center(mask: Volume, labels: str = "highest") -> np.ndarray:
+def lesion_center(mask: Volume, labels: Literal["highest", "nonzero"] = "highest") -> np.ndarray:
     """RAS+ centroid (mm) of the largest connected lesion of a label map.
 
     The lesion is the mask's highest label present (``labels="highest"``: the tumour of a

@@ -14,11 +14,10 @@ GRID=${GRID:-whole}
 WORK=${WORK:-build/ablation}
 SEED=${SEED:-7}
 JOBS=${JOBS:-$(nproc)}
-if [ "$GRID" = whole ]; then
-  SUFFIX="" TEACHER_CONFIGS=configs/demo
-else  # the teachers of another grid are other networks: their own configs and folder
-  SUFFIX="_$GRID" TEACHER_CONFIGS=configs/ablation
-fi
+# Another grid: the teachers are other networks (their demo configs, their own folder), and
+# config files and run names carry the grid (hcc_lesion_student.yaml, hcc-lesion-dose-aware).
+SUFFIX="" RUN=""
+[ "$GRID" = whole ] || { SUFFIX="_$GRID"; RUN="$GRID-"; }
 OUT=${OUT:-reports/ablation-$TASK${SUFFIX/_/-}}
 T="$WORK/teachers$SUFFIX"
 
@@ -33,14 +32,14 @@ hcc)
   EXT="$WORK/hcc_ext/manifest.csv"
   [ -f "$DATA" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases 200 --seed "$SEED"
   [ -f "$EXT" ] || $BIN/reactkd synth hcc --out "$WORK/hcc_ext" --cases 60 --seed "$SEED" --external
-  TEACHERS=("$(teacher "$TEACHER_CONFIGS/hcc${SUFFIX}_teacher_sf.yaml" hcc-structure-function "$DATA")"
-            "$(teacher "$TEACHER_CONFIGS/hcc${SUFFIX}_teacher_dose.yaml" hcc-dose-aware "$DATA")")
+  TEACHERS=("$(teacher "configs/demo/hcc${SUFFIX}_teacher_sf.yaml" "hcc-${RUN}structure-function" "$DATA")"
+            "$(teacher "configs/demo/hcc${SUFFIX}_teacher_dose.yaml" "hcc-${RUN}dose-aware" "$DATA")")
   EXTRA=(--external "$EXT")
   ;;
 brats)  # the demo's cohort and grid; BraTS has no external cohort and no dose step
   DATA="$WORK/brats"
   [ -d "$DATA/HGG" ] || $BIN/reactkd synth brats --out "$DATA" --cases 240 --seed "$SEED" --shape 96 96 64 --spacing 2.5
-  TEACHERS=("$(teacher "$TEACHER_CONFIGS/brats${SUFFIX}_teacher_hybrid.yaml" brats-hybrid "$DATA")")
+  TEACHERS=("$(teacher "configs/demo/brats${SUFFIX}_teacher_hybrid.yaml" "brats-${RUN}hybrid" "$DATA")")
   EXTRA=()
   ;;
 *) echo "TASK must be hcc or brats, got $TASK" >&2; exit 2 ;;

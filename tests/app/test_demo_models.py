@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from app.settings import DEFAULT_MODEL_DIR
-from models import get_task, model_from_checkpoint
+from models import model_from_checkpoint, task_of_card
 
 CARDS = sorted(DEFAULT_MODEL_DIR.glob("*.json"))
 
@@ -27,7 +27,7 @@ def test_shipped_weights_answer_as_the_shipped_onnx(card_path: Path) -> None:
     checkpoint = torch.load(DEFAULT_MODEL_DIR / card["weights_file"], weights_only=False)
     assert checkpoint["model_kwargs"] == card["model_kwargs"]
     network = model_from_checkpoint(checkpoint)
-    task = get_task(card["task"])
+    task = task_of_card(card)
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(2, task.num_modalities, *task.shape, generator=generator)
     present = torch.ones(2, task.num_modalities)

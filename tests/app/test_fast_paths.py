@@ -292,3 +292,15 @@ def test_coverage_warning_follows_the_world_axes() -> None:
     assert "400 x 400 x 8 mm" in (
         coverage_warning(Volume(np.zeros((2, 100, 100), np.float32), rotated), task) or ""
     )
+
+
+def test_routine_spacing_is_not_unusual_on_the_fine_lesion_grid() -> None:
+    """A 5 mm PET and 5 mm CT slices are routine even for the 2 mm lesion grid; 8 mm are not."""
+    task = get_task("hcc", "lesion")
+
+    def spacing_warnings(spacing: float) -> list[str]:
+        volume = ct_volume((16, 16, 8), spacing=spacing)
+        return [w for w in input_warnings({"ct": volume, "pet_fdg": volume}, task) if "spacing" in w]
+
+    assert spacing_warnings(5.0) == []
+    assert len(spacing_warnings(8.0)) == 2
