@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,8 +19,8 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     model_dir: Path = DEFAULT_MODEL_DIR
-    # Which model serves a task when the folder holds several: {"hcc": "hcc_student_v2"}.
-    served_models: dict[str, str] = Field(default_factory=dict)
+    # Which model serves a task when the folder holds several: {"hcc": "hcc_lesion_student"}.
+    served_models: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     store_dir: Path = Path("var/store")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
@@ -56,6 +57,14 @@ class Settings(BaseSettings):
         """`REACTKD_API_KEYS=a,b` -> ["a", "b"] (a plain list is kept)."""
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("served_models", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        """`REACTKD_SERVED_MODELS='{"hcc": "NAME"}'`; empty (compose's unset variable) is {}."""
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
         return value
 
     @field_validator(

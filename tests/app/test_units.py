@@ -23,6 +23,13 @@ def test_settings_split_keys_and_refuse_open_production(monkeypatch) -> None:  #
     monkeypatch.setenv("REACTKD_API_KEYS", "a, b,")
     assert Settings(_env_file=None).api_keys == ["a", "b"]  # type: ignore[call-arg]
     monkeypatch.delenv("REACTKD_API_KEYS")
+    for value, served in (('{"hcc": "hcc_lesion_student"}', {"hcc": "hcc_lesion_student"}), ("", {})):
+        monkeypatch.setenv("REACTKD_SERVED_MODELS", value)  # "": docker compose's unset variable
+        assert Settings(_env_file=None).served_models == served  # type: ignore[call-arg]
+    monkeypatch.setenv("REACTKD_SERVED_MODELS", "hcc")
+    with pytest.raises(ValidationError, match="served_models"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    monkeypatch.delenv("REACTKD_SERVED_MODELS")
     with pytest.raises(ValidationError, match="REACTKD_API_KEYS must be set"):
         Settings(_env_file=None, environment="production")  # type: ignore[call-arg]
 
