@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The exact recipe of the shipped demo models: synthetic cohorts, teachers, distilled
 # students, ONNX export with model cards. `make demo-models` runs it (CPU, 2 cores: about
-# an hour and a quarter). Everything it makes is trained on SYNTHETIC data and its card says so.
+# an hour, and the lesion-grid HCC models about 20 minutes more). Everything it makes is trained on SYNTHETIC data and its card says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}

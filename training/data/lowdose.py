@@ -176,7 +176,7 @@ def acquisition_grid(
     Quantum noise comes from the attenuation along whole rays through the body. Simulated
     on a crop (the lesion grid's 96 mm cube), the rays would cross a tenth of the abdomen
     and the noise would come out a fraction of the real one (at 10 % dose, liver noise of
-    22 HU instead of 53-74 HU on 2 mm voxels). So the crop is widened in ``x`` and ``y`` by
+    19-22 HU instead of 53-74 HU on 2 mm voxels). So the crop is widened in ``x`` and ``y`` by
     whole voxels until it holds the body's box (`body_low`, `body_high`, RAS+ mm), its side
     rounded up to a `multiple` of voxels (few distinct shapes: the projectors are cached per
     shape). A grid holding the body already is returned as it is. Slices (``z``) are never
