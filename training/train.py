@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
@@ -407,8 +408,7 @@ def evaluate(
 # ---------------------------------------------------------------------------- run
 
 
-def save_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, **extra: Any) -> None:
-    net = model.module if isinstance(model, DistributedDataParallel) else model
+def save_checkpoint(path: Path, net: nn.Module, cfg: TrainConfig, **extra: Any) -> None:
     state = {
         "model": cfg.model,
         # Every default filled in: the checkpoint rebuilds this network even if defaults change.
@@ -454,20 +454,28 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     )
 
     # --- model
-    model: nn.Module = create_model(cfg.model, **cfg.model_kwargs).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net = create_model(cfg.model, **cfg.model_kwargs).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     start_epoch, best_auc, stale = 0, -math.inf, 0
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    # The weights validated, selected and kept: the raw ones, or their moving average.
+    average = (
+        AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay > 0
+        else None
+    )
+    kept: nn.Module = net if average is None else average.module
     if resume and last_path.exists():
         state = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["state_dict"])
+        net.load_state_dict(state["state_dict"])
+        if average is not None and "average" in state:
+            average.load_state_dict(state["average"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_auc, stale = state["epoch"] + 1, state["best_val_auc"], state["stale"]
         log.info("resumed %s at epoch %d (best val AUC %.3f)", cfg.name, start_epoch, best_auc)
-    if ddp.enabled:
-        model = DistributedDataParallel(model)
+    model: nn.Module = DistributedDataParallel(net) if ddp.enabled else net
     objective = Objective(cfg, task, train_records, device, val_loader)
 
     # --- loop
@@ -481,14 +489,15 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update_parameters(net)
             for key, value in parts.items():
                 totals[key] = totals.get(key, 0.0) + value
             steps += 1
         scheduler.step()
         stop = False
         if ddp.is_main:
-            net = model.module if isinstance(model, DistributedDataParallel) else model
-            val_auc, val_loss = evaluate(net, val_loader, device, modality_mask(task, cfg.val_modalities))
+            val_auc, val_loss = evaluate(kept, val_loader, device, modality_mask(task, cfg.val_modalities))
             row = {
                 "epoch": epoch,
                 **{f"train_{k}": v / max(steps, 1) for k, v in totals.items()},
@@ -502,18 +511,19 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
             if (not math.isnan(val_auc) and val_auc > best_auc) or not best_path.exists():
                 best_auc = val_auc if not math.isnan(val_auc) else best_auc
                 stale = 0
-                save_checkpoint(best_path, model, cfg, epoch=epoch, val_auc=val_auc, metrics=row)
+                save_checkpoint(best_path, kept, cfg, epoch=epoch, val_auc=val_auc, metrics=row)
             else:
                 stale += 1
             save_checkpoint(
                 last_path,
-                model,
+                net,
                 cfg,
                 epoch=epoch,
                 best_val_auc=best_auc,
                 stale=stale,
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
+                **({"average": average.state_dict()} if average is not None else {}),
                 metrics=row,
             )
             stop = stale >= cfg.patience

@@ -159,6 +159,24 @@ def test_resume_continues_where_the_run_stopped(hcc_manifest: Path, tmp_path: Pa
     assert [r["epoch"] for r in metrics(tmp_path / "hcc-student-s0")] == ["0", "1"]
 
 
+def test_the_moving_average_is_validated_kept_and_resumed(hcc_manifest: Path, tmp_path: Path) -> None:
+    values = {"task": "hcc", "role": "student", "data": hcc_manifest, "out": tmp_path, "low_dose": None}
+    train(TrainConfig(**values, **QUICK, epochs=1, ema_decay=0.9))
+    run = tmp_path / "hcc-student-s0"
+    last = torch.load(run / "last.pt", weights_only=False)
+    best = torch.load(run / "best.pt", weights_only=False)
+    steps = int(last["average"]["n_averaged"])
+    assert steps > 1
+    average = {k.removeprefix("module."): v for k, v in last["average"].items() if k.startswith("module.")}
+    # The kept network is the average, not the raw weights of the last step.
+    assert all(torch.equal(value, average[key]) for key, value in best["state_dict"].items())
+    raw = last["state_dict"]
+    assert any(not torch.equal(raw[key], average[key]) for key in raw if raw[key].is_floating_point())
+    # Resuming continues the average (it counts the first epoch's steps too).
+    train(TrainConfig(**values, **QUICK, epochs=2, ema_decay=0.9), resume=True)
+    assert int(torch.load(run / "last.pt", weights_only=False)["average"]["n_averaged"]) == 2 * steps
+
+
 def test_two_process_ddp_run_completes(hcc_manifest: Path, tmp_path: Path) -> None:
     command = [
         sys.executable,
