@@ -155,11 +155,18 @@ def _frame_from_classic(ds: Dataset, index: int) -> _Frame:
         col_cosine=col,
         pixel_spacing=(spacing[0], spacing[1]),
         shape=(int(_require(ds, "Rows", what)), int(_require(ds, "Columns", what))),
-        slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
-        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+        slope=_number(ds, "RescaleSlope", 1.0),
+        intercept=_number(ds, "RescaleIntercept", 0.0),
         source=index,
         thickness=float(thickness) if thickness not in (None, "") else None,
     )
+
+
+def _number(ds: Dataset, keyword: str, default: float) -> float:
+    """A numeric tag's value, or `default` when the tag is absent or empty (type 1C/3 tags
+    are often written empty); a value that is there, 0 included, is taken as written."""
+    value = ds.get(keyword)
+    return default if value is None or value == "" else float(value)
 
 
 def _check_frame_values(frame: _Frame) -> None:
@@ -173,6 +180,8 @@ def _check_frame_values(frame: _Frame) -> None:
         )
     if not (np.isfinite(frame.slope) and np.isfinite(frame.intercept)):
         raise DicomGeometryError("RescaleSlope", "the rescale slope or intercept is not a finite number")
+    if frame.slope == 0:
+        raise DicomGeometryError("RescaleSlope", "a rescale slope of 0 would make every pixel the intercept")
 
 
 def _order_frames(
@@ -308,8 +317,8 @@ def _volume_from_multiframe(ds: Dataset, max_tilt_degrees: float, spacing_tolera
         spacing = [float(v) for v in _require(measures, "PixelSpacing", what)]
         transform = _group(ds, index, "PixelValueTransformationSequence")
         rescale = transform if transform is not None else ds
-        slope = rescale.get("RescaleSlope", 1.0)
-        intercept = rescale.get("RescaleIntercept", 0.0)
+        slope = _number(rescale, "RescaleSlope", 1.0)
+        intercept = _number(rescale, "RescaleIntercept", 0.0)
         row, col = _cosines(orientation)
         thickness = measures.get("SliceThickness") if measures is not None else None
         frames.append(
@@ -319,8 +328,8 @@ def _volume_from_multiframe(ds: Dataset, max_tilt_degrees: float, spacing_tolera
                 col_cosine=col,
                 pixel_spacing=(spacing[0], spacing[1]),
                 shape=(int(ds.Rows), int(ds.Columns)),
-                slope=float(slope),
-                intercept=float(intercept),
+                slope=slope,
+                intercept=intercept,
                 source=index,
                 thickness=float(thickness) if thickness not in (None, "") else None,
             )

@@ -113,6 +113,7 @@ def test_duplicate_position_is_refused() -> None:
         ("PixelSpacing", [-2.0, 3.0], "must be positive"),  # would mirror the image
         ("PixelSpacing", [0.0, 0.0], "must be positive"),
         ("ImagePositionPatient", ["nan", "0", "0"], "not a finite number"),  # would sort anywhere
+        ("RescaleSlope", 0, "every pixel the intercept"),  # was read as 1: a guessed image
     ],
 )
 def test_impossible_header_numbers_are_refused(keyword: str, value: list, message: str) -> None:
@@ -121,6 +122,17 @@ def test_impossible_header_numbers_are_refused(keyword: str, value: list, messag
     with pytest.raises(DicomGeometryError, match=message) as raised:
         volume_from_series(datasets)
     assert raised.value.field == keyword
+
+
+def test_empty_rescale_tags_mean_the_identity() -> None:
+    volume = _volume()
+    datasets = series_from_volume(volume)
+    slope, intercept = float(datasets[0].RescaleSlope), float(datasets[0].RescaleIntercept)
+    assert intercept != 0
+    for ds in datasets:
+        ds.RescaleSlope, ds.RescaleIntercept = "", ""
+    stored = volume_from_series(datasets).array  # the stored values as they are
+    assert np.allclose(stored, (volume.array - intercept) / slope, atol=0.5 + 1e-3)
 
 
 def test_several_series_are_refused() -> None:
