@@ -88,6 +88,9 @@ class TrainConfig(BaseModel):
     low_dose: tuple[float, float] | None = Field(
         (0.1, 1.0), description="dose fraction range of the CT the student (and dose teacher) sees"
     )
+    # The share of training items whose CT is re-acquired at a dose from `low_dose`; the others
+    # keep the full dose. A student serves full-dose CT as well as low-dose CT.
+    low_dose_prob: float = Field(1.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _resolve(self) -> TrainConfig:

@@ -154,6 +154,7 @@ def make_loaders(
         augment=cfg.augment,
         cache=cfg.cache,
         low_dose=cfg.low_dose if needs_low_dose else None,
+        low_dose_prob=cfg.low_dose_prob,
         seed=cfg.seed,
     )
     val_set = CaseDataset(val, get_task(cfg.task, cfg.grid), augment=False, cache=cfg.cache)

@@ -10,8 +10,10 @@ import torch
 
 from models.contract import prepare_input
 from models.tasks import BRATS, HCC, get_task
+from training.config import TrainConfig
 from training.data.dataset import CaseDataset
 from training.data.readers import CaseRecord, load_case, read_hcc_manifest, read_records
+from training.train import Distributed, make_loaders, split_records
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +98,13 @@ def test_lesion_grid_items_are_cubes_around_the_tumour(
     assert all(min(items.prepared(i)["ct_hu"].shape[:2]) > 48 for i in range(len(items)))
     brats = CaseDataset(read_records("brats", brats_root)[:2], get_task("brats", "lesion"))
     assert brats[0]["masks"]["seg"].numpy()[24, 24, 24] > 0  # every tumour label is the lesion
+
+
+def test_low_dose_prob_keeps_the_other_items_at_full_dose(hcc_manifest: Path) -> None:
+    cfg = TrainConfig(task="hcc", role="student", data=hcc_manifest, low_dose=(0.05, 0.05), low_dose_prob=0.0)
+    train, val = split_records(cfg)
+    dataset = make_loaders(cfg, train[:2], val, Distributed())[0].dataset
+    assert isinstance(dataset, CaseDataset) and dataset.low_dose_prob == 0.0
+    item = dataset[0]
+    assert float(item["dose"]) == 1.0
+    assert torch.equal(item["image"], item["image_low_dose"])
