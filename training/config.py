@@ -50,6 +50,10 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(8, ge=1, description="epochs without a better validation AUC before stopping")
+    # The first epoch whose network may be selected (and from which patience counts). On a
+    # small validation set a network that has not learned yet can rank the cases well by
+    # chance, and no later epoch may beat that lucky draw.
+    select_from_epoch: int = Field(0, ge=0)
     # Validate, select and keep an exponential moving average of the weights, updated after
     # every step with this decay (0: the raw weights). On small cohorts the raw weights'
     # validation AUC swings from epoch to epoch and selection keeps the luckiest swing; the
@@ -113,6 +117,10 @@ class TrainConfig(BaseModel):
                 )
             if min(weights, default=0) < 0 or sum(weights) <= 0:
                 raise ValueError(f"teacher_weights must be non-negative, not all 0; got {weights}")
+        if self.select_from_epoch >= self.epochs:
+            raise ValueError(
+                f"select_from_epoch={self.select_from_epoch} leaves no epoch to select of {self.epochs}"
+            )
         if self.low_dose is not None and not 0 < self.low_dose[0] <= self.low_dose[1] <= 1:
             raise ValueError(f"low_dose must be a range inside (0, 1], got {self.low_dose}")
         if self.task not in TASKS:

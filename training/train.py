@@ -509,7 +509,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
             _log_metrics(run_dir / "metrics.csv", row, writer, epoch)
             epochs.set_postfix(loss=f"{row.get('train_loss', float('nan')):.3f}", val_auc=f"{val_auc:.3f}")
             # Model selection on validation AUC only; a NaN AUC (one class in val) never wins.
-            if (not math.isnan(val_auc) and val_auc > best_auc) or not best_path.exists():
+            if epoch < cfg.select_from_epoch:
+                pass  # not a candidate yet, and not counted against patience
+            elif (not math.isnan(val_auc) and val_auc > best_auc) or not best_path.exists():
                 best_auc = val_auc if not math.isnan(val_auc) else best_auc
                 stale = 0
                 save_checkpoint(best_path, kept, cfg, epoch=epoch, val_auc=val_auc, metrics=row)

@@ -40,6 +40,7 @@ def test_a_lesion_grid_run_is_named_apart_from_the_whole_grid_one(tmp_path: Path
         ({"task": "hcc", "role": "student", "grid": "liver"}, "'whole' or 'lesion'"),
         ({"task": "hcc", "role": "student", "epoch": 3}, "Extra inputs are not permitted"),
         ({"task": "hcc", "role": "student", "low_dose": [0.5, 0.2]}, "low_dose must be a range"),
+        ({"task": "hcc", "role": "student", "epochs": 5, "select_from_epoch": 5}, "leaves no epoch"),
         ({"task": "hcc", "role": "student", "teachers": ["t"], "teacher_weights": [1, 2]}, "weights has 2"),
         ({"task": "hcc", "role": "student", "teachers": ["t", "u"], "teacher_weights": [0, 0]}, "not all 0"),
         ({"task": "hcc", "role": "student", "teachers": ["t"], "teacher_weights": "best"}, "teacher_weights"),

@@ -177,6 +177,14 @@ def test_the_moving_average_is_validated_kept_and_resumed(hcc_manifest: Path, tm
     assert int(torch.load(run / "last.pt", weights_only=False)["average"]["n_averaged"]) == 2 * steps
 
 
+def test_no_network_is_selected_before_select_from_epoch(hcc_manifest: Path, tmp_path: Path) -> None:
+    values = {"task": "hcc", "role": "student", "data": hcc_manifest, "out": tmp_path, "low_dose": None}
+    # patience 1 would stop after epoch 1 if the first epochs counted
+    best = train(TrainConfig(**values, **QUICK, epochs=3, patience=1, select_from_epoch=2))
+    assert torch.load(best, weights_only=False)["epoch"] == 2
+    assert len(metrics(tmp_path / "hcc-student-s0")) == 3
+
+
 def test_two_process_ddp_run_completes(hcc_manifest: Path, tmp_path: Path) -> None:
     command = [
         sys.executable,
