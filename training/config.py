@@ -72,12 +72,11 @@ class TrainConfig(BaseModel):
     attention_supervision: float = Field(0.0, ge=0)
     # Student distillation.
     teachers: list[Path] = Field(default_factory=list)
-    # How the teachers' soft targets (and region graphs) are mixed: "view_auc" weighs each, per
+    # How the teachers' soft targets (and region graphs) are mixed: "val_auc" weighs each by its
+    # validation AUC above chance (`training.losses.teacher_weights_from_auc`); "view_auc" per
     # case, by its validation AUC above chance on the modalities the student is given there
-    # (`training.train.teacher_weight_table`); "val_auc" by its own validation AUC whatever the
-    # student sees (`training.losses.teacher_weights_from_auc`); "equal" alike; or one number
-    # per teacher.
-    teacher_weights: list[float] | Literal["view_auc", "val_auc", "equal"] = "view_auc"
+    # (`training.train.teacher_weight_table`); "equal" alike; or one number per teacher.
+    teacher_weights: list[float] | Literal["val_auc", "view_auc", "equal"] = "val_auc"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1)
     rgd_weight: float = Field(0.5, ge=0)

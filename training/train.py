@@ -327,13 +327,15 @@ def teacher_weight_table(
     """(S, K) the weight of each teacher in the soft target and the region graph loss, for each
     allowed modality subset s the student may be given.
 
-    ``view_auc`` (the default) gives teacher k, where the student sees subset s, its
+    ``val_auc`` (the default) gives each teacher its own validation AUC above chance for every
+    subset. ``view_auc`` gives teacher k, where the student sees subset s, its
     validation AUC above chance *when it reads s itself*: knowledge the student's inputs can
     express is worth distilling, knowledge that lives in a modality the student lacks is not
     (the PET/CT teacher grades on FDG and is at chance on CT alone, so a CT-only student
     learns its soft targets from the dose-aware CT teacher, and a student given FDG mostly
-    from the PET/CT teacher). ``val_auc`` uses each teacher's own validation AUC for every
-    subset; ``equal`` or a list of numbers fix the weights.
+    from the PET/CT teacher); but the PET/CT teacher's targets are near the true grade, which
+    is worth learning from CT too, and in the lesion-grid ablation the rule did not help
+    (reports/ablation-hcc-lesion). ``equal`` or a list of numbers fix the weights.
     """
     rows = len(subsets)
     if isinstance(cfg.teacher_weights, list):
