@@ -72,11 +72,10 @@ class TrainConfig(BaseModel):
     attention_supervision: float = Field(0.0, ge=0)
     # Student distillation.
     teachers: list[Path] = Field(default_factory=list)
-    # How the teachers' soft targets (and region graphs) are mixed: "val_auc" weighs each by its
-    # validation AUC above chance (`training.losses.teacher_weights_from_auc`); "view_auc" per
-    # case, by its validation AUC above chance on the modalities the student is given there
-    # (`training.train.teacher_weight_table`); "equal" alike; or one number per teacher.
-    teacher_weights: list[float] | Literal["val_auc", "view_auc", "equal"] = "val_auc"
+    # How the teachers' soft targets (and region graphs) are mixed: "val_auc" weighs each by
+    # its validation AUC above chance (`training.losses.teacher_weights_from_auc`), "equal"
+    # alike, or one number per teacher.
+    teacher_weights: list[float] | Literal["val_auc", "equal"] = "val_auc"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1)
     rgd_weight: float = Field(0.5, ge=0)

@@ -42,14 +42,11 @@ def focal_loss(
 
 
 def combine_teachers(
-    teacher_logits: Sequence[torch.Tensor],
-    temperature: float,
-    weights: Sequence[float] | torch.Tensor | None = None,
+    teacher_logits: Sequence[torch.Tensor], temperature: float, weights: Sequence[float] | None = None
 ) -> torch.Tensor:
     """One soft target from several teachers: the weighted mean of their softened distributions.
 
-    ``p_t = sum_k w_k softmax(z_k / T)`` with ``w`` normalised to sum 1 (equal by default):
-    (K,) weights hold for every case, (N, K) give each case its own mix.
+    ``p_t = sum_k w_k softmax(z_k / T)`` with ``w`` normalised to sum 1 (equal by default).
     A mixture of distributions (rather than an average of logits) keeps each teacher's
     uncertainty: where the PET/CT teacher is sure and the dose-aware teacher is not, the
     target stays as confident as their average belief, never sharper than either.
@@ -58,13 +55,12 @@ def combine_teachers(
         raise ValueError("combine_teachers needs at least one teacher")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    k = len(teacher_logits)
-    w = torch.ones(k) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-    if w.dim() not in (1, 2) or w.shape[-1] != k or bool((w < 0).any()) or bool((w.sum(-1) <= 0).any()):
-        raise ValueError(f"teacher weights must be {k} non-negative numbers (per case), got {weights}")
-    probs = torch.stack([F.softmax(z / temperature, dim=1) for z in teacher_logits], dim=1)  # (N, K, C)
-    w = (w / w.sum(-1, keepdim=True)).to(probs).expand(probs.shape[0], k)
-    return (w[..., None] * probs).sum(1)
+    w = torch.ones(len(teacher_logits)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    if w.numel() != len(teacher_logits) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ValueError(f"teacher weights must be {len(teacher_logits)} non-negative numbers, got {weights}")
+    w = w / w.sum()
+    probs = torch.stack([F.softmax(z / temperature, dim=1) for z in teacher_logits])
+    return (w.to(probs)[:, None, None] * probs).sum(0)
 
 
 def teacher_weights_from_auc(val_aucs: Sequence[float]) -> list[float]:
@@ -117,10 +113,7 @@ def gw_discrepancy(c_teacher: torch.Tensor, c_student: torch.Tensor, weights: to
 
 
 def rgd_loss(
-    teacher_distances: torch.Tensor,
-    student_distances: torch.Tensor,
-    region_weights: torch.Tensor,
-    case_weights: torch.Tensor | None = None,
+    teacher_distances: torch.Tensor, student_distances: torch.Tensor, region_weights: torch.Tensor
 ) -> torch.Tensor:
     """Mean GW discrepancy over a batch of region graphs.
 
@@ -128,19 +121,14 @@ def rgd_loss(
         teacher_distances: (N, R, R) intra-graph distances of the teacher (no gradient needed).
         student_distances: (N, R, R) intra-graph distances of the student.
         region_weights: (N, R) region masses; empty regions (weight 0) are left out.
-        case_weights: (N,) how much each case's discrepancy counts (default 1 each).
     Returns a scalar; cases with fewer than two non-empty regions contribute nothing.
     """
-    if case_weights is None:
-        case_weights = torch.ones(len(region_weights))
     losses = []
-    for c_t, c_s, w, scale in zip(
-        teacher_distances.detach(), student_distances, region_weights, case_weights, strict=True
-    ):
+    for c_t, c_s, w in zip(teacher_distances.detach(), student_distances, region_weights, strict=True):
         keep = w > 0
         if int(keep.sum()) < 2:
             continue
-        losses.append(scale * gw_discrepancy(c_t[keep][:, keep], c_s[keep][:, keep], w[keep]))
+        losses.append(gw_discrepancy(c_t[keep][:, keep], c_s[keep][:, keep], w[keep]))
     if not losses:
         return student_distances.sum() * 0.0
     return torch.stack(losses).mean()

@@ -179,12 +179,7 @@ class Objective:
     """The loss of one batch for the run's role; everything a step needs besides the model."""
 
     def __init__(
-        self,
-        cfg: TrainConfig,
-        task: TaskSpec,
-        train: list[CaseRecord],
-        device: torch.device,
-        val_loader: DataLoader,
+        self, cfg: TrainConfig, task: TaskSpec, train: list[CaseRecord], device: torch.device
     ) -> None:
         self.cfg = cfg
         self.task = task
@@ -201,19 +196,16 @@ class Objective:
                     f"teacher {path} was trained on the {state.get('grid', 'whole')!r} grid; "
                     f"this run is on the {cfg.grid!r} grid"
                 )
-        teachers = [model_from_checkpoint(c).to(device).eval() for c in checkpoints]
-        for teacher in teachers:
+        weights = mixing_weights(cfg, checkpoints)
+        if cfg.teachers:
+            log.info("teacher weights %s for %s", [round(w, 3) for w in weights], cfg.teachers)
+        # A teacher of weight 0 changes nothing: it is not run at all.
+        self.teachers = [
+            model_from_checkpoint(c).to(device) for c, w in zip(checkpoints, weights, strict=True) if w > 0
+        ]
+        self.teacher_weights = [w for w in weights if w > 0]
+        for teacher in self.teachers:
             teacher.requires_grad_(False)
-        # (S, M) the allowed modality subsets; (S, K) each teacher's weight when the student
-        # is given subset s.
-        self.subsets = torch.tensor(
-            [[1.0 if m in subset else 0.0 for m in task.modalities] for subset in task.allowed_subsets()]
-        )
-        table = teacher_weight_table(cfg, checkpoints, teachers, self.subsets, val_loader, device)
-        # A teacher of weight 0 whatever the student sees changes nothing: it is not run at all.
-        used = [k for k in range(len(teachers)) if bool((table[:, k] > 0).any())]
-        self.teachers = [teachers[k] for k in used]
-        self.weight_table = table[:, used]
         if cfg.role == "student" and not self.teachers:
             log.info("no teachers given: the student trains from labels alone (the from-scratch baseline)")
         self.dropout = ModalityDropout(task, cfg.modality_dropout) if cfg.role == "student" else None
@@ -266,8 +258,7 @@ class Objective:
 
         with torch.no_grad():  # teachers see everything, at full dose
             teacher_outs = [teacher(image, present) for teacher in self.teachers]
-        weights = case_weights(student_present, self.subsets, self.weight_table).to(self.device)
-        soft = combine_teachers([t.logits for t in teacher_outs], self.cfg.temperature, weights)
+        soft = combine_teachers([t.logits for t in teacher_outs], self.cfg.temperature, self.teacher_weights)
         kd = kd_loss(
             out.logits,
             soft,
@@ -279,88 +270,50 @@ class Objective:
         parts = {"kd": kd.item()}
         loss = kd
         if self.cfg.rgd_weight > 0:
-            rgd = self._rgd(out.features, [t.features for t in teacher_outs], batch, weights)
+            rgd = self._rgd(out.features, [t.features for t in teacher_outs], batch)
             loss = loss + self.cfg.rgd_weight * rgd
             parts["rgd"] = rgd.item()
         return loss, parts, out
 
     def _rgd(
-        self,
-        student_features: torch.Tensor,
-        teacher_features: list[torch.Tensor],
-        batch: dict,
-        weights: torch.Tensor,
+        self, student_features: torch.Tensor, teacher_features: list[torch.Tensor], batch: dict
     ) -> torch.Tensor:
-        """GW between the student's region graph and each teacher's, mixed per case by `weights`."""
+        """GW between the student's region graph and each teacher's, mixed by the teacher weights."""
         labels, num_regions = region_labels(batch, self.task, self.cfg.rgd_regions)
         labels = labels.to(self.device)
         s_nodes, region_weights = node_features(student_features, labels, num_regions)
         s_dist = distance_matrix(s_nodes)
-        share = weights / weights.sum(1, keepdim=True)
+        total = sum(self.teacher_weights)
         loss = student_features.new_zeros(())
-        for k, features in enumerate(teacher_features):
+        for w, features in zip(self.teacher_weights, teacher_features, strict=True):
             t_nodes, _ = node_features(features, labels, num_regions)
-            loss = loss + rgd_loss(distance_matrix(t_nodes), s_dist, region_weights, share[:, k])
+            loss = loss + (w / total) * rgd_loss(distance_matrix(t_nodes), s_dist, region_weights)
         return loss
 
 
-def case_weights(present: torch.Tensor, subsets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """(N, K) the teachers' weights for each case: the row of `table` (S, K) of the largest
-    allowed subset (`subsets`, S x M) among the modalities the case gives the student
-    (`present`, N x M). A case holding no allowed subset, which dropout never makes, gets
-    the mean row."""
-    reachable = (subsets[None] <= present.cpu()[:, None]).all(-1)  # (N, S)
-    size = torch.where(reachable, subsets.sum(-1), -1.0)
-    rows = table[size.argmax(1)]
-    rows[~reachable.any(1)] = table.mean(0)
-    return rows
+def mixing_weights(cfg: TrainConfig, checkpoints: list[dict[str, Any]]) -> list[float]:
+    """The weight of each teacher in the soft target and the region graph loss.
 
-
-def teacher_weight_table(
-    cfg: TrainConfig,
-    checkpoints: list[dict[str, Any]],
-    teachers: list[nn.Module],
-    subsets: torch.Tensor,
-    val_loader: DataLoader,
-    device: torch.device,
-) -> torch.Tensor:
-    """(S, K) the weight of each teacher in the soft target and the region graph loss, for each
-    allowed modality subset s the student may be given.
-
-    ``val_auc`` (the default) gives each teacher its own validation AUC above chance for every
-    subset. ``view_auc`` gives teacher k, where the student sees subset s, its
-    validation AUC above chance *when it reads s itself*: knowledge the student's inputs can
-    express is worth distilling, knowledge that lives in a modality the student lacks is not
-    (the PET/CT teacher grades on FDG and is at chance on CT alone, so a CT-only student
-    learns its soft targets from the dose-aware CT teacher, and a student given FDG mostly
-    from the PET/CT teacher); but the PET/CT teacher's targets are near the true grade, which
-    is worth learning from CT too, and in the lesion-grid ablation the rule did not help
-    (reports/ablation-hcc-lesion). ``equal`` or a list of numbers fix the weights.
+    They read every modality at full dose whatever the student is given, so one weight per
+    teacher holds for every case. (A per-case rule, each teacher weighted by its AUC on the
+    student's own subset, handed CT-only cases to the weaker dose-aware teacher and did worse
+    on validation: reports/ablation-hcc-lesion.)
     """
-    rows = len(subsets)
     if isinstance(cfg.teacher_weights, list):
-        return torch.tensor([cfg.teacher_weights] * rows, dtype=torch.float32)
+        return cfg.teacher_weights
     if cfg.teacher_weights == "equal" or not checkpoints:
-        return torch.ones(rows, len(checkpoints))
-    if cfg.teacher_weights == "view_auc":
-        table = [[evaluate(t, val_loader, device, given)[0] for t in teachers] for given in subsets]
-        weights = torch.tensor([teacher_weights_from_auc(view) for view in table])
-        for given, view, row in zip(subsets.tolist(), table, weights.tolist(), strict=True):
-            log.info(
-                "student given %s: teachers' AUC %s, weights %s", given, np.round(view, 3), np.round(row, 3)
-            )
-        return weights
+        return [1.0] * len(checkpoints)
     aucs = [c.get("val_auc", c.get("best_val_auc")) for c in checkpoints]
     missing = [str(p) for p, auc in zip(cfg.teachers, aucs, strict=True) if auc is None]
     if missing:
         raise ValueError(
-            f"teacher_weights={cfg.teacher_weights!r} needs each teacher's validation AUC, which "
-            f"{missing} lack; give teacher_weights as numbers or 'equal'"
+            f"teacher_weights='val_auc' needs each teacher's validation AUC, which {missing} lack; "
+            "give teacher_weights as numbers or 'equal'"
         )
     known = [float(auc) for auc in aucs if auc is not None]
     if not any(auc > 0.5 for auc in known):
         log.warning("no teacher beats chance on validation (AUCs %s): they are mixed equally", known)
-    return torch.tensor([teacher_weights_from_auc(known)] * rows)
+    return teacher_weights_from_auc(known)
 
 
 def region_labels(batch: dict[str, Any], task: TaskSpec, source: str) -> tuple[torch.Tensor, int]:
@@ -479,7 +432,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         start_epoch, best_auc, stale = state["epoch"] + 1, state["best_val_auc"], state["stale"]
         log.info("resumed %s at epoch %d (best val AUC %.3f)", cfg.name, start_epoch, best_auc)
     model: nn.Module = DistributedDataParallel(net) if ddp.enabled else net
-    objective = Objective(cfg, task, train_records, device, val_loader)
+    objective = Objective(cfg, task, train_records, device)
 
     # --- loop
     epochs = tqdm(range(start_epoch, cfg.epochs), desc=cfg.name, disable=not ddp.is_main, dynamic_ncols=True)
