@@ -25,6 +25,10 @@ the same command started in several processes shares the runs out (one per core 
 on CPU: `OMP_NUM_THREADS=1`), and the last to finish writes the complete table.
 The table (`ablation.md`, `ablation.json`) gives mean and standard deviation over seeds, the
 teachers' reference AUCs, and checks the targets of the method stated in issue #6.
+
+A small test split judges noisily. `--test-data M.csv --trained-runs OLD/runs --out NEW`
+judges the finished networks of an earlier ablation again, on every labelled case of a
+larger cohort from the same source, training nothing.
 """
 
 from __future__ import annotations
@@ -131,6 +135,15 @@ def prepare_external(records: Sequence[CaseRecord], task: TaskSpec) -> Cohort:
     return cohort
 
 
+def judge(checkpoint: Path, internal: Cohort, external: Cohort | None) -> dict[str, Any]:
+    """A run's result: its macro AUC in every setting of both cohorts, and its selected epoch."""
+    return {
+        "internal": cohort_aucs(checkpoint, internal),
+        "external": cohort_aucs(checkpoint, external) if external else {},
+        "best_epoch": torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"],
+    }
+
+
 def cohort_aucs(checkpoint: Path, cohort: Cohort, batch: int = 8) -> dict[str, float]:
     """Macro AUC of a checkpoint in each setting of `cohort`."""
     model = model_from_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=False)).eval()
@@ -161,8 +174,16 @@ def run_ablation(
     out: Path,
     external: Path | None = None,
     command: str = "",
+    test_data: Path | None = None,
+    trained_runs: Path | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate every (step, seed); write ``ablation.json``, ``ablation.md`` and a figure."""
+    """Train and evaluate every (step, seed); write ``ablation.json``, ``ablation.md`` and a figure.
+
+    `test_data`: judge the students on every labelled case of this cohort instead of the test
+    split of `data` (a larger held-out cohort from the same source). `trained_runs`: the
+    runs folder of an earlier ablation whose finished runs are judged again, nothing trained
+    (with `test_data`, a second opinion on the same networks; the table goes to `out`).
+    """
     from training.train import train
 
     if not teachers:
@@ -174,7 +195,10 @@ def run_ablation(
     if "ct" in task.modalities and len(teachers) < 2:
         raise ValueError(f"task {task.name!r} needs two teachers: the PET/CT and the dose-aware one")
     out = Path(out)
-    records = [r for r in read_records(task.name, data) if r.split == "test" and r.label is not None]
+    if test_data is None:
+        records = [r for r in read_records(task.name, data) if r.split == "test" and r.label is not None]
+    else:
+        records = [r for r in read_records(task.name, test_data) if r.label is not None]
     internal = prepare_internal(records, task)
     ext = None
     if external is not None:
@@ -186,6 +210,8 @@ def run_ablation(
         "base_config": base,
         "seeds": list(seeds),
         "n_internal_test": len(records),
+        "judged_on": str(test_data or f"{data} (test split)"),
+        "trained_runs": str(trained_runs or out / "runs"),
         "teachers": {str(t): _teacher_reference(t, internal, ext) for t in teachers},
         "steps": {},
     }
@@ -195,18 +221,18 @@ def run_ablation(
         name = f"{step.name.lstrip('+')}-s{seed}"
         run_dir = out / "runs" / name
         result_file = run_dir / "result.json"
-        if not result_file.exists() and claim(run_dir):
+        if not result_file.exists() and trained_runs is not None:
+            finished = Path(trained_runs) / name
+            if (finished / "result.json").exists():  # judged again, never trained here
+                run_dir.mkdir(parents=True, exist_ok=True)
+                result_file.write_text(json.dumps(judge(finished / "best.pt", internal, ext), indent=2))
+        elif not result_file.exists() and claim(run_dir):
             values = {**base, **step_overrides(step, task, base, teachers), "seed": seed, "name": name}
             values["out"] = str(out / "runs")
             # Validated as given: a step's None (no low-dose CT) must override the base's value,
             # which load_config's command-line rule (None = flag not given) would drop.
             best = train(TrainConfig.model_validate(values), resume=True)
-            result = {
-                "internal": cohort_aucs(best, internal),
-                "external": cohort_aucs(best, ext) if ext else {},
-                "best_epoch": torch.load(best, map_location="cpu", weights_only=False)["epoch"],
-            }
-            result_file.write_text(json.dumps(result, indent=2))
+            result_file.write_text(json.dumps(judge(best, internal, ext), indent=2))
             (run_dir / "last.pt").unlink(missing_ok=True)  # best.pt is kept; the folder stays small
         if result_file.exists():
             entry = results["steps"].setdefault(step.name, {"parts": sorted(step.parts), "runs": {}})
@@ -215,7 +241,10 @@ def run_ablation(
     results["steps"] = {s.name: results["steps"][s.name] for s in steps if s.name in results["steps"]}
     missing = len(jobs) - sum(len(s["runs"]) for s in results["steps"].values())
     if missing:
-        log.warning("%d runs are still being trained by another process: this table leaves them out", missing)
+        log.warning(
+            "%d runs are not finished (another process may be training them): the table leaves them out",
+            missing,
+        )
     results["complete"] = not missing
 
     summarise(results, task)
@@ -355,7 +384,8 @@ def markdown_table(results: dict[str, Any], task: TaskSpec) -> str:
         "",
         f"`{results['command']}`" if results["command"] else "",
         "",
-        f"Seeds {results['seeds']}; {results['n_internal_test']} internal test cases. Macro AUC, mean ± std "
+        f"Seeds {results['seeds']}; {results['n_internal_test']} internal test cases "
+        f"({results['judged_on']}); the networks of `{results['trained_runs']}`. Macro AUC, mean ± std "
         "over seeds. Students are selected on validation with "
         f"`{results['headline_setting']}` alone. Synthetic data (docs/benchmark.md): not real patients.",
         "",

@@ -115,6 +115,8 @@ def _ablation(args: argparse.Namespace) -> None:
         args.out,
         external=args.external,
         command=" ".join(["reactkd", *sys.argv[1:]]),
+        test_data=args.test_data,
+        trained_runs=args.trained_runs,
     )
     for name, target in results.get("targets", {}).items():
         verdict = ("met" if target["met"] else "NOT met") if "met" in target else f"{target}"
@@ -209,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--teachers", type=Path, nargs="+", required=True, help="PET/CT [and dose-aware]")
     ablation.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ablation.add_argument("--out", type=Path, required=True, help="report folder (runs/ inside)")
+    ablation.add_argument(
+        "--test-data",
+        type=Path,
+        help="judge on every labelled case of this cohort, not the test split of --data",
+    )
+    ablation.add_argument(
+        "--trained-runs",
+        type=Path,
+        help="judge the finished runs of this earlier ablation's runs/ (train nothing)",
+    )
     ablation.set_defaults(func=_ablation)
 
     serve = commands.add_parser("serve", help="start the HTTP service")

@@ -15,6 +15,7 @@ from cohort_shapes import HCC_SHAPE
 from models import get_task
 from training.ablation import claim, ladder, run_ablation, step_overrides, table_subsets
 from training.config import TrainConfig
+from training.data.readers import read_records
 from training.train import train
 
 HCC = get_task("hcc")
@@ -118,6 +119,23 @@ def test_a_tiny_ablation_trains_every_step_and_writes_the_table(
     mtime = (out / "runs" / "full-s0" / "result.json").stat().st_mtime
     run_ablation("hcc", base, hcc_manifest, teachers, [0], out, external=external)
     assert (out / "runs" / "full-s0" / "result.json").stat().st_mtime == mtime
+
+    # Judged again on another cohort (here every labelled case of the manifest, not its test
+    # split): the finished networks are evaluated, nothing is trained, and a seed that was
+    # never trained is left out of the table.
+    again = tmp / "judged"
+    rejudged = run_ablation(
+        "hcc", base, hcc_manifest, teachers, [0, 1], again, test_data=hcc_manifest, trained_runs=out / "runs"
+    )
+    labelled = sum(1 for r in read_records("hcc", hcc_manifest) if r.label is not None)
+    assert rejudged["n_internal_test"] == labelled > results["n_internal_test"]
+    assert not rejudged["complete"] and not (out / "runs" / "full-s1").exists()
+    assert sorted(p.name for p in (again / "runs" / "full-s0").iterdir()) == ["result.json"]
+    assert (
+        rejudged["steps"]["full"]["runs"]["0"]["best_epoch"]
+        == results["steps"]["full"]["runs"]["0"]["best_epoch"]
+    )
+    assert f"{labelled} internal test cases" in (again / "ablation.md").read_text()
 
 
 def test_table_shows_every_modality_together_and_each_alone_when_there_are_many_subsets() -> None:
