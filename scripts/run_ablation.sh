@@ -4,6 +4,7 @@
 #   TASK=hcc bash scripts/run_ablation.sh     (the default; about 1.5 hours on 2 cores)
 #   TASK=brats bash scripts/run_ablation.sh
 #   GRID=lesion bash scripts/run_ablation.sh  (HCC on the lesion grid: reports/ablation-hcc-lesion)
+#   GRID=lesion JUDGE_CASES=300 bash scripts/run_ablation.sh  (and judged again on 300 fresh cases)
 # On CPU it runs one ablation process per core (they share the runs out; the last to finish
 # writes the table). Everything is SYNTHETIC data.
 set -euo pipefail
@@ -57,3 +58,16 @@ wait
 # The last process to finish wrote the complete table; one more call (every run done) makes
 # sure of it, whichever process finished last.
 ablation
+
+# JUDGE_CASES=300 (HCC): judge the same networks again on a fresh cohort from the generator
+# (seed SEED+1: every labelled case, and a fresh external cohort of JUDGE_CASES/2.5 cases),
+# training nothing: $OUT/judged-$JUDGE_CASES. Thirty test cases judge noisily.
+if [ -n "${JUDGE_CASES:-}" ] && [ "$TASK" = hcc ]; then
+  J="$WORK/judge-$JUDGE_CASES"
+  [ -f "$J/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$J/hcc" --cases "$JUDGE_CASES" --seed $((SEED + 1))
+  [ -f "$J/hcc_ext/manifest.csv" ] ||
+    $BIN/reactkd synth hcc --out "$J/hcc_ext" --cases $((JUDGE_CASES * 2 / 5)) --seed $((SEED + 1)) --external
+  $BIN/reactkd ablation --task "$TASK" --config "configs/ablation/${TASK}${SUFFIX}_student.yaml" \
+    --data "$DATA" --external "$J/hcc_ext/manifest.csv" --test-data "$J/hcc/manifest.csv" \
+    --trained-runs "$OUT/runs" --seeds 0 1 2 --out "$OUT/judged-$JUDGE_CASES" --teachers "${TEACHERS[@]}"
+fi
