@@ -309,8 +309,12 @@ def model_card(
                 "temperature",
                 "alpha",
                 "rgd_weight",
+                "teacher_weights",
                 "modality_dropout",
                 "low_dose",
+                "low_dose_prob",
+                "ema_decay",
+                "select_from_epoch",
             )
             if key in config
         },
