@@ -210,7 +210,7 @@ def run_ablation(
         "base_config": base,
         "seeds": list(seeds),
         "n_internal_test": len(records),
-        "judged_on": str(test_data or f"{data} (test split)"),
+        "judged_on": str(test_data or f"the test split of {data}"),
         "trained_runs": str(trained_runs or out / "runs"),
         "teachers": {str(t): _teacher_reference(t, internal, ext) for t in teachers},
         "steps": {},
