@@ -5,6 +5,8 @@
 #   TASK=brats bash scripts/run_ablation.sh
 #   GRID=lesion bash scripts/run_ablation.sh  (HCC on the lesion grid: reports/ablation-hcc-lesion)
 #   GRID=lesion JUDGE_CASES=300 bash scripts/run_ablation.sh  (and judged again on 300 fresh cases)
+#   GRID=lesion CASES=500 JUDGE_CASES=300 bash scripts/run_ablation.sh  (a larger cohort: its own
+#     cohort, teachers and report folder, reports/ablation-hcc-lesion-500)
 # On CPU it runs one ablation process per core (they share the runs out; the last to finish
 # writes the table). Everything is SYNTHETIC data.
 set -euo pipefail
@@ -14,13 +16,17 @@ TASK=${TASK:-hcc}
 GRID=${GRID:-whole}
 WORK=${WORK:-build/ablation}
 SEED=${SEED:-7}
+# The cohort's size: HCC 200 and BraTS 240 by default; another size gets its own cohort,
+# teachers and report folder (suffix -CASES), so no run mixes cohorts.
+CASES=${CASES:-}
 JOBS=${JOBS:-$(nproc)}
 # Another grid: the teachers are other networks (their demo configs, their own folder), and
 # config files and run names carry the grid (hcc_lesion_student.yaml, hcc-lesion-dose-aware).
 SUFFIX="" RUN=""
 [ "$GRID" = whole ] || { SUFFIX="_$GRID"; RUN="$GRID-"; }
-OUT=${OUT:-reports/ablation-$TASK${SUFFIX/_/-}}
-T="$WORK/teachers$SUFFIX"
+C=${CASES:+-$CASES}
+OUT=${OUT:-reports/ablation-$TASK${SUFFIX/_/-}$C}
+T="$WORK/teachers$SUFFIX$C"
 
 teacher() {  # teacher CONFIG NAME DATA: train it unless its checkpoint is there
   [ -f "$T/$2-s$SEED/best.pt" ] || $BIN/reactkd train teacher --config "$1" --data "$3" --out "$T" --seed "$SEED" >&2
@@ -29,17 +35,17 @@ teacher() {  # teacher CONFIG NAME DATA: train it unless its checkpoint is there
 
 case "$TASK" in
 hcc)
-  DATA="$WORK/hcc/manifest.csv"
+  DATA="$WORK/hcc$C/manifest.csv"
   EXT="$WORK/hcc_ext/manifest.csv"
-  [ -f "$DATA" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases 200 --seed "$SEED"
+  [ -f "$DATA" ] || $BIN/reactkd synth hcc --out "$WORK/hcc$C" --cases "${CASES:-200}" --seed "$SEED"
   [ -f "$EXT" ] || $BIN/reactkd synth hcc --out "$WORK/hcc_ext" --cases 60 --seed "$SEED" --external
   TEACHERS=("$(teacher "configs/demo/hcc${SUFFIX}_teacher_sf.yaml" "hcc-${RUN}structure-function" "$DATA")"
             "$(teacher "configs/demo/hcc${SUFFIX}_teacher_dose.yaml" "hcc-${RUN}dose-aware" "$DATA")")
   EXTRA=(--external "$EXT")
   ;;
 brats)  # the demo's cohort and grid; BraTS has no external cohort and no dose step
-  DATA="$WORK/brats"
-  [ -d "$DATA/HGG" ] || $BIN/reactkd synth brats --out "$DATA" --cases 240 --seed "$SEED" --shape 96 96 64 --spacing 2.5
+  DATA="$WORK/brats$C"
+  [ -d "$DATA/HGG" ] || $BIN/reactkd synth brats --out "$DATA" --cases "${CASES:-240}" --seed "$SEED" --shape 96 96 64 --spacing 2.5
   TEACHERS=("$(teacher "configs/demo/brats${SUFFIX}_teacher_hybrid.yaml" "brats-${RUN}hybrid" "$DATA")")
   EXTRA=()
   ;;
