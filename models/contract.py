@@ -38,6 +38,11 @@ from models.tasks import ModalityKind, TaskSpec
 BACKGROUND: dict[ModalityKind, float] = {"ct": -1024.0, "pet": 0.0, "mri": 0.0}
 # Voxels above this (in the modality's units) count as foreground for centring the grid.
 FOREGROUND_THRESHOLD: dict[ModalityKind, float] = {"ct": -500.0, "pet": 0.05, "mri": 1e-6}
+# Voxel sides no scan of a person has: clinical reconstructions run from about 0.25 mm
+# (thin-slice CT) to 10 mm (thick MR slices), five times either way. Outside, the header is
+# wrong (metres read as millimetres, a lost pixdim), and the image would be resampled to a
+# smear or a speck, a prediction from nothing.
+PLAUSIBLE_VOXEL_MM = (0.05, 50.0)
 
 
 class ContractError(ValueError):
@@ -333,7 +338,8 @@ def prepare_input(
 
     Raises:
         ContractError: unknown modality names, a subset the task does not allow (a
-            required modality missing), non-finite voxel values, or on the lesion grid a
+            required modality missing), non-finite voxel values, a voxel size outside
+            `PLAUSIBLE_VOXEL_MM`, or on the lesion grid a
             missing or empty mask or a lesion outside the reference image.
     """
     unknown = sorted(set(volumes) - set(task.modalities))
@@ -350,6 +356,9 @@ def prepare_input(
     for name, volume in volumes.items():
         if not np.all(np.isfinite(volume.array)):
             raise ContractError(name, "contains NaN or infinite voxel values")
+        _check_voxel_size(name, volume)
+    if lesion is not None:
+        _check_voxel_size("mask", lesion)
 
     reference = reference_modality(task, given)
     if task.grid == "lesion":
@@ -371,6 +380,17 @@ def prepare_input(
     used = tuple(m for m in task.modalities if m in given)
     missing = tuple(m for m in task.modalities if m not in given)
     return ModelInput(image=image, present=present, grid=grid, used=used, missing=missing)
+
+
+def _check_voxel_size(name: str, volume: Volume) -> None:
+    low, high = PLAUSIBLE_VOXEL_MM
+    spacing = volume.spacing
+    if not low <= min(spacing) <= max(spacing) <= high:
+        raise ContractError(
+            name,
+            f"voxel size {tuple(float(f'{s:.3g}') for s in spacing)} mm is not a scan's "
+            f"(each side must be {low}-{high} mm): check the header's spacing and units",
+        )
 
 
 def _lesion_grid_center(lesion: Volume | None, reference: Volume, name: str, task: TaskSpec) -> np.ndarray:

@@ -216,6 +216,15 @@ def test_nan_voxels(client) -> None:  # type: ignore[no-untyped-def]
     assert_problem(response, 422, "non-finite-voxels", "ct")
 
 
+def test_a_voxel_size_in_metres_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+    """A header in metres (0.008 for 8 mm) would shrink the image to a speck on the grid."""
+    ct = ct_volume()
+    metres = Volume(ct.array, np.diag([0.008, 0.008, 0.008, 1.0]))
+    response = _post(client, [("ct", ("m.nii.gz", nifti_bytes(metres), NII))])
+    body = assert_problem(response, 422, "invalid-study", "ct")
+    assert "voxel size" in body["detail"]
+
+
 def test_unknown_task_and_missing_task(client) -> None:  # type: ignore[no-untyped-def]
     files = [("ct", ("ct.nii.gz", nifti_bytes(ct_volume()), NII))]
     assert_problem(_post(client, files, task="lung"), 422, "unknown-task", "task")

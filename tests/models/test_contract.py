@@ -68,6 +68,17 @@ def test_unknown_modality_and_non_finite_values_are_refused():
         prepare_input({"ct": bad}, HCC)
 
 
+@pytest.mark.parametrize("spacing", [(1e6, 1e6, 1e6), (8.0, 8.0, 1e-4), (0.8, 0.8, 60.0)])
+def test_a_voxel_size_no_scan_has_is_refused(spacing):
+    with pytest.raises(ContractError, match="not a scan's") as err:
+        prepare_input({"ct": ct_volume(spacing=spacing)}, HCC)
+    assert err.value.field == "ct"
+    mask = ct_volume(spacing=spacing)
+    with pytest.raises(ContractError, match="not a scan's") as err:
+        prepare_input({"ct": ct_volume()}, get_task("hcc", grid="lesion"), lesion=mask)
+    assert err.value.field == "mask"
+
+
 def test_grid_is_centred_on_the_foreground():
     volume = ct_volume()
     center = foreground_center(volume, "ct")
