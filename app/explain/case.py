@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
-from app.errors import NotAvailableError
+from app.errors import NotAvailableError, ProblemError
 from app.ingest.archive import ZipLimits
 from app.ingest.study import IngestLimits, Upload, build_study
 from app.prediction import input_digest, preprocess
@@ -79,8 +79,17 @@ def _rebuild_input(
     uploads = stored_uploads(store, prediction)
     if not uploads:
         raise NotAvailableError("the model input of this prediction was not kept", field="id")
-    study = build_study(uploads, task, _STORED_LIMITS)
-    model_input = preprocess(study, task)
+    try:
+        study = build_study(uploads, task, _STORED_LIMITS)
+        model_input = preprocess(study, task)
+    except ProblemError as exc:
+        # Accepted then, refused by today's input checks: the prediction stands, but the
+        # input cannot be rebuilt; a 4xx about the upload would blame this GET's request.
+        raise NotAvailableError(
+            f"the stored upload is refused by the current input checks ({exc.field}: {exc.detail}); "
+            "predict again to explain",
+            field="id",
+        ) from None
     if input_digest(model_input) != meta.get("input_digest"):
         # The preprocessing changed since the prediction: an explanation of another tensor
         # than the one the model saw would mislead.

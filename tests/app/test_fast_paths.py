@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_helpers import ct_volume, nifti_bytes, series_zip
+from app_helpers import assert_problem, ct_volume, nifti_bytes, series_zip
 from scipy import ndimage
 
 from app.quality import (
@@ -205,6 +205,17 @@ def test_a_changed_preprocessing_is_refused_not_explained(client) -> None:  # ty
     response = client.get(f"/v1/explain/{prediction_id}/attention")
     assert response.status_code == 409
     assert "preprocessing has changed" in response.json()["detail"]
+
+
+def test_an_upload_the_checks_now_refuse_is_not_explained(client) -> None:  # type: ignore[no-untyped-def]
+    """Accepted under older input checks, refused by today's: 409 about the stored upload."""
+    files = {"ct": ("ct.nii.gz", nifti_bytes(ct_volume()))}
+    prediction_id = client.post("/v1/predict", data={"task": "hcc"}, files=files).json()["id"]
+    stored = next((_folder(client, prediction_id) / "uploads" / "ct").iterdir())
+    ct = ct_volume()
+    stored.write_bytes(nifti_bytes(Volume(ct.array, np.diag([0.008, 0.008, 0.008, 1.0]))))
+    body = assert_problem(client.get(f"/v1/explain/{prediction_id}/attention"), 409, "not-available", "id")
+    assert "current input checks" in body["detail"] and "voxel size" in body["detail"]
 
 
 def test_prediction_is_committed_before_the_answer(client) -> None:  # type: ignore[no-untyped-def]
