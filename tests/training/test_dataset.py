@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cohort_shapes import HCC_SHAPE
 
-from models.contract import prepare_input
+from models.contract import Volume, prepare_input
 from models.tasks import BRATS, HCC, get_task
 from training.config import TrainConfig
 from training.data.dataset import CaseDataset
 from training.data.readers import CaseRecord, load_case, read_hcc_manifest, read_records
+from training.data.synth_hcc import generate_hcc_case
 from training.train import Distributed, make_loaders, split_records
 
 
@@ -55,7 +57,7 @@ def test_low_dose_image_is_noisier_ct_only(hcc_records: list[CaseRecord]) -> Non
     full, low = item["image"].numpy(), item["image_low_dose"].numpy()
     np.testing.assert_array_equal(full[1:], low[1:])
     liver = item["masks"]["liver"].numpy() > 0
-    assert low[0][liver].std() > 1.3 * full[0][liver].std()
+    assert low[0][liver].std() > 1.1 * full[0][liver].std()  # its size: the next test
     assert abs(low[0][liver].mean() - full[0][liver].mean()) < 0.02
     assert 1 in dataset._cache  # the prepared input was kept
 
@@ -94,10 +96,37 @@ def test_lesion_grid_items_are_cubes_around_the_tumour(
         centroid = np.argwhere(tumour).mean(axis=0)
         # The cube is centred on the tumour (its largest component: within a voxel or two).
         np.testing.assert_allclose(centroid, [23.5] * 3, atol=2.5)
-    # The dose was simulated on the body's whole axial field, then cropped.
-    assert all(min(items.prepared(i)["ct_hu"].shape[:2]) > 48 for i in range(len(items)))
+    # The dose was reduced on the CT's own pixels, its whole axial field, in fewer slices.
+    for i, record in enumerate(hcc_records):
+        slab, ct = items.prepared(i)["ct_slab"].array, load_case(record).volumes["ct"].array
+        assert slab.shape[:2] == ct.shape[:2] and slab.shape[2] < ct.shape[2]
     brats = CaseDataset(read_records("brats", brats_root)[:2], get_task("brats", "lesion"))
     assert brats[0]["masks"]["seg"].numpy()[24, 24, 24] > 0  # every tumour label is the lesion
+
+
+def test_low_dose_noise_on_the_lesion_grid_is_that_of_a_scan_at_that_dose(
+    hcc_records: list[CaseRecord],
+) -> None:
+    """The augmentation adds what the generator's own acquisition at that dose carries.
+
+    Simulated on the lesion grid's 2 mm voxels instead of the scan's 8 mm ones, the noise came
+    out several times too large (2.3 times at the benchmark's 3 mm): the student trained on
+    noise no scan at that dose has.
+    """
+    task = get_task("hcc", "lesion")
+    record = hcc_records[0]
+    case = load_case(record)
+    item = CaseDataset([record], task, low_dose=(0.1, 0.1))[0]
+    added = (item["image_low_dose"][0] - item["image"][0]).numpy()
+    index = int(record.case_id.removeprefix("hcc"))
+    direct = generate_hcc_case(7, index, dose=0.1, shape=HCC_SHAPE)
+    at_dose = Volume(direct.volumes["ct"], direct.affines["ct"])
+    lesion = case.masks["tumor"]
+    scanned = prepare_input({"ct": at_dose}, task, lesion=lesion).image[0] - item["image"][0].numpy()
+    liver = (item["masks"]["liver"] > 0).numpy() & (item["masks"]["tumor"] == 0).numpy()
+    # Added: the variance of 10 % minus that of 100 %; scanned: 10 % plus 100 % (independent).
+    expected = np.sqrt(0.9 / 1.1)
+    assert 0.8 * expected < added[liver].std() / scanned[liver].std() < 1.15 * expected
 
 
 def test_low_dose_prob_keeps_the_other_items_at_full_dose(hcc_manifest: Path) -> None:

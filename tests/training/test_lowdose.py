@@ -1,12 +1,13 @@
-"""Low-dose CT: dose validation, 1/sqrt(dose) noise, unbiased mean, dose reduction of a full-dose CT."""
+"""Low-dose CT: dose validation, 1/sqrt(dose) noise, unbiased mean, dose reduction of a full-dose CT,
+and the scan's own slab it is simulated on."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.contract import Grid
-from training.data.lowdose import acquisition_grid, reduce_dose, simulate_low_dose
+from models.contract import Grid, Volume
+from training.data.lowdose import MAX_SLAB_PIXELS, acquisition_slab, reduce_dose, simulate_low_dose
 
 SPACING = (4.0, 4.0, 4.0)
 # The noise std must follow 1/sqrt(dose) within this relative tolerance ...
@@ -66,23 +67,33 @@ def test_same_rng_seed_gives_same_noise() -> None:
     assert a.dtype == np.float32 and a.shape == phantom.shape
 
 
-def test_a_crop_is_widened_to_the_body_and_found_again_inside() -> None:
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    affine[:3, 3] = [10.0, -20.0, 30.0]
-    crop = Grid((48, 48, 48), affine)
-    low, high = np.array([-150.0, -130.0, -500.0]), np.array([150.0, 110.0, 500.0])
-    wide, inside = acquisition_grid(crop, low, high)
-    assert wide.shape[0] % 32 == 0 and wide.shape[1] % 32 == 0 and wide.shape[2] == 48
-    # The widened field holds the body, and the crop's voxels are exactly its own.
-    first, last = wide.affine[:3, 3], wide.affine[:3, 3] + 2.0 * (np.array(wide.shape) - 1)
-    assert np.all(first[:2] - 1.0 <= low[:2]) and np.all(last[:2] + 1.0 >= high[:2])
-    corner = wide.affine @ np.array([inside[0].start, inside[1].start, inside[2].start, 1.0])
-    np.testing.assert_allclose(corner[:3], affine[:3, 3])
-    assert [s.stop - s.start for s in inside] == [48, 48, 48]
-    # A grid holding the body already is left as it is.
-    same, everything = acquisition_grid(wide, low, high)
-    assert same.shape == wide.shape and np.array_equal(same.affine, wide.affine)
-    assert everything == (slice(0, wide.shape[0]), slice(0, wide.shape[1]), slice(0, 48))
+def test_the_slab_is_the_scans_own_pixels_in_the_slices_the_grid_reaches() -> None:
+    # A CT stored slice-first (k, i, j): its slice axis (world S) is found and put last.
+    ct = np.arange(20 * 40 * 30, dtype=np.float32).reshape(20, 40, 30)
+    affine = np.zeros((4, 4))
+    affine[0, 1], affine[1, 2], affine[2, 0], affine[3, 3] = 0.8, 0.8, 5.0, 1.0
+    affine[:3, 3] = [-16.0, -12.0, -50.0]  # slices at z = -50, -45, ..., 45
+    grid_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    grid_affine[:3, 3] = [-10.0, -10.0, -8.0]  # z from -8 to 6 mm
+    slab = acquisition_slab(Volume(ct, affine), Grid((8, 8, 8), grid_affine))
+    # Every pixel of each slice, the slices from z = -10 to 10 (those around the grid's ends).
+    assert slab.array.shape == (40, 30, 5)
+    np.testing.assert_array_equal(slab.array, ct[8:13].transpose(1, 2, 0))
+    np.testing.assert_allclose(slab.affine @ [0, 0, 0, 1], affine @ [8, 0, 0, 1])
+    np.testing.assert_allclose(slab.spacing, (0.8, 0.8, 5.0))
+
+
+def test_a_wide_field_is_averaged_over_blocks_of_pixels() -> None:
+    n = MAX_SLAB_PIXELS + 10  # two pixels per block side
+    ct = np.zeros((n, n, 3), dtype=np.float32)
+    ct[0::2] = 100.0
+    affine = np.diag([0.7, 0.7, 3.0, 1.0])
+    slab = acquisition_slab(Volume(ct, affine), Grid((4, 4, 1), np.diag([2.0, 2.0, 2.0, 1.0])))
+    assert slab.array.shape == (n // 2, n // 2, 2)
+    np.testing.assert_allclose(slab.array, 50.0)
+    np.testing.assert_allclose(slab.spacing, (1.4, 1.4, 3.0))
+    # The first block's centre lies halfway between the pixels it averages.
+    np.testing.assert_allclose((slab.affine @ [0, 0, 0, 1])[:3], [0.35, 0.35, 0.0])
 
 
 def test_noise_simulated_on_the_whole_body_is_the_noise_a_crop_of_it_gets() -> None:

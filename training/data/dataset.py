@@ -4,11 +4,11 @@ Un-augmented items are exactly `models.contract.prepare_input` (what the service
 plus the case's masks resampled with nearest neighbour onto the same `ModelInput.grid`.
 
 With ``low_dose=(lo, hi)`` each item also carries ``image_low_dose``: the same case with its
-CT re-acquired at a dose drawn log-uniformly from ``[lo, hi]``. The dose is simulated in HU on
-the model grid's slices, widened to the whole body where the grid is a crop
-(`training.data.lowdose.acquisition_grid`), between resampling and normalisation
-(`training.data.lowdose.reduce_dose`), so the noise is what a scanner would add, not a
-perturbation of normalised values. Spatial
+CT re-acquired at a dose drawn log-uniformly from ``[lo, hi]``. The dose is reduced in HU on
+the CT's own pixels and whole axial field, in the slices the model grid reaches
+(`training.data.lowdose.acquisition_slab`, then `reduce_dose`), and the result goes onto the
+grid by the same resampling and normalisation as every input, so the noise is what a scanner
+would add at that dose, not a perturbation of normalised values or of the grid's voxels. Spatial
 augmentation then moves ``image``, ``image_low_dose`` and the masks with one random draw.
 """
 
@@ -25,14 +25,13 @@ from models.contract import (
     BACKGROUND,
     Grid,
     ModelInput,
-    foreground_bounds,
     normalize,
     prepare_input,
     resample,
     to_tensor_layout,
 )
 from models.tasks import TaskSpec, get_task
-from training.data.lowdose import acquisition_grid, reduce_dose
+from training.data.lowdose import acquisition_slab, reduce_dose
 from training.data.readers import Case, CaseRecord, load_case
 from training.data.transforms import train_transforms
 
@@ -157,10 +156,7 @@ class CaseDataset(Dataset):
             "masks": {name: self._mask_on_grid(case, name, grid) for name in self.mask_names},
         }
         if self.low_dose is not None and "ct" in case.volumes:
-            # The dose is simulated on the whole axial field of the body, then cropped.
-            ct = case.volumes["ct"]
-            field, prepared["crop"] = acquisition_grid(grid, *foreground_bounds(ct, "ct"))
-            prepared["ct_hu"] = resample(ct.array, ct.affine, field, order=1, cval=BACKGROUND["ct"])
+            prepared["ct_slab"] = acquisition_slab(case.volumes["ct"], grid)
         return prepared
 
     def _mask_on_grid(self, case: Case, name: str, grid: Grid) -> np.ndarray:
@@ -173,13 +169,15 @@ class CaseDataset(Dataset):
     def _low_dose(self, prepared: dict[str, Any]) -> tuple[np.ndarray, float]:
         """The prepared image with its CT re-acquired at a random dose, and that dose."""
         image = prepared["image"].copy()
-        if "ct_hu" not in prepared or self._generator().random() >= self.low_dose_prob:
+        if "ct_slab" not in prepared or self._generator().random() >= self.low_dose_prob:
             return image, 1.0
         lo, hi = self.low_dose  # type: ignore[misc]
         rng = self._generator()
         dose = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        hu = reduce_dose(prepared["ct_hu"], prepared["grid"].spacing, dose, rng)[prepared["crop"]]
-        image[self.task.modalities.index("ct")] = to_tensor_layout(normalize(hu, "ct", self.task))
+        slab = prepared["ct_slab"]
+        hu = reduce_dose(slab.array, slab.spacing, dose, rng)
+        on_grid = resample(hu, slab.affine, prepared["grid"], order=1, cval=BACKGROUND["ct"])
+        image[self.task.modalities.index("ct")] = to_tensor_layout(normalize(on_grid, "ct", self.task))
         return image, dose
 
     def _generator(self) -> np.random.Generator:

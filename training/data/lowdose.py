@@ -24,7 +24,7 @@ import functools
 import numpy as np
 import scipy.sparse as sp
 
-from models.contract import Grid
+from models.contract import Grid, Volume
 
 # Linear attenuation of water at about 70 keV, per millimetre.
 MU_WATER = 0.0195
@@ -32,6 +32,8 @@ MU_WATER = 0.0195
 # about 10-15 HU noise in the liver of an adult abdomen on 3 mm voxels, as in routine CT.
 DEFAULT_I0 = 1.5e6
 DEFAULT_N_ANGLES = 90
+# Widest axial field (pixels) simulated at its own resolution; see `acquisition_slab`.
+MAX_SLAB_PIXELS = 320
 
 
 def hu_to_mu(hu: np.ndarray) -> np.ndarray:
@@ -168,40 +170,49 @@ def reduce_dose(
     return _add_quantum_noise(hu_full_dose, spacing_mm, i0 * dose / (1.0 - dose), rng, n_angles)
 
 
-def acquisition_grid(
-    grid: Grid, body_low: np.ndarray, body_high: np.ndarray, multiple: int = 32
-) -> tuple[Grid, tuple[slice, slice, slice]]:
-    """The axial field a scanner reconstructs around `grid`, and where `grid` lies in it.
+def acquisition_slab(ct: Volume, grid: Grid) -> Volume:
+    """The CT as the scanner reconstructed it, in the slices `grid` reaches: where dose is reduced.
 
-    Quantum noise comes from the attenuation along whole rays through the body. Simulated
-    on a crop (the lesion grid's 96 mm cube), the rays would cross a tenth of the abdomen
-    and the noise would come out a fraction of the real one (at 10 % dose, liver noise of
-    19-22 HU instead of 53-74 HU on 2 mm voxels). So the crop is widened in ``x`` and ``y`` by
-    whole voxels until it holds the body's box (`body_low`, `body_high`, RAS+ mm), its side
-    rounded up to a `multiple` of voxels (few distinct shapes: the projectors are cached per
-    shape). A grid holding the body already is returned as it is. Slices (``z``) are never
-    added: each axial slice is simulated on its own.
+    Quantum noise belongs to the acquisition. Its size depends on the reconstructed pixels
+    (finer pixels, more noise: simulated on the lesion grid's 2 mm voxels instead of the
+    synthetic CT's 3 mm ones, the noise came out 2.3 times too large) and on the attenuation
+    along whole rays through the body (a 96 mm crop alone would get a fraction of it). So the
+    dose is reduced on the CT's own pixels, over its whole axial field, in the slices the grid
+    needs (one more on each side for interpolation), and only then resampled onto the grid,
+    as a low-dose scan sent to the service is.
+
+    The voxel axis nearest world S becomes the last (`reduce_dose` works on axial ``x, y``
+    planes). A field wider than `MAX_SLAB_PIXELS` (512-pixel clinical CT: a projector of
+    hundreds of MB, seconds per item) is first averaged in-plane over blocks of pixels: its
+    noise is then that of a reconstruction on those coarser pixels, less than the scan's own.
     """
-    spacing = np.array(grid.spacing)
-    if not np.allclose(grid.affine[:3, :3], np.diag(spacing)):
-        return grid, (slice(None), slice(None), slice(None))  # only RAS-aligned model grids widen
-    origin = grid.affine[:3, 3]
-    shape = np.array(grid.shape)
-    # Whole voxels needed on each side (the tolerance keeps an exact fit from adding one).
-    before = np.maximum(np.ceil((origin - spacing / 2 - body_low) / spacing - 1e-6), 0).astype(int)
-    end = origin + (shape - 0.5) * spacing
-    after = np.maximum(np.ceil((body_high - end) / spacing - 1e-6), 0).astype(int)
-    before[2] = after[2] = 0
-    for axis in (0, 1):
-        if before[axis] or after[axis]:
-            extra = -(shape[axis] + before[axis] + after[axis]) % multiple
-            before[axis] += extra // 2
-            after[axis] += extra - extra // 2
-    affine = grid.affine.copy()
-    affine[:3, 3] = origin - before * spacing
-    wide = Grid(tuple(int(n) for n in shape + before + after), affine)  # type: ignore[arg-type]
-    inside = tuple(slice(int(b), int(b + n)) for b, n in zip(before, shape, strict=True))
-    return wide, inside  # type: ignore[return-value]
+    array, affine = np.asarray(ct.array, dtype=np.float32), ct.affine
+    axis_of_s = int(np.argmax(np.abs(affine[2, :3]) / np.linalg.norm(affine[:3, :3], axis=0)))
+    order = [a for a in range(3) if a != axis_of_s] + [axis_of_s]
+    array = array.transpose(order)
+    affine = affine.copy()
+    affine[:, :3] = affine[:, order]
+
+    nx, ny, nz = array.shape
+    centre = (affine @ [(nx - 1) / 2, (ny - 1) / 2, 0.0, 1.0])[2]
+    z_of_slice = centre + affine[2, 2] * np.arange(nz)
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in grid.shape], [1], indexing="ij")).reshape(4, -1)
+    z_grid = (grid.affine @ corners)[2]
+    margin = abs(affine[2, 2])
+    needed = np.flatnonzero((z_of_slice >= z_grid.min() - margin) & (z_of_slice <= z_grid.max() + margin))
+    if needed.size == 0:  # the grid lies beyond the scan: the slice nearest it
+        needed = np.array([int(np.argmin(np.abs(z_of_slice - z_grid.mean())))])
+    first, last = int(needed.min()), int(needed.max())
+    array = array[:, :, first : last + 1]
+
+    block = int(np.ceil(max(nx, ny) / MAX_SLAB_PIXELS))
+    if block > 1:
+        bx, by = nx // block, ny // block
+        array = array[: bx * block, : by * block].reshape(bx, block, by, block, -1).mean(axis=(1, 3))
+    origin = affine @ [(block - 1) / 2, (block - 1) / 2, first, 1.0]
+    affine[:3, :2] *= block
+    affine[:3, 3] = origin[:3]
+    return Volume(np.ascontiguousarray(array, dtype=np.float32), affine)
 
 
 def _check_dose(dose: float) -> None:
