@@ -5,7 +5,8 @@ Heuristics, documented so their limits are clear:
 - Missing optional modalities (PET for `hcc`): the student was trained to answer without
   them, but with less information.
 - Unusual spacing: a voxel side larger than 1.5 times the model grid's spacing (detail is
-  lost when upsampling) or smaller than 0.3 mm (an unusual reconstruction).
+  lost when upsampling) or smaller than 0.3 mm (an unusual reconstruction). Sides no scan
+  has (outside `models.contract.PLAUSIBLE_VOXEL_MM`) are refused by the input contract.
 - Low dose (CT): noise is estimated in soft tissue (-100..200 HU) as the median absolute
   deviation of the image minus its 3x3 in-plane mean, scaled to a Gaussian sigma. Portal
   venous CT at routine dose has about 10-20 HU noise; above 30 HU suggests a low-dose or
