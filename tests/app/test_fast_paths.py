@@ -209,10 +209,10 @@ def test_a_changed_preprocessing_is_refused_not_explained(client) -> None:  # ty
 
 def test_an_upload_the_checks_now_refuse_is_not_explained(client) -> None:  # type: ignore[no-untyped-def]
     """Accepted under older input checks, refused by today's: 409 about the stored upload."""
-    files = {"ct": ("ct.nii.gz", nifti_bytes(ct_volume()))}
+    ct = ct_volume()
+    files = {"ct": ("ct.nii.gz", nifti_bytes(ct))}
     prediction_id = client.post("/v1/predict", data={"task": "hcc"}, files=files).json()["id"]
     stored = next((_folder(client, prediction_id) / "uploads" / "ct").iterdir())
-    ct = ct_volume()
     stored.write_bytes(nifti_bytes(Volume(ct.array, np.diag([0.008, 0.008, 0.008, 1.0]))))
     body = assert_problem(client.get(f"/v1/explain/{prediction_id}/attention"), 409, "not-available", "id")
     assert "current input checks" in body["detail"] and "voxel size" in body["detail"]
