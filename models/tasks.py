@@ -95,6 +95,16 @@ class TaskSpec:
         ]
         return subsets
 
+    def subset_named(self, name: str) -> tuple[str, ...]:
+        """'ct+fdg' (any order) -> the allowed subset ('ct', 'fdg') in channel order, or ValueError."""
+        given = {part.strip() for part in name.split("+")}
+        if not self.is_allowed(given):
+            allowed = ["+".join(s) for s in self.allowed_subsets()]
+            raise ValueError(
+                f"{name!r} is not an allowed modality subset of task {self.name!r}; choose from {allowed}"
+            )
+        return tuple(m for m in self.modalities if m in given)
+
 
 HCC = TaskSpec(
     name="hcc",

@@ -81,6 +81,9 @@ class TrainConfig(BaseModel):
     rgd_weight: float = Field(0.5, ge=0)
     rgd_regions: Literal["masks", "supervoxels"] = "masks"
     modality_dropout: float = Field(0.5, ge=0, le=1)
+    # Relative weights of the allowed subsets modality dropout draws from, by name ("ct",
+    # "ct+fdg"); a subset not named weighs 1. {"ct": 3} gives HCC's CT alone half the draws.
+    modality_dropout_weights: dict[str, float] = Field(default_factory=dict)
     # Which modalities the student is ever given (None: all the case has); the teachers
     # always see everything. ["ct"] makes the CT-only student of the ablation's first steps.
     input_modalities: list[str] | None = None
@@ -130,6 +133,12 @@ class TrainConfig(BaseModel):
                     f"{field}={given} is not an allowed modality subset of task {self.task!r}; "
                     f"choose from {TASKS[self.task].allowed_subsets()}"
                 )
+        for name in self.modality_dropout_weights:
+            TASKS[self.task].subset_named(name)
+        if min(self.modality_dropout_weights.values(), default=1) <= 0:
+            raise ValueError(
+                f"modality_dropout_weights must be positive, got {self.modality_dropout_weights}"
+            )
         grid = "" if self.grid == "whole" else f"{self.grid}-"
         self.name = self.name or f"{self.task}-{grid}{self.kind}-s{self.seed}"
         return self

@@ -311,6 +311,7 @@ def model_card(
                 "rgd_weight",
                 "teacher_weights",
                 "modality_dropout",
+                "modality_dropout_weights",
                 "low_dose",
                 "low_dose_prob",
                 "ema_decay",

@@ -208,7 +208,11 @@ class Objective:
             teacher.requires_grad_(False)
         if cfg.role == "student" and not self.teachers:
             log.info("no teachers given: the student trains from labels alone (the from-scratch baseline)")
-        self.dropout = ModalityDropout(task, cfg.modality_dropout) if cfg.role == "student" else None
+        self.dropout = (
+            ModalityDropout(task, cfg.modality_dropout, cfg.modality_dropout_weights)
+            if cfg.role == "student"
+            else None
+        )
         self.student_inputs = modality_mask(task, cfg.input_modalities).to(device)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
 

@@ -44,6 +44,11 @@ def test_a_lesion_grid_run_is_named_apart_from_the_whole_grid_one(tmp_path: Path
         ({"task": "hcc", "role": "student", "teachers": ["t"], "teacher_weights": [1, 2]}, "weights has 2"),
         ({"task": "hcc", "role": "student", "teachers": ["t", "u"], "teacher_weights": [0, 0]}, "not all 0"),
         ({"task": "hcc", "role": "student", "teachers": ["t"], "teacher_weights": "best"}, "teacher_weights"),
+        (
+            {"task": "hcc", "role": "student", "modality_dropout_weights": {"flair": 2}},
+            "'flair' is not an allowed",
+        ),
+        ({"task": "hcc", "role": "student", "modality_dropout_weights": {"ct": -1}}, "must be positive"),
     ],
 )
 def test_mistakes_are_refused_with_the_reason(tmp_path: Path, values: dict, message: str) -> None:

@@ -41,3 +41,25 @@ def test_p_zero_changes_nothing_and_bad_p_is_refused():
     assert torch.equal(out_present, present) and torch.equal(out_image, image)
     with pytest.raises(ValueError, match=r"p=1\.5"):
         ModalityDropout(HCC, p=1.5)
+
+
+def test_subset_weights_set_how_often_each_subset_is_drawn():
+    dropout = ModalityDropout(HCC, p=1.0, weights={"ct": 3.0, "pet_act+ct": 2.0})
+    _, dropped = dropout(torch.ones(6000, 3, 1, 1, 1), torch.ones(6000, 3), torch.Generator().manual_seed(2))
+
+    def share(*subset: str) -> float:
+        row = torch.tensor([float(m in subset) for m in HCC.modalities])
+        return (dropped == row).all(dim=1).float().mean().item()
+
+    # weights 3 (CT), 2 (CT + acetate PET), 1 and 1 (the other two subsets): sevenths
+    assert share("ct") == pytest.approx(3 / 7, abs=0.02)
+    assert share("ct", "pet_act") == pytest.approx(2 / 7, abs=0.02)
+    assert share("ct", "pet_fdg") == pytest.approx(1 / 7, abs=0.02)
+    assert share(*HCC.modalities) == pytest.approx(1 / 7, abs=0.02)
+
+
+def test_subset_weights_name_allowed_subsets_with_positive_weights():
+    with pytest.raises(ValueError, match="'pet_fdg' is not an allowed modality subset"):
+        ModalityDropout(HCC, p=1.0, weights={"pet_fdg": 2.0})
+    with pytest.raises(ValueError, match="must be positive"):
+        ModalityDropout(HCC, p=1.0, weights={"ct": 0.0})
