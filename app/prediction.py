@@ -29,8 +29,13 @@ def preprocess(study: Study, task: TaskSpec) -> ModelInput:
             raise NonFiniteVoxelsError(exc.reason, field=exc.field) from None
         if "needs" in exc.reason:
             # A lesion-grid model without the lesion's mask: a missing field, not a modality.
-            missing = MissingFieldError if exc.field == "mask" else MissingModalityError
-            raise missing(exc.reason, field=exc.field) from None
+            if exc.field == "mask":
+                raise MissingFieldError(
+                    f"{exc.reason}: send it as field 'mask' (a NIfTI label map or a DICOM SEG), or "
+                    "keep a DICOM SEG of the lesion in the study",
+                    field="mask",
+                ) from None
+            raise MissingModalityError(exc.reason, field=exc.field) from None
         raise InvalidStudyError(exc.reason, field=exc.field) from None
 
 
@@ -117,7 +122,7 @@ def build_outcome(
                     instances=s.instances,
                     filename=s.filename,
                 )
-                for s in study.sources.values()
+                for s in [*study.sources.values(), *([study.mask_source] if study.mask_source else [])]
             ],
             ignored=study.ignored,
         ),

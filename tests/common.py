@@ -1,17 +1,22 @@
 """Helpers the test folders share: settings for a test service, the small generated CT
-they post, zips of members, and checkpoints of seeded random networks.
+they post, zips of members, DICOM SEGs drawn on a series, and checkpoints of seeded random
+networks.
 
 Imported as `tests.common` (pytest puts the repository root on `sys.path`).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import zipfile
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
+import pydicom
 import torch
+from pydicom.sr.codedict import codes
 
 from app.settings import Settings
 from models.contract import Volume
@@ -59,3 +64,79 @@ def random_checkpoint(architecture: str, task: str, seed: int = 0, **model_kwarg
     torch.manual_seed(seed)
     model = create_model(architecture, **kwargs)
     return {"model": architecture, "model_kwargs": kwargs, "task": task, "state_dict": model.state_dict()}
+
+
+# Patient and study attributes a SEG copies from its source images (type 2: may be empty).
+_SEG_COPIED = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def seg_bytes(
+    sources: list[pydicom.Dataset],
+    labels: Volume,
+    *,
+    names: tuple[str, ...] = ("Liver", "Lesion"),
+    nested: bool = False,
+    manufacturer: str = "Viewer workstation",
+) -> bytes:
+    """A binary DICOM SEG of `labels` (1..N) drawn on the `sources` slices, made with highdicom.
+
+    Each frame is sampled from `labels` at the pixel centres the slice's own DICOM geometry
+    gives (position, orientation, spacing), not through the service's affine code. `nested`:
+    segment n holds every voxel of label >= n (a lesion inside the liver segment, overlapping).
+    """
+    sources = [copy.deepcopy(ds) for ds in sources]
+    for ds in sources:
+        for keyword in _SEG_COPIED:
+            ds.setdefault(keyword, "")
+    frames = []
+    for ds in sources:
+        position = np.asarray(ds.ImagePositionPatient, dtype=float)
+        row_dir, col_dir = np.asarray(ds.ImageOrientationPatient, dtype=float).reshape(2, 3)
+        between_rows, between_columns = (float(v) for v in ds.PixelSpacing)
+        r, c = np.mgrid[0 : ds.Rows, 0 : ds.Columns]
+        lps = position + c[..., None] * between_columns * row_dir + r[..., None] * between_rows * col_dir
+        ras = np.c_[lps.reshape(-1, 3) * [-1.0, -1.0, 1.0], np.ones(lps.shape[0] * lps.shape[1])]
+        ijk = np.rint(ras @ np.linalg.inv(labels.affine).T)[:, :3].astype(int)
+        frames.append(labels.array[tuple(ijk.T)].reshape(ds.Rows, ds.Columns))
+    label_frames = np.stack(frames).astype(np.uint8)
+    if nested:
+        pixels = np.stack([label_frames >= n for n in range(1, len(names) + 1)], axis=-1).astype(np.uint8)
+    else:
+        pixels = label_frames
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for number, name in enumerate(names, start=1)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=90,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=manufacturer,
+        manufacturer_model_name="test",
+        software_versions="1",
+        device_serial_number="0",
+    )
+    buffer = io.BytesIO()
+    seg.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

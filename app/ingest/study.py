@@ -2,8 +2,10 @@
 
 Per-modality fields hold a NIfTI file, a zip of one DICOM series, or DICOM Part-10 files;
 the `study` field holds a zip (or files) of a whole study whose series are assigned to
-modalities from their tags (see `app.ingest.assign`); `mask` is an optional NIfTI label
-map (integer labels 0 to 255) on any grid, used for region-graph explanations.
+modalities from their tags (see `app.ingest.assign`); `mask` is an optional label map
+(integer labels 0 to 255) on any grid, a NIfTI or a DICOM SEG, which places a lesion-grid
+model and gives region-graph explanations their regions. A SEG inside the `study` is its
+mask when no `mask` is sent (`app.ingest.seg`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from app.errors import (
     ModalityMismatchError,
     NonFiniteVoxelsError,
     NotDicomError,
+    ProblemError,
     SeveralSeriesError,
     TooLargeError,
     UnknownModalityError,
@@ -35,6 +38,7 @@ from app.ingest.archive import ZipLimits, iter_members
 from app.ingest.assign import DICOM_MODALITY, attenuation_corrected, ct_phase_rank, guess_modality
 from app.ingest.nifti import volume_from_nifti
 from app.ingest.pet import to_suv
+from app.ingest.seg import describe, is_segmentation, label_map_from_seg, study_seg_candidates
 from app.ingest.sniff import sniff
 from models.contract import FOREGROUND_THRESHOLD, Volume, reference_modality
 from models.dicom import DicomGeometryError, volume_from_series
@@ -81,6 +85,7 @@ class Study:
     warnings: list[str] = field(default_factory=list)
     ignored: list[dict[str, str]] = field(default_factory=list)
     mask: Volume | None = None
+    mask_source: SeriesSource | None = None
 
     @property
     def study_uid(self) -> str | None:
@@ -275,8 +280,13 @@ def _check_dicom_modality(datasets: Sequence[Dataset], field_name: str, task: Ta
         )
 
 
-def _ingest_study(uploads: Sequence[Upload], task: TaskSpec, limits: IngestLimits, study: Study) -> None:
-    datasets = _dicom_from_uploads(uploads, limits, STUDY_FIELD)
+def _ingest_study(
+    uploads: Sequence[Upload], task: TaskSpec, limits: IngestLimits, study: Study
+) -> list[Dataset]:
+    """Assign the study's image series to modalities; return its SEGs (mask candidates)."""
+    everything = _dicom_from_uploads(uploads, limits, STUDY_FIELD)
+    segs = [ds for ds in everything if is_segmentation(ds)]
+    datasets = [ds for ds in everything if not is_segmentation(ds)]
     if not datasets:
         raise NotDicomError("the study holds no DICOM image instances", field=STUDY_FIELD)
     candidates: dict[str, list[tuple[str, list[Dataset], str]]] = defaultdict(list)
@@ -305,6 +315,7 @@ def _ingest_study(uploads: Sequence[Upload], task: TaskSpec, limits: IngestLimit
                     {"series_uid": other, "reason": f"another {modality!r} series was preferred ({why})"}
                 )
         _volume_from_dicom(members, modality, kind, reason, study, limits)
+    return segs
 
 
 def _preference(kind: str, members: Sequence[Dataset]) -> tuple[int, int]:
@@ -336,42 +347,94 @@ def build_study(uploads: Mapping[str, Sequence[Upload]], task: TaskSpec, limits:
     for modality in task.modalities:
         if uploads.get(modality):
             _ingest_field(modality, uploads[modality], task, limits, study)
-    if uploads.get(STUDY_FIELD):
-        _ingest_study(uploads[STUDY_FIELD], task, limits, study)
+    segs = _ingest_study(uploads[STUDY_FIELD], task, limits, study) if uploads.get(STUDY_FIELD) else []
     if uploads.get(MASK_FIELD):
-        study.mask = _read_mask(uploads[MASK_FIELD], limits)
+        study.mask, study.mask_source = _read_mask(uploads[MASK_FIELD], limits)
     _check_complete(study, task)
+    if study.mask is None and segs:
+        _mask_from_study(segs, study, task, limits)
+    elif segs:
+        study.ignored.extend(
+            {"series_uid": str(ds.get("SeriesInstanceUID", "unknown")), "reason": f"{MASK_FIELD!r} was sent"}
+            for ds in segs
+        )
     return study
 
 
-def _read_mask(uploads: Sequence[Upload], limits: IngestLimits) -> Volume:
-    """The label map: one NIfTI of integer labels 0 (background) to `MAX_MASK_LABEL`.
+def _mask_from_study(segs: Sequence[Dataset], study: Study, task: TaskSpec, limits: IngestLimits) -> None:
+    """The study's own SEG as its mask, when one is of the frame the model is placed on."""
+    reference = study.sources[reference_modality(task, set(study.volumes))]
+    candidates, ignored = study_seg_candidates(segs, reference.frame_of_reference_uid)
+    study.ignored.extend(ignored)
+    for ds in candidates:
+        uid = str(ds.get("SeriesInstanceUID", "unknown"))
+        if study.mask is not None:
+            study.ignored.append({"series_uid": uid, "reason": "a newer SEG of the study is the mask"})
+            continue
+        try:  # the mask was not asked for: a SEG that cannot be one is passed over, not fatal
+            mask = _checked_labels(label_map_from_seg(ds, STUDY_FIELD, limits.max_image_bytes), STUDY_FIELD)
+        except ProblemError as exc:
+            study.ignored.append({"series_uid": uid, "reason": f"a SEG that is no mask: {exc.detail}"})
+            continue
+        study.mask, study.mask_source = mask, _seg_source(ds, f"the study's DICOM SEG, {describe(ds)}")
 
-    Each label becomes a region-graph node, so a probability map or an image sent by mistake
-    (thousands of "labels") is refused rather than explained as nonsense.
-    """
+
+def _read_mask(uploads: Sequence[Upload], limits: IngestLimits) -> tuple[Volume, SeriesSource]:
+    """The label map: one NIfTI of integer labels 0 (background) to `MAX_MASK_LABEL`, or one
+    DICOM SEG (a file, or a zip holding it) whose segment numbers are the labels."""
     if len(uploads) > 1:
         raise SeveralSeriesError(
             f"{len(uploads)} files sent as {MASK_FIELD!r}; send one label map", field=MASK_FIELD
         )
-    mask = volume_from_nifti(uploads[0].data, MASK_FIELD, limits.max_image_bytes)
+    upload = uploads[0]
+    if sniff(upload.data) in ("nifti", "gzip"):
+        mask = volume_from_nifti(upload.data, MASK_FIELD, limits.max_image_bytes)
+        source = SeriesSource(MASK_FIELD, "nifti", f"sent as field {MASK_FIELD!r}", filename=upload.filename)
+        return _checked_labels(mask, MASK_FIELD), source
+    segs = [ds for ds in _dicom_from_uploads(uploads, limits, MASK_FIELD) if is_segmentation(ds)]
+    if len(segs) != 1:
+        raise InvalidStudyError(
+            f"the {MASK_FIELD!r} holds {len(segs)} DICOM SEG instances; send one SEG or a NIfTI "
+            "label map (RT structure sets are not read)",
+            field=MASK_FIELD,
+        )
+    mask = label_map_from_seg(segs[0], MASK_FIELD, limits.max_image_bytes)
+    source = _seg_source(segs[0], f"sent as field {MASK_FIELD!r}, DICOM SEG, {describe(segs[0])}")
+    return _checked_labels(mask, MASK_FIELD), source
+
+
+def _seg_source(ds: Dataset, reason: str) -> SeriesSource:
+    return SeriesSource(
+        modality=MASK_FIELD,
+        kind="dicom",
+        reason=reason,
+        series_uid=str(ds.get("SeriesInstanceUID", "")) or None,
+        study_uid=str(ds.get("StudyInstanceUID", "")) or None,
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")) or None,
+        instances=1,
+    )
+
+
+def _checked_labels(mask: Volume, field_name: str) -> Volume:
+    """Each label becomes a region-graph node, so a probability map or an image sent by
+    mistake (thousands of "labels") is refused rather than explained as nonsense."""
     values = mask.array
     if np.any(np.abs(values - np.rint(values)) > 1e-3):
         raise InvalidStudyError(
             "the mask holds non-integer values; send a label map (0 background, 1, 2... regions), "
             "not probabilities or an image",
-            field=MASK_FIELD,
+            field=field_name,
         )
     low, high = float(values.min()), float(values.max())
     if low < 0 or high > MAX_MASK_LABEL:
         raise InvalidStudyError(
             f"mask labels run from {low:.0f} to {high:.0f}; labels must be 0 (background) to "
             f"{MAX_MASK_LABEL}",
-            field=MASK_FIELD,
+            field=field_name,
         )
     if high == 0:
         raise InvalidStudyError(
-            "the mask is empty (all background); send it with labelled regions", field=MASK_FIELD
+            "the mask is empty (all background); send it with labelled regions", field=field_name
         )
     return mask
 

@@ -29,8 +29,10 @@ from app.settings import Settings
 
 log = logging.getLogger("app.pacs")
 
-# Series of these modalities are images a task may use; others (SR, SEG, earlier results) are not fetched.
+# Series of these modalities are images a task may use, or segmentations that may be its mask
+# (`app.ingest.seg`); others (SR, captures, parametric maps) are not fetched.
 IMAGE_MODALITIES = frozenset({"CT", "PT", "MR"})
+FETCHED_MODALITIES = IMAGE_MODALITIES | {"SEG"}
 _SERIES_UID, _MODALITY = "0020000E", "00080060"
 
 
@@ -100,7 +102,7 @@ class PacsClient:
         return [SeriesRef(_value(item, _SERIES_UID), _value(item, _MODALITY).upper()) for item in found]
 
     def fetch_study(self, study_uid: str, series_uids: Sequence[str] = ()) -> list[Dataset]:
-        """The instances of the study's image series, or of `series_uids` only (WADO-RS)."""
+        """The instances of the study's image and SEG series, or of `series_uids` only (WADO-RS)."""
         available = self.find_series(study_uid)
         known = {s.series_uid for s in available}
         unknown = [uid for uid in series_uids if uid not in known]
@@ -109,8 +111,8 @@ class PacsClient:
                 f"study {study_uid!r} has no series {unknown[0]!r} ({len(known)} series found)",
                 field="series_uids",
             )
-        wanted = list(series_uids) or [s.series_uid for s in available if s.modality in IMAGE_MODALITIES]
-        if not wanted:
+        wanted = list(series_uids) or [s.series_uid for s in available if s.modality in FETCHED_MODALITIES]
+        if not series_uids and not any(s.modality in IMAGE_MODALITIES for s in available):
             modalities = sorted({s.modality for s in available})
             raise StudyNotFoundError(
                 f"study {study_uid!r} has no CT, PT or MR series (modalities: {modalities})",

@@ -14,9 +14,9 @@ import pydicom
 
 from models.contract import Volume
 from models.dicom import series_from_volume
-from tests.common import ct_volume, make_settings, zip_bytes
+from tests.common import ct_volume, make_settings, seg_bytes, zip_bytes
 
-__all__ = ["ct_volume", "make_settings", "zip_bytes"]  # shared with the other folders
+__all__ = ["ct_volume", "make_settings", "seg_bytes", "zip_bytes"]  # shared with the other folders
 
 
 # -- generated cases ---------------------------------------------------------------------
@@ -52,6 +52,16 @@ def dicom_files(volume: Volume, seed: int = 0, **kwargs: object) -> list[bytes]:
 
 def series_zip(volume: Volume, **kwargs: object) -> bytes:
     return zip_bytes({f"series/{n:03d}.dcm": d for n, d in enumerate(dicom_files(volume, **kwargs))})
+
+
+def liver_lesion_mask(ct: Volume) -> tuple[Volume, np.ndarray]:
+    """`ct_volume`'s liver (1) and lesion (2) as a label map, and the lesion's centre in mm."""
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, s) for s in ct.array.shape), indexing="ij")
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[((x + 0.3) / 0.4) ** 2 + (y / 0.35) ** 2 + (z / 0.8) ** 2 < 1] = 1
+    labels[((x + 0.3) / 0.12) ** 2 + (y / 0.12) ** 2 + (z / 0.25) ** 2 < 1] = 2
+    centre = ct.affine @ np.append(np.argwhere(labels == 2).mean(axis=0), 1.0)
+    return Volume(labels, ct.affine), centre[:3]
 
 
 def card(model_dir: Path, name: str) -> dict:

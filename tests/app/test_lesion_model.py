@@ -4,6 +4,7 @@ that lesion, and its maps still overlay the image that was sent."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -11,13 +12,26 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
-from app_helpers import assert_problem, ct_volume, make_settings, nifti_bytes
+from app_helpers import (
+    assert_problem,
+    ct_volume,
+    dicom_bytes,
+    liver_lesion_mask,
+    make_settings,
+    nifti_bytes,
+    seg_bytes,
+    zip_bytes,
+)
 from fastapi.testclient import TestClient
+from pydicom.uid import generate_uid
 
+from app.explain.dicom_out import MANUFACTURER
 from app.main import create_app
 from app.runtime import ModelRegistry
 from models.contract import Volume
+from models.dicom import series_from_volume
 
 NII = "application/gzip"
 
@@ -27,16 +41,6 @@ def lesion_client(lesion_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     settings = make_settings(lesion_model_dir, tmp_path_factory.mktemp("store"))
     with TestClient(create_app(settings)) as client:
         yield client
-
-
-def liver_lesion_mask(ct: Volume) -> tuple[Volume, np.ndarray]:
-    """`ct_volume`'s liver (1) and lesion (2) as a label map, and the lesion's centre in mm."""
-    x, y, z = np.meshgrid(*(np.linspace(-1, 1, s) for s in ct.array.shape), indexing="ij")
-    labels = np.zeros(ct.array.shape, np.uint8)
-    labels[((x + 0.3) / 0.4) ** 2 + (y / 0.35) ** 2 + (z / 0.8) ** 2 < 1] = 1
-    labels[((x + 0.3) / 0.12) ** 2 + (y / 0.12) ** 2 + (z / 0.25) ** 2 < 1] = 2
-    centre = ct.affine @ np.append(np.argwhere(labels == 2).mean(axis=0), 1.0)
-    return Volume(labels, ct.affine), centre[:3]
 
 
 def files(ct: Volume, mask: Volume | None) -> list:
@@ -115,3 +119,109 @@ def test_a_lesion_model_serves_by_default_only_when_alone(
     assert chosen.served["hcc"].needs_mask and chosen.served["hcc"].task.grid == "lesion"
     alone = ModelRegistry.from_folder(lesion_model_dir, make_settings(lesion_model_dir, tmp_path / "store"))
     assert alone.served["hcc"].name == "hcc_lesion_test"
+
+
+# -- the mask as a DICOM SEG ---------------------------------------------------------------
+
+
+def series_files(datasets: list[pydicom.Dataset]) -> list:
+    return [("ct", (f"{n}.dcm", dicom_bytes(ds), "application/dicom")) for n, ds in enumerate(datasets)]
+
+
+def predict(client: TestClient, sent: list) -> dict:
+    response = client.post("/v1/predict", data={"task": "hcc"}, files=sent)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def seg_case(lesion_client: TestClient) -> tuple[Volume, list[pydicom.Dataset], Volume, dict]:
+    """A CT as DICOM, its liver (1) and lesion (2), and the prediction with the NIfTI mask."""
+    ct = ct_volume()
+    mask, _ = liver_lesion_mask(ct)
+    series = series_from_volume(ct)
+    with_nifti = predict(
+        lesion_client, [*series_files(series), ("mask", ("m.nii.gz", nifti_bytes(mask), NII))]
+    )
+    return ct, series, mask, with_nifti
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["label-map", "lesion-inside-liver"])
+def test_a_dicom_seg_mask_grades_what_the_same_nifti_label_map_grades(
+    lesion_client: TestClient, seg_case: tuple, nested: bool
+) -> None:
+    _, series, mask, with_nifti = seg_case
+    seg = seg_bytes(series, mask, nested=nested)  # nested: the liver segment covers the lesion too
+    prediction = predict(
+        lesion_client, [*series_files(series), ("mask", ("seg.dcm", seg, "application/dicom"))]
+    )
+    for name, p in with_nifti["probabilities"].items():
+        assert prediction["probabilities"][name] == pytest.approx(p, abs=1e-5)
+    (source,) = [a for a in prediction["study"]["assignments"] if a["modality"] == "mask"]
+    assert source["kind"] == "dicom" and "1 Liver, 2 Lesion" in source["reason"]
+    graph = lesion_client.get(f"/v1/explain/{prediction['id']}/graph").json()
+    assert graph["regions"] == "mask"
+
+
+def test_a_seg_in_the_study_is_its_mask_and_the_services_own_seg_is_not(
+    lesion_client: TestClient, seg_case: tuple
+) -> None:
+    _, series, mask, with_nifti = seg_case
+    drawn = seg_bytes(series, mask)
+    ours = seg_bytes(series, mask, names=("Region 1", "Region 2"), manufacturer=MANUFACTURER)
+    members = {f"s/{n}.dcm": dicom_bytes(ds) for n, ds in enumerate(series)} | {
+        "s/drawn.dcm": drawn,
+        "s/ours.dcm": ours,
+    }
+    prediction = predict(lesion_client, [("study", ("study.zip", zip_bytes(members), "application/zip"))])
+    for name, p in with_nifti["probabilities"].items():
+        assert prediction["probabilities"][name] == pytest.approx(p, abs=1e-5)
+    (source,) = [a for a in prediction["study"]["assignments"] if a["modality"] == "mask"]
+    assert source["series_uid"] == pydicom.dcmread(io.BytesIO(drawn)).SeriesInstanceUID
+    reasons = [i["reason"] for i in prediction["study"]["ignored"]]
+    assert any("this service made" in r for r in reasons)
+
+
+def test_a_seg_of_another_frame_of_reference_is_not_the_mask(
+    lesion_client: TestClient, seg_case: tuple
+) -> None:
+    _, series, mask, _ = seg_case
+    seg = pydicom.dcmread(io.BytesIO(seg_bytes(series, mask)))
+    seg.FrameOfReferenceUID = generate_uid()
+    members = {f"s/{n}.dcm": dicom_bytes(ds) for n, ds in enumerate(series)} | {"s/seg.dcm": dicom_bytes(seg)}
+    response = lesion_client.post(
+        "/v1/predict",
+        data={"task": "hcc"},
+        files=[("study", ("study.zip", zip_bytes(members), "application/zip"))],
+    )
+    body = assert_problem(response, 422, "missing-field", "mask")
+    assert "DICOM SEG" in body["detail"]
+
+
+def test_a_mask_field_that_holds_no_seg_or_an_unreadable_one_is_refused(
+    lesion_client: TestClient, seg_case: tuple
+) -> None:
+    _, series, mask, _ = seg_case
+    not_seg = ("mask", ("ct.dcm", dicom_bytes(series[0]), "application/dicom"))
+    response = lesion_client.post("/v1/predict", data={"task": "hcc"}, files=[*series_files(series), not_seg])
+    assert "SEG" in assert_problem(response, 422, "invalid-study", "mask")["detail"]
+    unplaced = pydicom.dcmread(io.BytesIO(seg_bytes(series, mask)))
+    del unplaced.PerFrameFunctionalGroupsSequence  # frames no longer say where they lie
+    broken = ("mask", ("seg.dcm", dicom_bytes(unplaced), "application/dicom"))
+    response = lesion_client.post("/v1/predict", data={"task": "hcc"}, files=[*series_files(series), broken])
+    assert_problem(response, 422, "invalid-study", "mask")
+
+
+def test_a_newer_seg_that_is_no_mask_is_passed_over_for_an_older_one(
+    lesion_client: TestClient, seg_case: tuple
+) -> None:
+    _, series, mask, with_nifti = seg_case
+    unplaced = pydicom.dcmread(io.BytesIO(seg_bytes(series, mask)))
+    del unplaced.PerFrameFunctionalGroupsSequence
+    unplaced.ContentDate = "20991231"  # the newest SEG of the study, and unreadable
+    members = {f"s/{n}.dcm": dicom_bytes(ds) for n, ds in enumerate(series)}
+    members |= {"s/new.dcm": dicom_bytes(unplaced), "s/old.dcm": seg_bytes(series, mask)}
+    prediction = predict(lesion_client, [("study", ("study.zip", zip_bytes(members), "application/zip"))])
+    assert prediction["probabilities"] == pytest.approx(with_nifti["probabilities"], abs=1e-5)
+    (ignored,) = prediction["study"]["ignored"]
+    assert ignored["series_uid"] == unplaced.SeriesInstanceUID and "no mask" in ignored["reason"]

@@ -19,8 +19,9 @@ from pydicom.uid import generate_uid
 from app.explain.case import load_case
 from app.pacs.results import region_labels
 from app.store import Store
+from models.contract import Volume
 from models.dicom import series_from_volume
-from tests.common import ct_volume
+from tests.common import ct_volume, seg_bytes
 
 PATIENT = {"PatientID": "RKD-INT-1", "PatientName": "Integration^Test", "StudyDescription": "generated CT"}
 SR, PM, SEG, SC = (
@@ -216,10 +217,34 @@ def test_predict_by_series_uid_ignores_stored_results(
     )
     assert response.status_code == 200, response.text
     assert response.json()["study"]["series_uids"] == {"ct": source.series_uid}
-    # By study only: the results stored above (SR, SEG, OT) are not fetched as inputs.
+    # By study only: the results stored above are not inputs. SR and captures are not fetched;
+    # the SEG is (a SEG may be the study's mask), and ignored as this service's own.
     response = client.post("/v1/predict", json={"task": "hcc", "study_uid": source.study_uid})
     assert response.status_code == 200, response.text
-    assert response.json()["study"]["ignored"] == []
+    study = response.json()["study"]
+    seg_series = {i["series_uid"] for i in stored["stored"] if i["kind"] == "seg"}
+    assert {i["series_uid"] for i in study["ignored"]} == seg_series
+    assert "this service made" in study["ignored"][0]["reason"]
+    assert all(a["modality"] != "mask" for a in study["assignments"])
+
+
+def test_a_seg_drawn_in_a_viewer_is_the_studys_mask(client: TestClient, pacs: DICOMwebClient) -> None:
+    """A lesion segmented in a viewer and stored with the CT: predicting by study UID reads it."""
+    study = Source()
+    ct = ct_volume()
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[10:14, 12:18, 6:10] = 1
+    drawn = part10(
+        pydicom.dcmread(io.BytesIO(seg_bytes(study.datasets, Volume(labels, ct.affine), names=("Lesion",))))
+    )
+    pacs.store_instances([*study.datasets, drawn])
+    response = client.post("/v1/predict", json={"task": "hcc", "study_uid": study.study_uid})
+    assert response.status_code == 200, response.text
+    prediction = response.json()
+    (mask,) = [a for a in prediction["study"]["assignments"] if a["modality"] == "mask"]
+    assert mask["series_uid"] == drawn.SeriesInstanceUID and "1 Lesion" in mask["reason"]
+    graph = client.get(f"/v1/explain/{prediction['id']}/graph").json()
+    assert graph["regions"] == "mask"
 
 
 def test_unknown_study_and_series_are_404(client: TestClient, source: Source) -> None:
