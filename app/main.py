@@ -64,10 +64,12 @@ def _observe(app: FastAPI) -> None:
         token = request_id_var.set(request_id)
         start = time.perf_counter()
         status = 500
+        failed = True
         try:
             response = await call_next(request)
             status = response.status_code
             response.headers["X-Request-ID"] = request_id
+            failed = False
             return response
         finally:
             route = request.scope.get("route")
@@ -88,7 +90,11 @@ def _observe(app: FastAPI) -> None:
                     "duration_ms": round(elapsed * 1000, 1),
                 },
             )
-            request_id_var.reset(token)
+            if not failed:
+                request_id_var.reset(token)
+            # Else the id stays set: an unhandled exception goes on to Starlette's outermost
+            # middleware, which runs the error handler (the "unhandled error" log line) after
+            # this one, in this same request task; the value ends with that task.
 
 
 def _docs(app: FastAPI) -> APIRouter:

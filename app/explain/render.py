@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 Plane = Literal["axial", "coronal", "sagittal"]
-_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  # in [D, H, W] = [z, y, x]
+PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  # in [D, H, W] = [z, y, x]
 
 
 def upsample(map_dhw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -28,7 +28,7 @@ def upsample(map_dhw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def peak_slice(map_dhw: np.ndarray, plane: Plane) -> int:
-    return int(np.unravel_index(int(np.argmax(map_dhw)), map_dhw.shape)[_AXIS[plane]])
+    return int(np.unravel_index(int(np.argmax(map_dhw)), map_dhw.shape)[PLANE_AXIS[plane]])
 
 
 def _slice(volume: np.ndarray, plane: Plane, index: int) -> np.ndarray:
@@ -53,7 +53,7 @@ def overlay_png(
     full = upsample(map_dhw, image_dhw.shape)
     if index is None:
         index = peak_slice(full, plane)
-    index = int(np.clip(index, 0, image_dhw.shape[_AXIS[plane]] - 1))
+    index = int(np.clip(index, 0, image_dhw.shape[PLANE_AXIS[plane]] - 1))
     figure, axes = plt.subplots(figsize=(5, 5), dpi=100)
     try:
         axes.imshow(_slice(image_dhw, plane, index), cmap="gray", interpolation="nearest")

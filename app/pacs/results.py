@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from app.errors import NotAvailableError
 from app.explain import dicom_out
@@ -35,6 +37,9 @@ DESCRIPTIONS: dict[Kind, str] = {
     "seg": "Segmentation: one segment per region of the region graph",
     "capture": "RGB Secondary Capture: attention overlay burned in",
 }
+# What the results copy from, or reference in, every source instance. A series lacking one is
+# still graded (pixels and geometry are all the model needs) but can have no DICOM results.
+REFERENCED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
 
 
 @dataclass(frozen=True)
@@ -128,11 +133,28 @@ def _build(case: Case, headers: list[Dataset]) -> dict[Kind, Dataset]:
     return objects
 
 
-def build_results(case: Case, store: Store) -> dict[Kind, ResultObject]:
-    """The result instances of a prediction (built on first use, then read from the cache)."""
-    cached = {kind: store.read_cache(case.prediction, f"results/{kind}.dcm") for kind in KINDS}
-    if cached["sr"] is not None:
-        return {kind: _describe(kind, data) for kind, data in cached.items() if data is not None}
+def missing_reference(headers: Sequence[Dataset]) -> str | None:
+    """The first attribute of `REFERENCED` that some source header lacks, leaves empty or
+    holds as no valid UID (a PACS refuses results that reference one)."""
+    for keyword in REFERENCED:
+        if any(not UID(str(header.get(keyword, "") or "").strip()).is_valid for header in headers):
+            return keyword
+    return None
+
+
+def require_references(headers: Sequence[Dataset]) -> None:
+    """Refuse, before building anything, results that could not name their source."""
+    keyword = missing_reference(headers)
+    if keyword is not None:
+        raise NotAvailableError(
+            f"the source series has no valid {keyword}: DICOM results cannot be placed on it; "
+            "PNG and NIfTI outputs are available",
+            field="id",
+        )
+
+
+def source_headers(case: Case, store: Store) -> list[Dataset]:
+    """The source series' headers, when DICOM results can be made from them (else 409)."""
     headers = case.headers(store)
     if case.reference_kind != "dicom" or not headers:
         raise NotAvailableError(
@@ -140,6 +162,16 @@ def build_results(case: Case, store: Store) -> dict[Kind, ResultObject]:
             f"{case.reference_kind} input. Use /v1/explain/{{id}}/attention?format=dicom for a capture",
             field="id",
         )
+    require_references(headers)
+    return headers
+
+
+def build_results(case: Case, store: Store) -> dict[Kind, ResultObject]:
+    """The result instances of a prediction (built on first use, then read from the cache)."""
+    cached = {kind: store.read_cache(case.prediction, f"results/{kind}.dcm") for kind in KINDS}
+    if cached["sr"] is not None:
+        return {kind: _describe(kind, data) for kind, data in cached.items() if data is not None}
+    headers = source_headers(case, store)
     results = {kind: dicom_out.to_bytes(ds) for kind, ds in _build(case, headers).items()}
     # The SR goes last: its presence marks a complete set (see the cache check above).
     for kind in sorted(results, key=lambda k: k == "sr"):

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import GateDep, MetricsDep, ModelsDep, SettingsDep, StoreDep
 from app.errors import NotAvailableError
@@ -15,10 +16,10 @@ from app.explain import attribution as attributions
 from app.explain.case import Case, load_case
 from app.explain.dicom_out import parametric_map, secondary_capture
 from app.explain.graph import build_graph, prototype_distances
-from app.explain.render import Plane, overlay_png
+from app.explain.render import PLANE_AXIS, Plane, overlay_png
 from app.ingest.nifti import nifti_bytes
 from app.pacs.publish import instance, last_report, publish
-from app.pacs.results import Kind, build_results
+from app.pacs.results import Kind, build_results, require_references, source_headers
 from app.pacs.schemas import ResultIndex, StoreReport
 from app.runtime import ModelRegistry
 from app.schemas import ExplanationIndex, ExplanationLink, RegionGraph
@@ -29,7 +30,11 @@ router = APIRouter(tags=["explain"])
 
 PNG, NIFTI, DICOM = "image/png", "application/gzip", "application/dicom"
 PlaneQuery = Annotated[Plane, Query(description="plane of the PNG view")]
-SliceQuery = Annotated[int | None, Query(alias="slice", ge=0, description="model-grid slice; default: peak")]
+# No `ge=0` here: `_checked_slice` refuses negative and too-large slices alike, with the range.
+SliceQuery = Annotated[
+    int | None,
+    Query(alias="slice", description="model-grid slice, 0 to the plane's slice count - 1; default: peak"),
+]
 
 
 def _case(store: Store, prediction_id: str) -> Case:
@@ -42,12 +47,29 @@ def _download(data: bytes, media_type: str, filename: str) -> Response:
     )
 
 
+def _checked_slice(case: Case, plane: Plane, index: int | None) -> int | None:
+    """`index` if it is a slice of the model grid in `plane`; a 422 giving the range otherwise.
+
+    The renderer would clamp it: a client asking for slice 500 would get the last slice and
+    could take it for the one it asked for.
+    """
+    count = case.image.shape[1 + PLANE_AXIS[plane]]  # image: [modality, D, H, W]
+    if index is None or 0 <= index < count:
+        return index
+    message = (
+        f"slice {index} is outside the model grid: {plane} slices run from 0 to {count - 1}; "
+        "omit `slice` for the slice of peak attention"
+    )
+    raise RequestValidationError([{"type": "value_error", "loc": ("query", "slice"), "msg": message}])
+
+
 def _render(
     case: Case, map_dhw: np.ndarray, fmt: str, plane: Plane, index: int | None, what: str
 ) -> Response:
     """A map over the model grid as PNG overlay or as NIfTI on the sent image's grid."""
     name = case.prediction.id
     if fmt == "png":
+        index = _checked_slice(case, plane, index)
         label = case.task.classes[case.class_index]
         png, shown = overlay_png(
             case.image[case.reference_channel],
@@ -72,12 +94,19 @@ async def explain_index(prediction_id: str, store: StoreDep, models: ModelsDep) 
         served and served.card.get("weights_file") and (served.folder / served.card["weights_file"]).is_file()
     )
     has_prototypes = bool(served and served.card.get("prototypes"))
+    # The prediction links DICOM attention only when it can be made (see `predict`).
+    has_dicom = "attention_dicom" in prediction.response.get("links", {})
     return ExplanationIndex(
         id=prediction_id,
         task=prediction.task,
         label=prediction.response["label"],
         explanations=[
-            ExplanationLink(kind="attention", href=f"{base}/attention", formats=["png", "nifti", "dicom"]),
+            ExplanationLink(
+                kind="attention",
+                href=f"{base}/attention",
+                formats=["png", "nifti", "dicom"] if has_dicom else ["png", "nifti"],
+                note=None if has_dicom else "no DICOM: the source series lacks a UID DICOM outputs reference",
+            ),
             ExplanationLink(
                 kind="attribution",
                 href=f"{base}/attribution",
@@ -124,6 +153,7 @@ def _attention_dicom(
     headers = case.headers(store)
     description = f"REACT-KD attention ({case.task.name})"
     if case.reference_kind == "dicom" and headers:
+        require_references(headers)
         volume = map_to_grid(map_dhw, case.grid, case.reference_grid)
         data = parametric_map(volume, headers, description)
     else:
@@ -131,7 +161,7 @@ def _attention_dicom(
             case.image[case.reference_channel],
             map_dhw,
             plane=plane,
-            index=index,
+            index=_checked_slice(case, plane, index),
             title=description,
             label="attention",
         )
@@ -179,6 +209,8 @@ async def attribution(
     def work() -> Response:
         with metrics.stage("explain"):
             case = _case(store, prediction_id)
+            if format == "png":
+                _checked_slice(case, plane, slice_index)  # before an attribution that may take long
             map_dhw = _attribution_map(case, store, models, method)
             return _render(case, map_dhw, format, plane, slice_index, method)
 
@@ -261,6 +293,9 @@ async def store_results(
 
     def work() -> StoreReport:
         with metrics.stage("store"):
-            return publish(_case(store, prediction_id), store, settings)
+            case = _case(store, prediction_id)
+            # Results that cannot be made are said before asking for a destination that would not help.
+            source_headers(case, store)
+            return publish(case, store, settings)
 
     return await run_in_threadpool(work)

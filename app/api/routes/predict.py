@@ -28,10 +28,11 @@ from app.errors import (
 )
 from app.explain.case import load_case
 from app.ingest.archive import ZipLimits
-from app.ingest.study import STUDY_FIELD, IngestLimits, Upload, build_study
+from app.ingest.study import STUDY_FIELD, IngestLimits, SeriesSource, Upload, build_study
 from app.ingest.uploads import read_uploads, task_name
 from app.pacs.dicomweb import source_client
 from app.pacs.publish import publish
+from app.pacs.results import missing_reference
 from app.pacs.schemas import StudyRequest
 from app.prediction import Outcome, build_outcome, infer, preprocess
 from app.quality import input_warnings
@@ -57,6 +58,13 @@ def _study_request(body: bytes) -> StudyRequest:
         data = json.loads(body or b"null")
     except ValueError as exc:
         raise InvalidStudyError(f"the body is not JSON ({exc})", field="body") from None
+    except RecursionError:
+        # The parser recurses once per nesting level; a study request nests two levels deep.
+        raise InvalidStudyError(
+            "the JSON body nests too deeply to read. "
+            "Send {'task': ..., 'study_uid': ..., 'series_uids': [...]}",
+            field="body",
+        ) from None
     if not isinstance(data, dict) or "study_uid" not in data:
         # JSON only names a study in the PACS; images themselves come as multipart files.
         raise UnsupportedMediaError(
@@ -139,6 +147,20 @@ def _auto_store(prediction_id: str, store: Store, settings: Settings) -> str | N
     return None
 
 
+def _link_dicom_outputs(links: dict[str, str], prediction_id: str, reference: SeriesSource) -> None:
+    """Link the DICOM results of a DICOM source; unlink DICOM attention that cannot be made.
+
+    A series lacking a UID the results reference is graded, but its DICOM outputs answer 409.
+    """
+    if reference.kind != "dicom":
+        return  # NIfTI: no results, and DICOM attention is a capture in a study of its own
+    if missing_reference(reference.headers) is not None:
+        links.pop("attention_dicom", None)
+        return
+    base = f"/v1/explain/{prediction_id}"
+    links.update({"dicom_results": f"{base}/dicom", "store": f"{base}/store"})
+
+
 @router.post("/predict", response_model=Prediction, status_code=200)
 async def predict(
     request: Request,
@@ -194,9 +216,8 @@ async def predict(
         # Off the event loop: building the response and encoding files are CPU work.
         with metrics.stage("outcome"):
             outcome = build_outcome(prediction_id, task, model, study, model_input, outputs, kept, warnings)
-            if study.sources[reference_modality(task, set(study.volumes))].kind == "dicom":
-                base = f"/v1/explain/{prediction_id}"
-                outcome.response.links.update({"dicom_results": f"{base}/dicom", "store": f"{base}/store"})
+            reference = study.sources[reference_modality(task, set(study.volumes))]
+            _link_dicom_outputs(outcome.response.links, prediction_id, reference)
         with metrics.stage("save"):
             # Committed (files, then the row) before the answer leaves: nothing accepted is lost.
             store.save(
