@@ -20,6 +20,8 @@ Heuristics, documented so their limits are clear:
   holds) with a quarter of the voxels above 700 HU (denser than bone marrow) is the
   signature of stored pixel values whose rescale intercept (-1024) was lost: air then reads
   about 0 and soft tissue about 1050. Values above 30000 are outside any CT range.
+  Values spanning under 20 HU between their 0.5th and 99.5th percentiles are no CT at
+  all (a binary mask, a z-scored image): a CT's noise alone spreads over tens of HU.
 - Normalised MR: the model z-scores raw MR intensities inside the foreground (voxels above
   0) itself. Over 5 % of voxels below 0 means an image normalised already (z-scored, say):
   its negative half is read as background.
@@ -40,6 +42,7 @@ LIVER_HU = (60.0, 160.0)
 MIN_LIVER_ML = 100.0
 MIN_COVERAGE = 0.25
 MAX_CT_HU = 30000.0
+MIN_CT_SPREAD_HU = 20.0
 MAX_SUV = 100.0
 MAX_NEGATIVE_MR = 0.05
 # Voxels up to this size (mm) are routine for each kind (5 mm CT slices, 4-6 mm PET), however
@@ -184,6 +187,13 @@ def hounsfield_warning(volume: Volume) -> str | None:
     if peak > MAX_CT_HU:
         return (
             f"values reach {peak:.3g}, beyond any CT range in Hounsfield units; the prediction is unreliable"
+        )
+    spread = float(np.subtract(*np.percentile(sample, [99.5, 0.5])))
+    if spread < MIN_CT_SPREAD_HU:
+        return (
+            f"the values span {spread:.3g} (0.5th to 99.5th percentile): any CT holds tens of HU of "
+            "noise alone; this looks like a mask or a normalised image, not Hounsfield units; the "
+            "prediction is unreliable"
         )
     if low > -200.0 and high > 700.0:
         return (

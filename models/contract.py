@@ -79,9 +79,12 @@ class Volume:
         x, y, z = np.linalg.norm(self.affine[:3, :3], axis=0)
         return float(x), float(y), float(z)
 
-    def world_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Lowest and highest RAS+ corner (mm) of the box holding every voxel, edges included."""
-        return _world_box(self.affine, np.zeros(3), np.array(self.array.shape) - 1.0)
+    def world_bounds(self, where: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Lowest and highest RAS+ corner (mm) of the box holding every voxel (or every voxel
+        `where` is True, which must hold one), edges included."""
+        if where is None:
+            return _world_box(self.affine, np.zeros(3), np.array(self.array.shape) - 1.0)
+        return _world_box(self.affine, *_index_box(where))
 
 
 @dataclass(frozen=True)

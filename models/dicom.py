@@ -94,6 +94,13 @@ def volume_from_series(
             "series",
             "several enhanced multi-frame instances in one series; send them one at a time",
         )
+    uids = [str(ds.get("SOPInstanceUID", "")) for ds in datasets]
+    if len(set(uids) - {""}) < len([u for u in uids if u]):
+        raise DicomGeometryError(
+            "SOPInstanceUID",
+            "several instances share one SOPInstanceUID (a file sent twice, or an export that "
+            "reused identifiers); send each slice once, with its own UID",
+        )
     frames = [_frame_from_classic(ds, index) for index, ds in enumerate(datasets)]
     ordered, slice_vector = _order_frames(frames, max_tilt_degrees, spacing_tolerance)
     planes = [_pixels(datasets[f.source], f) for f in ordered]
@@ -139,6 +146,22 @@ def _check_pixel_format(ds: Dataset) -> None:
             "PhotometricInterpretation",
             f"{photometric} with {samples} samples per pixel is not a greyscale image; "
             "send the original CT/PET/MR series, not a screenshot",
+        )
+
+
+def _check_native_length(ds: Dataset, frames: int) -> None:
+    """Uncompressed pixel data must hold the frames the header counts, no fewer and no more
+    (extra frames would be dropped without a word). Compressed data is checked as decoded."""
+    meta = getattr(ds, "file_meta", None) or Dataset()
+    if "PixelData" not in ds or UID(str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))).is_compressed:
+        return
+    expected = frames * int(ds.Rows) * int(ds.Columns) * int(ds.get("BitsAllocated", 16) or 16) // 8
+    actual = len(ds.PixelData)
+    if actual not in (expected, expected + 1):  # an odd length is padded to even
+        raise DicomGeometryError(
+            "PixelData",
+            f"the pixel data holds {actual} bytes, the header's {frames} frame(s) of "
+            f"{ds.Rows} x {ds.Columns} pixels make {expected}; the file is inconsistent: re-export it",
         )
 
 
@@ -308,6 +331,16 @@ def _volume_from_multiframe(ds: Dataset, max_tilt_degrees: float, spacing_tolera
         )
     _check_pixel_format(ds)
     count = int(ds.NumberOfFrames)
+    # Every frame must say where it lies; a count beyond the per-frame groups would read the
+    # shared position into every extra frame (and a 1 kB file could claim 10^8 frames).
+    described = len(ds.PerFrameFunctionalGroupsSequence)
+    if described != count:
+        raise DicomGeometryError(
+            "NumberOfFrames",
+            f"NumberOfFrames is {count} but {described} frames have per-frame functional groups; "
+            "the file is inconsistent: re-export it",
+        )
+    _check_native_length(ds, count)
     frames = []
     for index in range(count):
         what = f"frame {index + 1} functional groups"

@@ -17,6 +17,10 @@ from pydicom.dataset import Dataset
 
 from models.contract import Volume
 
+# Images are acquired within a few half-lives of the injection (FDG: about one); past this
+# many the decayed dose is a rounding error and the factor would be huge or infinite.
+MAX_HALF_LIVES = 10
+
 
 def _seconds(value: object) -> float | None:
     text = str(value or "").strip()
@@ -40,19 +44,36 @@ def suv_factor(ds: Dataset) -> tuple[float | None, str]:
         return None, f"PET units {units!r} cannot be converted to SUV; values used as they are"
     info = ds.get("RadiopharmaceuticalInformationSequence")
     item = info[0] if info else None
-    weight = float(ds.get("PatientWeight") or 0)
-    dose = float(item.get("RadionuclideTotalDose") or 0) if item is not None else 0.0
-    half_life = float(item.get("RadionuclideHalfLife") or 0) if item is not None else 0.0
-    start = _seconds(item.get("RadiopharmaceuticalStartTime")) if item is not None else None
+    item = item if item is not None else Dataset()
+    weight = _positive(ds, "PatientWeight")
+    dose = _positive(item, "RadionuclideTotalDose")
+    half_life = _positive(item, "RadionuclideHalfLife")
+    start = _seconds(item.get("RadiopharmaceuticalStartTime"))
     series = _seconds(ds.get("SeriesTime") or ds.get("AcquisitionTime"))
-    if weight <= 0 or dose <= 0 or half_life <= 0 or start is None or series is None:
+    if weight is None or dose is None or half_life is None or start is None or series is None:
         return None, (
-            "PET is in Bq/ml but patient weight, injected dose, half-life or times are missing; "
-            "values were NOT converted to SUV and the prediction may be unreliable"
+            "PET is in Bq/ml but patient weight, injected dose, half-life or times are missing or "
+            "malformed; values were NOT converted to SUV and the prediction may be unreliable"
         )
     elapsed = (series - start) % 86400  # injection may be before midnight
+    if elapsed > MAX_HALF_LIVES * half_life:
+        return None, (
+            f"PET is in Bq/ml but {elapsed / 3600:.1f} h from injection to the series is over "
+            f"{MAX_HALF_LIVES} half-lives ({half_life:g} s): the half-life or times are wrong; values "
+            "were NOT converted to SUV and the prediction may be unreliable"
+        )
     decayed = dose * math.exp(-math.log(2) * elapsed / half_life)
     return weight * 1000.0 / decayed, f"PET converted from Bq/ml to SUVbw (decay {elapsed / 60:.0f} min)"
+
+
+def _positive(ds: Dataset, keyword: str) -> float | None:
+    """A header number that is finite and above 0, else None ('70kg', NaN, 0 and -1 are not)."""
+    try:  # pydicom converts a DS value when it is first read, and raises on '70kg'
+        value = ds.get(keyword)
+        number = float(str(value).strip()) if value is not None else math.nan
+    except (ValueError, TypeError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
 
 
 def to_suv(volume: Volume, ds: Dataset) -> tuple[Volume, str | None, str]:

@@ -35,7 +35,13 @@ from app.errors import (
     UnsupportedMediaError,
 )
 from app.ingest.archive import ZipLimits, iter_members
-from app.ingest.assign import DICOM_MODALITY, attenuation_corrected, ct_phase_rank, guess_modality
+from app.ingest.assign import (
+    DICOM_MODALITY,
+    attenuation_corrected,
+    ct_phase_rank,
+    guess_modality,
+    tracer_from_tags,
+)
 from app.ingest.nifti import volume_from_nifti
 from app.ingest.pet import to_suv
 from app.ingest.seg import describe, is_segmentation, label_map_from_seg, study_seg_candidates
@@ -48,6 +54,7 @@ STUDY_FIELD = "study"
 MASK_FIELD = "mask"
 MIN_SHARED_VOLUME = 0.5  # of the smaller image's box, for two modalities of one study
 MAX_MASK_LABEL = 255  # label maps are uint8 in practice; each label is a region-graph node
+MAX_AIR_HU = -900.0  # a CT whose densest voxel is this thin holds no tissue (air is -1000)
 MAX_MATRIX = 4096  # pixels along a slice side: CT is 512-1024, MR and PET smaller
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 
@@ -73,6 +80,7 @@ class SeriesSource:
     series_uid: str | None = None
     study_uid: str | None = None
     frame_of_reference_uid: str | None = None
+    patient_id: str | None = None
     instances: int = 0
     # Headers without pixel data, in the volume's slice (k) order: for DICOM outputs.
     headers: list[Dataset] = field(default_factory=list)
@@ -230,6 +238,7 @@ def _volume_from_dicom(
         series_uid=str(first.get("SeriesInstanceUID", "")) or None,
         study_uid=str(first.get("StudyInstanceUID", "")) or None,
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")) or None,
+        patient_id=_patient_id(first),
         instances=len(datasets),
         headers=_sorted_headers(datasets),
     )
@@ -278,6 +287,14 @@ def _check_dicom_modality(datasets: Sequence[Dataset], field_name: str, task: Ta
             f"send a {expected} series as {field_name!r}, or the whole study as {STUDY_FIELD!r}",
             field=field_name,
         )
+    if task.kind_of(field_name) == "pet":  # an FDG PET sent as the acetate one, say
+        tracer = tracer_from_tags(datasets[0])
+        if tracer.modality is not None and tracer.modality != field_name:
+            raise ModalityMismatchError(
+                f"the series sent as {field_name!r} is {tracer.modality!r} ({tracer.reason}); send it "
+                f"as {tracer.modality!r}",
+                field=field_name,
+            )
 
 
 def _ingest_study(
@@ -285,6 +302,13 @@ def _ingest_study(
 ) -> list[Dataset]:
     """Assign the study's image series to modalities; return its SEGs (mask candidates)."""
     everything = _dicom_from_uploads(uploads, limits, STUDY_FIELD)
+    patients = {_patient_id(ds) for ds in everything} - {None}
+    if len(patients) > 1:
+        raise InvalidStudyError(
+            f"the study holds images of {len(patients)} patients (PatientID differs); send one "
+            "patient's study",
+            field=STUDY_FIELD,
+        )
     segs = [ds for ds in everything if is_segmentation(ds)]
     datasets = [ds for ds in everything if not is_segmentation(ds)]
     if not datasets:
@@ -351,6 +375,12 @@ def build_study(uploads: Mapping[str, Sequence[Upload]], task: TaskSpec, limits:
     if uploads.get(MASK_FIELD):
         study.mask, study.mask_source = _read_mask(uploads[MASK_FIELD], limits)
     _check_complete(study, task)
+    if study.mask is not None and not _overlaps_reference(study.mask, study, task):
+        raise InvalidStudyError(
+            "no labelled voxel of the mask lies inside the image the model reads: it belongs to "
+            "another image or its affine is wrong",
+            field=MASK_FIELD,
+        )
     if study.mask is None and segs:
         _mask_from_study(segs, study, task, limits)
     elif segs:
@@ -375,6 +405,9 @@ def _mask_from_study(segs: Sequence[Dataset], study: Study, task: TaskSpec, limi
             mask = _checked_labels(label_map_from_seg(ds, STUDY_FIELD, limits.max_image_bytes), STUDY_FIELD)
         except ProblemError as exc:
             study.ignored.append({"series_uid": uid, "reason": f"a SEG that is no mask: {exc.detail}"})
+            continue
+        if not _overlaps_reference(mask, study, task):
+            study.ignored.append({"series_uid": uid, "reason": "a SEG whose segments lie outside the image"})
             continue
         study.mask, study.mask_source = mask, _seg_source(ds, f"the study's DICOM SEG, {describe(ds)}")
 
@@ -411,6 +444,7 @@ def _seg_source(ds: Dataset, reason: str) -> SeriesSource:
         series_uid=str(ds.get("SeriesInstanceUID", "")) or None,
         study_uid=str(ds.get("StudyInstanceUID", "")) or None,
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")) or None,
+        patient_id=_patient_id(ds),
         instances=1,
     )
 
@@ -456,7 +490,41 @@ def _check_complete(study: Study, task: TaskSpec) -> None:
         )
     for name, volume in study.volumes.items():
         _check_values(name, volume, task.kind_of(name))
+    _check_one_patient(study)
     _check_alignment(study, task)
+
+
+def _overlaps_reference(mask: Volume, study: Study, task: TaskSpec) -> bool:
+    """Whether the mask's labelled box meets the reference image's box (else its regions
+    would all fall outside what the model reads, and explanations would drop it silently)."""
+    low, high = mask.world_bounds(mask.array > 0)
+    ref_low, ref_high = study.volumes[reference_modality(task, set(study.volumes))].world_bounds()
+    return bool(np.all(np.minimum(high, ref_high) > np.maximum(low, ref_low)))
+
+
+def _patient_id(ds: Dataset) -> str | None:
+    return str(ds.get("PatientID", "") or "").strip() or None
+
+
+def _check_one_patient(study: Study) -> None:
+    """Refuse images of two patients graded as one (the IDs are not echoed: they identify);
+    warn about images of two examinations of one patient (another day, another disease)."""
+    sources = [*study.sources.values(), *([study.mask_source] if study.mask_source else [])]
+    first = next((s for s in sources if s.patient_id), None)
+    if first is None:
+        return
+    for source in sources:
+        if source.patient_id and source.patient_id != first.patient_id:
+            raise InvalidStudyError(
+                f"{source.modality} is of another patient than {first.modality} (PatientID differs); "
+                "send images of one patient",
+                field=source.modality,
+            )
+        if source.study_uid and first.study_uid and source.study_uid != first.study_uid:
+            study.warnings.append(
+                f"{source.modality}: from another study than {first.modality} (StudyInstanceUID "
+                "differs); make sure both are of the same examination"
+            )
 
 
 def _check_alignment(study: Study, task: TaskSpec) -> None:
@@ -499,6 +567,12 @@ def _check_values(name: str, volume: Volume, kind: ModalityKind) -> None:
         raise InvalidStudyError(
             f"every voxel of {name} is {low:g}: the image is blank; leave a missing modality out "
             "and it is reported as missing",
+            field=name,
+        )
+    if kind == "ct" and high <= MAX_AIR_HU:
+        raise InvalidStudyError(
+            f"no voxel of {name} is denser than air (the highest is {high:.0f} HU): there is no body "
+            "to grade; check the rescale slope and intercept",
             field=name,
         )
     if kind == "mri" and high <= FOREGROUND_THRESHOLD["mri"]:

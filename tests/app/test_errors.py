@@ -126,6 +126,7 @@ def test_a_mask_that_is_not_a_label_map_is_refused(client, values, reason) -> No
     [
         ("hcc", "ct", np.zeros, "blank"),
         ("hcc", "pet_fdg", np.zeros, "blank"),  # a placeholder for a missing PET
+        ("hcc", "ct", lambda shape: np.full(shape, -5000.0) + np.arange(shape[-1]), "denser than air"),
         ("brats", "t1", lambda shape: -np.ones(shape) * np.arange(shape[-1]), "no voxel above background"),
     ],
 )
@@ -153,6 +154,47 @@ def test_a_pet_elsewhere_in_space_is_refused(client) -> None:  # type: ignore[no
     ]
     body = assert_problem(_post(client, files), 422, "invalid-study", "pet_fdg")
     assert "elsewhere in space" in body["detail"]
+
+
+def test_a_mask_nowhere_near_the_image_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+    """Its regions would all fall outside the model's grid and the graph would silently use
+    supervoxels instead."""
+    ct = ct_volume()
+    labels = np.zeros(ct.array.shape, np.float32)
+    labels[10:20, 10:20, 5:10] = 1
+    far = ct.affine.copy()
+    far[:3, 3] += 10000.0
+    files = [
+        ("ct", ("ct.nii.gz", nifti_bytes(ct), NII)),
+        ("mask", ("m.nii.gz", nifti_bytes(Volume(labels, far)), NII)),
+    ]
+    assert "inside the image" in assert_problem(_post(client, files), 422, "invalid-study", "mask")["detail"]
+
+
+def _series(volume: Volume, field: str, **kwargs) -> list:  # type: ignore[no-untyped-def]
+    modality = "PT" if field.startswith("pet") else "CT"
+    files = dicom_files(volume, modality=modality, **kwargs)
+    return [(field, (f"{field}{n}.dcm", d, "application/dicom")) for n, d in enumerate(files)]
+
+
+def test_images_of_two_patients_are_refused(client) -> None:  # type: ignore[no-untyped-def]
+    frame = "1.2.3.4.5"  # one frame of reference: only the patient differs
+    ct = _series(ct_volume(), "ct", frame_of_reference_uid=frame, extra={"PatientID": "A"})
+    pet = _series(pet_volume(), "pet_fdg", frame_of_reference_uid=frame, extra={"PatientID": "B"})
+    body = assert_problem(_post(client, ct + pet), 422, "invalid-study", "pet_fdg")
+    assert "another patient" in body["detail"] and "'A'" not in body["detail"]  # IDs are not echoed
+    study = zip_bytes({f"s/{name}": data for _, (name, data, _) in ct + pet})
+    response = _post(client, [("study", ("s.zip", study, "application/zip"))])
+    assert "2 patients" in assert_problem(response, 422, "invalid-study", "study")["detail"]
+
+
+def test_images_of_two_examinations_of_one_patient_are_said(client) -> None:  # type: ignore[no-untyped-def]
+    common = {"frame_of_reference_uid": "1.2.3.4.6", "extra": {"PatientID": "A"}}
+    ct = _series(ct_volume(), "ct", study_uid="1.2.3.7", **common)
+    pet = _series(pet_volume(), "pet_fdg", study_uid="1.2.3.8", **common)
+    response = _post(client, ct + pet)
+    assert response.status_code == 200, response.text
+    assert any(w.startswith("pet_fdg: from another study") for w in response.json()["warnings"])
 
 
 def test_another_frame_of_reference_is_said(client) -> None:  # type: ignore[no-untyped-def]

@@ -248,8 +248,8 @@ def test_ct_warnings_flag_low_dose_and_a_missing_liver(hcc_case) -> None:  # typ
 
 
 def test_ct_warnings_flag_values_that_are_not_hounsfield_units(hcc_case) -> None:  # type: ignore[no-untyped-def]
-    """Stored values without the -1024 intercept (air at 0, soft tissue near 1050) and values
-    beyond any CT range are flagged; the same scan in HU is not."""
+    """Stored values without the -1024 intercept (air at 0, soft tissue near 1050), values
+    beyond any CT range and values spanning a few units are flagged; the same scan in HU is not."""
     ct = Volume(hcc_case.volumes["ct"], hcc_case.affines["ct"])
     task = get_task("hcc")
 
@@ -263,6 +263,10 @@ def test_ct_warnings_flag_values_that_are_not_hounsfield_units(hcc_case) -> None
     assert units(ct.array) == []
     assert any("rescale intercept" in w for w in units(ct.array + 1024.0))
     assert any("beyond any CT range" in w for w in units(np.where(ct.array > 500, 1e6, ct.array)))
+    # A binary mask or a z-scored image sent as the CT: its values span a few units at most.
+    assert any("not Hounsfield units" in w for w in units((ct.array > 0).astype(np.float32)))
+    z_scored = (ct.array - ct.array.mean()) / ct.array.std()
+    assert any("not Hounsfield units" in w for w in units(z_scored.astype(np.float32)))
 
 
 def test_pet_warnings_flag_values_far_above_any_suv() -> None:

@@ -106,6 +106,15 @@ def _pet_series(tracer: str, units: str = "BQML", corrected: tuple[str, ...] = (
     return dicom_files(pet, modality="PT", rescale_intercept=0.0, extra=extra)
 
 
+def test_a_pet_of_the_other_tracer_than_its_field_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+    """The radiopharmaceutical tags say which PET it is: an FDG PET sent as `pet_act` would be
+    graded as acetate uptake."""
+    ct = [("ct", ("ct.nii.gz", nifti_bytes(ct_volume()), NII))]
+    fdg = [("pet_act", (f"{n}.dcm", d, "application/dicom")) for n, d in enumerate(_pet_series("FDG"))]
+    body = assert_problem(_post(client, "hcc", ct + fdg), 422, "modality-mismatch", "pet_act")
+    assert "'pet_fdg'" in body["detail"]
+
+
 def test_study_zip_skips_pet_without_attenuation_correction(client) -> None:  # type: ignore[no-untyped-def]
     """PET/CT studies hold a non-attenuation-corrected copy of each PET, as many slices as the
     corrected one: its values are not quantitative, so the corrected series is taken."""

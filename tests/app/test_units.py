@@ -8,8 +8,10 @@ import time
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
 
 from app.errors import BusyError, UnknownIdError
 from app.ingest.assign import ct_phase_rank, guess_modality
@@ -79,6 +81,17 @@ def _pet(tracer: str) -> Dataset:
         ("MR", "t1_mprage", "", "t1"),
         ("MR", "T2 TSE", "", "t2"),
         ("MR", "T2 FLAIR", "", "flair"),
+        # Named before contrast, not after: "contrast" alone would read as post-contrast.
+        ("MR", "T1 pre-contrast", "", "t1"),
+        ("MR", "T1 without contrast", "", "t1"),
+        ("MR", "AX T1 PRE GD", "", "t1"),
+        ("MR", "T1 post-op", "", "t1"),
+        ("MR", "T1 FLAIR AX", "", "t1"),
+        # Not structural sequences, whatever T1 or T2 they name.
+        ("MR", "T2* GRE", "", None),
+        ("MR", "DWI b1000", "", None),
+        ("MR", "T1 perfusion DSC", "", None),
+        ("MR", "T2 mapping", "", None),
         ("SR", "", "", None),
     ],
 )
@@ -95,6 +108,8 @@ def test_guess_modality(modality, description, tracer, expected) -> None:  # typ
     [
         ("ABD PORTAL VENOUS 5mm", 2),
         ("Liver PV phase", 2),
+        ("Venous phase", 2),
+        ("Delayed venous", 0),
         ("ABDOMEN 70s", 2),
         ("ARTERIAL PHASE", 0),
         ("Delayed 3 min", 0),
@@ -124,3 +139,25 @@ def test_suv_factor_decay_and_missing_tags() -> None:
     del ds.PatientWeight
     factor, note = suv_factor(ds)
     assert factor is None and "NOT converted" in note
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "reason"),
+    [
+        ("PatientWeight", "70kg", "malformed"),
+        ("PatientWeight", "NaN", "malformed"),
+        ("RadionuclideTotalDose", "-1", "malformed"),
+        ("RadionuclideHalfLife", "1", "half-lives"),  # an hour of decay over a 1 s half-life
+    ],
+)
+def test_suv_factor_refuses_header_values_no_scan_has(keyword: str, value: str, reason: str) -> None:
+    ds = _pet("FDG")
+    ds.Units, ds.PatientWeight, ds.SeriesTime = "BQML", 70, "110000"
+    item = ds.RadiopharmaceuticalInformationSequence[0]
+    item.RadionuclideTotalDose, item.RadionuclideHalfLife = 370e6, 6586.2
+    item.RadiopharmaceuticalStartTime = "100000"
+    target = ds if keyword == "PatientWeight" else item
+    tag = Tag(keyword)  # as a sender wrote it: pydicom converts it only when read
+    target[tag] = RawDataElement(tag, "DS", len(value), value.encode(), 0, True, True)
+    factor, note = suv_factor(ds)
+    assert factor is None and reason in note and "NOT converted" in note

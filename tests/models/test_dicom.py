@@ -11,6 +11,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import generate_uid
 
 from models.contract import ContractError, Volume
 from models.dicom import DicomGeometryError, series_from_volume, volume_from_series
@@ -103,8 +104,18 @@ def test_mismatched_matrix_is_refused() -> None:
 def test_duplicate_position_is_refused() -> None:
     datasets = series_from_volume(_volume())
     datasets.append(copy.deepcopy(datasets[0]))
+    datasets[-1].SOPInstanceUID = generate_uid()  # a second acquisition at the same place
     with pytest.raises(DicomGeometryError, match="share one position"):
         volume_from_series(datasets)
+
+
+def test_instances_sharing_one_sop_instance_uid_are_refused() -> None:
+    datasets = series_from_volume(_volume())
+    for ds in datasets:
+        ds.SOPInstanceUID = datasets[0].SOPInstanceUID  # each slice elsewhere, one identity
+    with pytest.raises(DicomGeometryError, match="share one SOPInstanceUID") as info:
+        volume_from_series(datasets)
+    assert info.value.field == "SOPInstanceUID"
 
 
 @pytest.mark.parametrize(
@@ -205,3 +216,20 @@ def test_multiframe_without_functional_groups_is_refused() -> None:
     del ds.PerFrameFunctionalGroupsSequence
     with pytest.raises(DicomGeometryError, match="not an enhanced image"):
         volume_from_series([ds])
+
+
+@pytest.mark.parametrize("claimed", [3, 10**8], ids=["fewer", "a billion-pixel claim"])
+def test_multiframe_counting_other_frames_than_it_describes_is_refused(claimed: int) -> None:
+    ds = _enhanced(_volume())  # 6 frames, each with its position
+    ds.NumberOfFrames = claimed
+    with pytest.raises(DicomGeometryError, match="per-frame functional groups") as info:
+        volume_from_series([ds])
+    assert info.value.field == "NumberOfFrames"
+
+
+def test_multiframe_pixel_data_holding_more_frames_than_counted_is_refused() -> None:
+    ds = _enhanced(_volume())
+    ds.PixelData = ds.PixelData * 2  # 12 frames of pixels for 6 described
+    with pytest.raises(DicomGeometryError, match="the file is inconsistent") as info:
+        volume_from_series([ds])
+    assert info.value.field == "PixelData"
