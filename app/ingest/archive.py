@@ -8,9 +8,11 @@ lies about its size.
 from __future__ import annotations
 
 import io
+import lzma
 import re
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,6 +21,17 @@ from app.errors import TooManyFilesError, UnsafeArchiveError, UnsupportedMediaEr
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Ratios are only judged on members big enough for a ratio to mean something.
 _RATIO_MIN_BYTES = 1 << 20
+# What reading a damaged member raises: zipfile's own errors, and the decompressors' (a corrupt
+# deflate stream raises zlib.error, a short one EOFError, a corrupt LZMA one LZMAError).
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    NotImplementedError,
+    RuntimeError,
+    OSError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+)
 
 
 @dataclass(frozen=True)
@@ -86,9 +99,11 @@ def iter_members(data: bytes, limits: ZipLimits, field: str) -> Iterator[tuple[s
                 with zf.open(info) as member:
                     # Bounded read: a member may lie about its size in the directory.
                     content = member.read(min(info.file_size, budget) + 1)
-            except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError) as exc:
+            except _READ_ERRORS as exc:
                 raise UnsupportedMediaError(
-                    f"archive member {info.filename!r} cannot be read ({exc})", field=field
+                    f"archive member {info.filename!r} cannot be read ({exc}); re-create the zip "
+                    "from the original files",
+                    field=field,
                 ) from None
             if len(content) > info.file_size:
                 raise ZipBombError(f"member {info.filename!r} expands beyond its declared size", field=field)
