@@ -18,6 +18,7 @@ import pydicom
 import torch
 from pydicom.sr.codedict import codes
 
+from app.explain.dicom_out import PATIENT_STUDY_TYPE2
 from app.settings import Settings
 from models.contract import Volume
 from models.registry import create_model
@@ -66,20 +67,6 @@ def random_checkpoint(architecture: str, task: str, seed: int = 0, **model_kwarg
     return {"model": architecture, "model_kwargs": kwargs, "task": task, "state_dict": model.state_dict()}
 
 
-# Patient and study attributes a SEG copies from its source images (type 2: may be empty).
-_SEG_COPIED = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
-)
-
-
 def seg_bytes(
     sources: list[pydicom.Dataset],
     labels: Volume,
@@ -96,7 +83,7 @@ def seg_bytes(
     """
     sources = [copy.deepcopy(ds) for ds in sources]
     for ds in sources:
-        for keyword in _SEG_COPIED:
+        for keyword in PATIENT_STUDY_TYPE2:  # a SEG copies them from its sources
             ds.setdefault(keyword, "")
     frames = []
     for ds in sources:

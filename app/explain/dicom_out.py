@@ -52,7 +52,7 @@ _STANDARD_CLASS_CODES: dict[str, Code] = {
 _PROCEDURES = {"CT": codes.LN.CTUnspecifiedBodyRegion, "MR": codes.LN.MRIUnspecifiedBodyRegion}
 
 # Type 2 attributes highdicom copies from the source; empty when the source lacks them.
-_TYPE2 = (
+PATIENT_STUDY_TYPE2 = (
     "PatientID",
     "PatientName",
     "PatientBirthDate",
@@ -84,7 +84,7 @@ class Provenance:
 
 
 def _complete(ds: Dataset) -> Dataset:
-    for keyword in _TYPE2:
+    for keyword in PATIENT_STUDY_TYPE2:
         if keyword not in ds:
             setattr(ds, keyword, "")
     return ds

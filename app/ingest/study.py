@@ -85,6 +85,27 @@ class SeriesSource:
     # Headers without pixel data, in the volume's slice (k) order: for DICOM outputs.
     headers: list[Dataset] = field(default_factory=list)
 
+    @classmethod
+    def of_dicom(
+        cls, modality: str, reason: str, first: Dataset, instances: int, headers: list[Dataset] | None = None
+    ) -> SeriesSource:
+        """A DICOM series' source, its identifiers read from one of its instances (`first`)."""
+
+        def uid(keyword: str) -> str | None:
+            return str(first.get(keyword, "") or "") or None
+
+        return cls(
+            modality=modality,
+            kind="dicom",
+            reason=reason,
+            series_uid=uid("SeriesInstanceUID"),
+            study_uid=uid("StudyInstanceUID"),
+            frame_of_reference_uid=uid("FrameOfReferenceUID"),
+            patient_id=_patient_id(first),
+            instances=instances,
+            headers=headers or [],
+        )
+
 
 @dataclass
 class Study:
@@ -231,16 +252,8 @@ def _volume_from_dicom(
         if warning:
             study.warnings.append(f"{modality}: {warning}")
     study.volumes[modality] = volume
-    study.sources[modality] = SeriesSource(
-        modality=modality,
-        kind="dicom",
-        reason=reason,
-        series_uid=str(first.get("SeriesInstanceUID", "")) or None,
-        study_uid=str(first.get("StudyInstanceUID", "")) or None,
-        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")) or None,
-        patient_id=_patient_id(first),
-        instances=len(datasets),
-        headers=_sorted_headers(datasets),
+    study.sources[modality] = SeriesSource.of_dicom(
+        modality, reason, first, len(datasets), _sorted_headers(datasets)
     )
 
 
@@ -409,7 +422,10 @@ def _mask_from_study(segs: Sequence[Dataset], study: Study, task: TaskSpec, limi
         if not _overlaps_reference(mask, study, task):
             study.ignored.append({"series_uid": uid, "reason": "a SEG whose segments lie outside the image"})
             continue
-        study.mask, study.mask_source = mask, _seg_source(ds, f"the study's DICOM SEG, {describe(ds)}")
+        study.mask, study.mask_source = (
+            mask,
+            SeriesSource.of_dicom(MASK_FIELD, f"the study's DICOM SEG, {describe(ds)}", ds, 1),
+        )
 
 
 def _read_mask(uploads: Sequence[Upload], limits: IngestLimits) -> tuple[Volume, SeriesSource]:
@@ -432,21 +448,9 @@ def _read_mask(uploads: Sequence[Upload], limits: IngestLimits) -> tuple[Volume,
             field=MASK_FIELD,
         )
     mask = label_map_from_seg(segs[0], MASK_FIELD, limits.max_image_bytes)
-    source = _seg_source(segs[0], f"sent as field {MASK_FIELD!r}, DICOM SEG, {describe(segs[0])}")
+    reason = f"sent as field {MASK_FIELD!r}, DICOM SEG, {describe(segs[0])}"
+    source = SeriesSource.of_dicom(MASK_FIELD, reason, segs[0], 1)
     return _checked_labels(mask, MASK_FIELD), source
-
-
-def _seg_source(ds: Dataset, reason: str) -> SeriesSource:
-    return SeriesSource(
-        modality=MASK_FIELD,
-        kind="dicom",
-        reason=reason,
-        series_uid=str(ds.get("SeriesInstanceUID", "")) or None,
-        study_uid=str(ds.get("StudyInstanceUID", "")) or None,
-        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")) or None,
-        patient_id=_patient_id(ds),
-        instances=1,
-    )
 
 
 def _checked_labels(mask: Volume, field_name: str) -> Volume:
