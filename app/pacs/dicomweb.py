@@ -25,6 +25,7 @@ from app.errors import (
     PacsUnreachableError,
     StudyNotFoundError,
 )
+from app.explain.dicom_out import MANUFACTURER
 from app.settings import Settings
 
 log = logging.getLogger("app.pacs")
@@ -33,7 +34,7 @@ log = logging.getLogger("app.pacs")
 # (`app.ingest.seg`); others (SR, captures, parametric maps) are not fetched.
 IMAGE_MODALITIES = frozenset({"CT", "PT", "MR"})
 FETCHED_MODALITIES = IMAGE_MODALITIES | {"SEG"}
-_SERIES_UID, _MODALITY = "0020000E", "00080060"
+_SERIES_UID, _MODALITY, _MANUFACTURER = "0020000E", "00080060", "00080070"
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,18 @@ class SeriesRef:
 
     series_uid: str
     modality: str
+    manufacturer: str = ""
 
 
 def _value(attributes: dict, tag: str) -> str:
     values = attributes.get(tag, {}).get("Value") or [""]
     return str(values[0])
+
+
+def _may_be_input(series: SeriesRef) -> bool:
+    """An image, or a SEG that may be the study's mask: not one of this service's results
+    (a SEG of regions per stored prediction; each would be fetched only to be ignored)."""
+    return series.modality in FETCHED_MODALITIES and series.manufacturer != MANUFACTURER
 
 
 class PacsClient:
@@ -93,13 +101,16 @@ class PacsClient:
     def find_series(self, study_uid: str) -> list[SeriesRef]:
         """Every series of a study (QIDO-RS); `StudyNotFoundError` when there is none."""
         with self._problems(f"searching study {study_uid}", "study_uid"):
-            found = self._client.search_for_series(study_instance_uid=study_uid)
+            found = self._client.search_for_series(study_instance_uid=study_uid, fields=["Manufacturer"])
         if not found:
             raise StudyNotFoundError(
                 f"the PACS at {self.url} has no study {study_uid!r}; check the Study Instance UID",
                 field="study_uid",
             )
-        return [SeriesRef(_value(item, _SERIES_UID), _value(item, _MODALITY).upper()) for item in found]
+        return [
+            SeriesRef(_value(item, _SERIES_UID), _value(item, _MODALITY).upper(), _value(item, _MANUFACTURER))
+            for item in found
+        ]
 
     def fetch_study(self, study_uid: str, series_uids: Sequence[str] = ()) -> list[Dataset]:
         """The instances of the study's image and SEG series, or of `series_uids` only (WADO-RS)."""
@@ -111,7 +122,7 @@ class PacsClient:
                 f"study {study_uid!r} has no series {unknown[0]!r} ({len(known)} series found)",
                 field="series_uids",
             )
-        wanted = list(series_uids) or [s.series_uid for s in available if s.modality in FETCHED_MODALITIES]
+        wanted = list(series_uids) or [s.series_uid for s in available if _may_be_input(s)]
         if not series_uids and not any(s.modality in IMAGE_MODALITIES for s in available):
             modalities = sorted({s.modality for s in available})
             raise StudyNotFoundError(
