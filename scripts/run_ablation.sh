@@ -7,6 +7,9 @@
 #   GRID=lesion JUDGE_CASES=300 bash scripts/run_ablation.sh  (and judged again on 300 fresh cases)
 #   GRID=lesion CASES=500 JUDGE_CASES=300 bash scripts/run_ablation.sh  (a larger cohort: its own
 #     cohort, teachers and report folder, reports/ablation-hcc-lesion-500)
+#   ... VARIANT=ct_half ...  (the recipe of configs/ablation/hcc_lesion_student_ct_half.yaml;
+#     report folder suffixed -ct-half)
+#   ... JUDGE_SEED=9 ...  (judged on another fresh cohort: judge-300-s9, judged-300-s9)
 # On CPU it runs one ablation process per core (they share the runs out; the last to finish
 # writes the table). Everything is SYNTHETIC data.
 set -euo pipefail
@@ -25,7 +28,10 @@ JOBS=${JOBS:-$(nproc)}
 SUFFIX="" RUN=""
 [ "$GRID" = whole ] || { SUFFIX="_$GRID"; RUN="$GRID-"; }
 C=${CASES:+-$CASES}
-OUT=${OUT:-reports/ablation-$TASK${SUFFIX/_/-}$C}
+VARIANT=${VARIANT:-}
+V=${VARIANT:+-${VARIANT//_/-}}
+OUT=${OUT:-reports/ablation-$TASK${SUFFIX/_/-}$C$V}
+CONFIG="configs/ablation/${TASK}${SUFFIX}_student${VARIANT:+_$VARIANT}.yaml"
 T="$WORK/teachers$SUFFIX$C"
 
 teacher() {  # teacher CONFIG NAME DATA: train it unless its checkpoint is there
@@ -53,7 +59,7 @@ brats)  # the demo's cohort and grid; BraTS has no external cohort and no dose s
 esac
 
 ablation() {
-  $BIN/reactkd ablation --task "$TASK" --config "configs/ablation/${TASK}${SUFFIX}_student.yaml" \
+  $BIN/reactkd ablation --task "$TASK" --config "$CONFIG" \
     --data "$DATA" "${EXTRA[@]}" --seeds 0 1 2 --out "$OUT" --teachers "${TEACHERS[@]}"
 }
 for _ in $(seq "$JOBS"); do
@@ -66,14 +72,18 @@ wait
 ablation
 
 # JUDGE_CASES=300 (HCC): judge the same networks again on a fresh cohort from the generator
-# (seed SEED+1: every labelled case, and a fresh external cohort of JUDGE_CASES/2.5 cases),
-# training nothing: $OUT/judged-$JUDGE_CASES. Thirty test cases judge noisily.
+# (seed JUDGE_SEED, SEED+1 by default: every labelled case, and a fresh external cohort of
+# JUDGE_CASES/2.5 cases), training nothing: $OUT/judged-$JUDGE_CASES. Thirty test cases
+# judge noisily, and one fresh cohort differs from another by more than the seeds do.
 if [ -n "${JUDGE_CASES:-}" ] && [ "$TASK" = hcc ]; then
-  J="$WORK/judge-$JUDGE_CASES"
-  [ -f "$J/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$J/hcc" --cases "$JUDGE_CASES" --seed $((SEED + 1))
+  JUDGE_SEED=${JUDGE_SEED:-$((SEED + 1))}
+  S=""
+  [ "$JUDGE_SEED" = $((SEED + 1)) ] || S="-s$JUDGE_SEED"
+  J="$WORK/judge-$JUDGE_CASES$S"
+  [ -f "$J/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$J/hcc" --cases "$JUDGE_CASES" --seed "$JUDGE_SEED"
   [ -f "$J/hcc_ext/manifest.csv" ] ||
-    $BIN/reactkd synth hcc --out "$J/hcc_ext" --cases $((JUDGE_CASES * 2 / 5)) --seed $((SEED + 1)) --external
-  $BIN/reactkd ablation --task "$TASK" --config "configs/ablation/${TASK}${SUFFIX}_student.yaml" \
+    $BIN/reactkd synth hcc --out "$J/hcc_ext" --cases $((JUDGE_CASES * 2 / 5)) --seed "$JUDGE_SEED" --external
+  $BIN/reactkd ablation --task "$TASK" --config "$CONFIG" \
     --data "$DATA" --external "$J/hcc_ext/manifest.csv" --test-data "$J/hcc/manifest.csv" \
-    --trained-runs "$OUT/runs" --seeds 0 1 2 --out "$OUT/judged-$JUDGE_CASES" --teachers "${TEACHERS[@]}"
+    --trained-runs "$OUT/runs" --seeds 0 1 2 --out "$OUT/judged-$JUDGE_CASES$S" --teachers "${TEACHERS[@]}"
 fi
