@@ -96,7 +96,7 @@ class TaskSpec:
         return subsets
 
     def subset_named(self, name: str) -> tuple[str, ...]:
-        """'ct+fdg' (any order) -> the allowed subset ('ct', 'fdg') in channel order, or ValueError."""
+        """'pet_fdg+ct' (any order) -> the allowed subset ('ct', 'pet_fdg'), in channel order."""
         given = {part.strip() for part in name.split("+")}
         if not self.is_allowed(given):
             allowed = ["+".join(s) for s in self.allowed_subsets()]

@@ -82,7 +82,7 @@ class TrainConfig(BaseModel):
     rgd_regions: Literal["masks", "supervoxels"] = "masks"
     modality_dropout: float = Field(0.5, ge=0, le=1)
     # Relative weights of the allowed subsets modality dropout draws from, by name ("ct",
-    # "ct+fdg"); a subset not named weighs 1. {"ct": 3} gives HCC's CT alone half the draws.
+    # "ct+pet_fdg"); a subset not named weighs 1. {"ct": 3} gives HCC's CT alone half the draws.
     modality_dropout_weights: dict[str, float] = Field(default_factory=dict)
     # Which modalities the student is ever given (None: all the case has); the teachers
     # always see everything. ["ct"] makes the CT-only student of the ablation's first steps.
