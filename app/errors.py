@@ -122,6 +122,10 @@ class StorageError(ProblemError):
     slug, title, status = "storage-unavailable", "Prediction could not be stored", 507
 
 
+class BodyTimeoutError(ProblemError):
+    slug, title, status = "body-timeout", "Request body stalled", 408
+
+
 class TimeoutProblem(ProblemError):
     slug, title, status = "timeout", "Request took too long", 504
 

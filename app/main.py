@@ -139,8 +139,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_error_handler(app)
+    # Added first, so innermost: its errors reach the route as they are. Outside `_observe`
+    # (a BaseHTTPMiddleware, which reads the body in a task group) they arrived wrapped in an
+    # ExceptionGroup and were answered 500.
+    app.add_middleware(
+        BodyLimitMiddleware, limit=settings.max_upload_bytes, idle_s=settings.body_idle_timeout_s
+    )
     _observe(app)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
     if settings.allow_cors:
         app.add_middleware(
             CORSMiddleware,

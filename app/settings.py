@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     max_compression_ratio: float = Field(default=200.0, gt=1.0)
     max_concurrent_inferences: int = Field(default=2, gt=0)
     request_timeout_s: float = Field(default=120.0, gt=0)
+    # Longest wait for the next piece of a request body (a stalled or lying client).
+    body_idle_timeout_s: float = Field(default=30.0, gt=0)
     retention_days: float = Field(default=30.0, gt=0)
     retention_interval_s: float = Field(default=3600.0, gt=0)
     intra_op_threads: int = Field(default=1, ge=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from contextlib import aclosing
 
@@ -10,7 +11,13 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import MissingFieldError, TooLargeError, TooManyFilesError, UnsupportedMediaError
+from app.errors import (
+    BodyTimeoutError,
+    MissingFieldError,
+    TooLargeError,
+    TooManyFilesError,
+    UnsupportedMediaError,
+)
 from app.ingest.study import Upload
 
 # Every uploaded file is read into memory whole anyway (`Upload.data`). Starlette spools a
@@ -25,25 +32,41 @@ class _MultiPartParser(MultiPartParser):
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over `limit` bytes: by Content-Length up front, else while streaming."""
+    """Refuse request bodies over `limit` bytes (by Content-Length up front, else while
+    streaming), and bodies that stall: each piece must arrive within `idle_s` seconds, so a
+    client announcing more than it sends cannot hold a worker and its memory forever."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, idle_s: float) -> None:
         self.app = app
         self.limit = limit
+        self.idle_s = idle_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         received = 0
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect, for as long as the response takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_s)
+            except TimeoutError:
+                raise BodyTimeoutError(
+                    f"no part of the request body arrived for {self.idle_s:g} s after {received} "
+                    "bytes; send the whole body (its Content-Length must match it)",
+                    field="body",
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise TooLargeError(f"the upload exceeds {self.limit} bytes", field="body")
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True  # http.disconnect
             return message
 
         await self.app(scope, limited_receive, send)

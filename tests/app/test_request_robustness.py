@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -130,3 +131,64 @@ def test_head_probes(client, path) -> None:  # type: ignore[no-untyped-def]
     response = client.head(path)
     assert response.status_code == 200 and response.content == b""
     assert response.headers["content-type"] == "application/json"
+
+
+def _post_over_asgi(app, headers: list, pieces: list[bytes]) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
+    """POST /v1/predict to the real app over ASGI, the body in `pieces`, then silence (when the
+    last piece says more is coming); TestClient cannot do this, it always sends the whole body."""
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/v1/predict",
+        "raw_path": b"/v1/predict",
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 5000),
+        "headers": headers,
+    }
+    queue = list(pieces)
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if queue:
+            return {"type": "http.request", "body": queue.pop(0), "more_body": True}
+        await asyncio.sleep(3600)  # the rest never comes
+        raise AssertionError("unreachable")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            await asyncio.wait_for(app(scope, receive, send), timeout=30)
+
+    asyncio.run(run())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body)
+
+
+BOUNDARY = "b0undary"
+MULTIPART = (b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode())
+
+
+def test_a_body_that_stalls_is_cut_with_a_408(model_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A client announcing more than it sends held the request open forever; now each piece
+    of the body must come within the idle timeout."""
+    app = create_app(make_settings(model_dir, tmp_path / "store", body_idle_timeout_s=0.2))
+    first = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="task"\r\n\r\nhcc\r\n'.encode()
+    status, body = _post_over_asgi(app, [MULTIPART, (b"content-length", b"100000")], [first])
+    assert status == 408 and body["type"].endswith("/body-timeout") and body["field"] == "body"
+    assert "0.2 s" in body["detail"]
+
+
+def test_a_streamed_body_over_the_limit_is_a_413(model_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Without a Content-Length (chunked) the size is counted as the body streams in: that
+    refusal used to reach the client as a 500 (raised inside the logging middleware)."""
+    app = create_app(make_settings(model_dir, tmp_path / "store", max_upload_bytes=1000))
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="ct"; filename="ct.nii"\r\n\r\n'.encode()
+    status, body = _post_over_asgi(app, [MULTIPART], [head + b"x" * 600, b"x" * 600])
+    assert status == 413 and body["type"].endswith("/too-large") and body["field"] == "body"
