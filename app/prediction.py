@@ -122,7 +122,7 @@ def build_outcome(
                     instances=s.instances,
                     filename=s.filename,
                 )
-                for s in [*study.sources.values(), *([study.mask_source] if study.mask_source else [])]
+                for s in study.all_sources
             ],
             ignored=study.ignored,
         ),

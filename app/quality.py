@@ -182,13 +182,13 @@ def _sample(volume: Volume, voxels: int = 200_000) -> np.ndarray:
 def hounsfield_warning(volume: Volume) -> str | None:
     """A warning when CT values do not look like Hounsfield units (see the module notes)."""
     sample = _sample(volume)
-    low, high = np.percentile(sample, [0.5, 75.0])
+    low, high, top = np.percentile(sample, [0.5, 75.0, 99.5])
     peak = float(sample.max())  # not the minimum: padding outside the scan circle can be -32768
     if peak > MAX_CT_HU:
         return (
             f"values reach {peak:.3g}, beyond any CT range in Hounsfield units; the prediction is unreliable"
         )
-    spread = float(np.subtract(*np.percentile(sample, [99.5, 0.5])))
+    spread = float(top - low)
     if spread < MIN_CT_SPREAD_HU:
         return (
             f"the values span {spread:.3g} (0.5th to 99.5th percentile): any CT holds tens of HU of "

@@ -121,6 +121,11 @@ class Study:
         return next((s.study_uid for s in self.sources.values() if s.study_uid), None)
 
     @property
+    def all_sources(self) -> list[SeriesSource]:
+        """Where every input came from: the modalities', then the mask's."""
+        return [*self.sources.values(), *([self.mask_source] if self.mask_source else [])]
+
+    @property
     def series_uids(self) -> dict[str, str]:
         return {m: s.series_uid for m, s in self.sources.items() if s.series_uid}
 
@@ -513,11 +518,10 @@ def _patient_id(ds: Dataset) -> str | None:
 def _check_one_patient(study: Study) -> None:
     """Refuse images of two patients graded as one (the IDs are not echoed: they identify);
     warn about images of two examinations of one patient (another day, another disease)."""
-    sources = [*study.sources.values(), *([study.mask_source] if study.mask_source else [])]
-    first = next((s for s in sources if s.patient_id), None)
+    first = next((s for s in study.all_sources if s.patient_id), None)
     if first is None:
         return
-    for source in sources:
+    for source in study.all_sources:
         if source.patient_id and source.patient_id != first.patient_id:
             raise InvalidStudyError(
                 f"{source.modality} is of another patient than {first.modality} (PatientID differs); "

@@ -52,8 +52,9 @@ class BodyLimitMiddleware:
             nonlocal received, body_done
             if body_done:  # later receives wait for a disconnect, for as long as the response takes
                 return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), self.idle_s)
+            try:  # a deadline, not a task per chunk (`wait_for` would start one)
+                async with asyncio.timeout(self.idle_s):
+                    message = await receive()
             except TimeoutError:
                 raise BodyTimeoutError(
                     f"no part of the request body arrived for {self.idle_s:g} s after {received} "

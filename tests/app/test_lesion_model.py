@@ -128,6 +128,13 @@ def series_files(datasets: list[pydicom.Dataset]) -> list:
     return [("ct", (f"{n}.dcm", dicom_bytes(ds), "application/dicom")) for n, ds in enumerate(datasets)]
 
 
+def study_zip(series: list[pydicom.Dataset], **extra: bytes) -> list:
+    """The series and `extra` members (name -> bytes) as the `study` field's zip."""
+    members = {f"s/{n}.dcm": dicom_bytes(ds) for n, ds in enumerate(series)}
+    members |= {f"s/{name}.dcm": data for name, data in extra.items()}
+    return [("study", ("study.zip", zip_bytes(members), "application/zip"))]
+
+
 def predict(client: TestClient, sent: list) -> dict:
     response = client.post("/v1/predict", data={"task": "hcc"}, files=sent)
     assert response.status_code == 200, response.text
@@ -155,8 +162,7 @@ def test_a_dicom_seg_mask_grades_what_the_same_nifti_label_map_grades(
     prediction = predict(
         lesion_client, [*series_files(series), ("mask", ("seg.dcm", seg, "application/dicom"))]
     )
-    for name, p in with_nifti["probabilities"].items():
-        assert prediction["probabilities"][name] == pytest.approx(p, abs=1e-5)
+    assert prediction["probabilities"] == pytest.approx(with_nifti["probabilities"], abs=1e-5)
     (source,) = [a for a in prediction["study"]["assignments"] if a["modality"] == "mask"]
     assert source["kind"] == "dicom" and "1 Liver, 2 Lesion" in source["reason"]
     graph = lesion_client.get(f"/v1/explain/{prediction['id']}/graph").json()
@@ -169,13 +175,8 @@ def test_a_seg_in_the_study_is_its_mask_and_the_services_own_seg_is_not(
     _, series, mask, with_nifti = seg_case
     drawn = seg_bytes(series, mask)
     ours = seg_bytes(series, mask, names=("Region 1", "Region 2"), manufacturer=MANUFACTURER)
-    members = {f"s/{n}.dcm": dicom_bytes(ds) for n, ds in enumerate(series)} | {
-        "s/drawn.dcm": drawn,
-        "s/ours.dcm": ours,
-    }
-    prediction = predict(lesion_client, [("study", ("study.zip", zip_bytes(members), "application/zip"))])
-    for name, p in with_nifti["probabilities"].items():
-        assert prediction["probabilities"][name] == pytest.approx(p, abs=1e-5)
+    prediction = predict(lesion_client, study_zip(series, drawn=drawn, ours=ours))
+    assert prediction["probabilities"] == pytest.approx(with_nifti["probabilities"], abs=1e-5)
     (source,) = [a for a in prediction["study"]["assignments"] if a["modality"] == "mask"]
     assert source["series_uid"] == pydicom.dcmread(io.BytesIO(drawn)).SeriesInstanceUID
     reasons = [i["reason"] for i in prediction["study"]["ignored"]]
@@ -188,11 +189,8 @@ def test_a_seg_of_another_frame_of_reference_is_not_the_mask(
     _, series, mask, _ = seg_case
     seg = pydicom.dcmread(io.BytesIO(seg_bytes(series, mask)))
     seg.FrameOfReferenceUID = generate_uid()
-    members = {f"s/{n}.dcm": dicom_bytes(ds) for n, ds in enumerate(series)} | {"s/seg.dcm": dicom_bytes(seg)}
     response = lesion_client.post(
-        "/v1/predict",
-        data={"task": "hcc"},
-        files=[("study", ("study.zip", zip_bytes(members), "application/zip"))],
+        "/v1/predict", data={"task": "hcc"}, files=study_zip(series, seg=dicom_bytes(seg))
     )
     body = assert_problem(response, 422, "missing-field", "mask")
     assert "DICOM SEG" in body["detail"]
@@ -219,9 +217,9 @@ def test_a_newer_seg_that_is_no_mask_is_passed_over_for_an_older_one(
     unplaced = pydicom.dcmread(io.BytesIO(seg_bytes(series, mask)))
     del unplaced.PerFrameFunctionalGroupsSequence
     unplaced.ContentDate = "20991231"  # the newest SEG of the study, and unreadable
-    members = {f"s/{n}.dcm": dicom_bytes(ds) for n, ds in enumerate(series)}
-    members |= {"s/new.dcm": dicom_bytes(unplaced), "s/old.dcm": seg_bytes(series, mask)}
-    prediction = predict(lesion_client, [("study", ("study.zip", zip_bytes(members), "application/zip"))])
+    prediction = predict(
+        lesion_client, study_zip(series, new=dicom_bytes(unplaced), old=seg_bytes(series, mask))
+    )
     assert prediction["probabilities"] == pytest.approx(with_nifti["probabilities"], abs=1e-5)
     (ignored,) = prediction["study"]["ignored"]
     assert ignored["series_uid"] == unplaced.SeriesInstanceUID and "no mask" in ignored["reason"]
