@@ -24,7 +24,10 @@ kept in its folder and not redone, so an interrupted ablation continues where it
 the same command started in several processes shares the runs out (one per core is fastest
 on CPU: `OMP_NUM_THREADS=1`), and the last to finish writes the complete table.
 The table (`ablation.md`, `ablation.json`) gives mean and standard deviation over seeds, the
-teachers' reference AUCs, and checks the targets of the method stated in issue #6.
+teachers' reference AUCs, and checks the targets of the method stated in issue #6. Each run
+keeps its probabilities (`predictions.npz`), so the table also gives every step's gain over
+scratch with a paired bootstrap interval over the test cases: the seeds' spread says how much
+training varies, the interval how much the test set's own sampling does.
 
 A small test split judges noisily. `--test-data M.csv --trained-runs OLD/runs --out NEW`
 judges the finished networks of an earlier ablation again, on every labelled case of a
@@ -51,12 +54,14 @@ from models.tasks import TaskSpec
 from training.config import TrainConfig, load_config
 from training.data.dataset import prepare_case
 from training.data.readers import CaseRecord, load_case, read_records
-from training.metrics import macro_auc
+from training.metrics import macro_auc, paired_auc_gain_ci
 
 log = logging.getLogger(__name__)
 
 # The parts of the method, in the order the ladder adds them.
 PARTS = ("kd", "rgd", "cbam3d", "modality_dropout", "dose")
+# A judged run's class probabilities and labels, beside its result.json.
+PREDICTIONS = "predictions.npz"
 
 
 @dataclass(frozen=True)
@@ -106,15 +111,24 @@ class Cohort:
 
 
 def prepare_internal(records: Sequence[CaseRecord], task: TaskSpec) -> Cohort:
-    """The test cases under every allowed modality subset, prepared once for every run."""
+    """The test cases under every allowed modality subset, prepared once for every run.
+
+    Each case is prepared as it is read, so only the small grids are held (a thousand
+    full-size volumes would not fit in memory)."""
+    subsets = {"+".join(subset): subset for subset in task.allowed_subsets()}
+    grids: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {key: [] for key in subsets}
+    labels = []
+    for record in tqdm(records, desc="internal test cases", leave=False):
+        case = load_case(record)
+        labels.append(case.label)
+        for key, subset in subsets.items():
+            prepared = prepare_case(case, task, subset)
+            grids[key].append((prepared.image, prepared.present))
     cohort = Cohort({}, {}, {})
-    cases = [load_case(r) for r in tqdm(records, desc="internal test cases", leave=False)]
-    for subset in task.allowed_subsets():
-        key = "+".join(subset)
-        prepared = [prepare_case(c, task, subset) for c in cases]
-        cohort.images[key] = np.stack([p.image for p in prepared])
-        cohort.presents[key] = np.stack([p.present for p in prepared])
-        cohort.labels[key] = np.asarray([c.label for c in cases], dtype=np.int64)
+    for key, pairs in grids.items():
+        cohort.images[key] = np.stack([image for image, _ in pairs])
+        cohort.presents[key] = np.stack([present for _, present in pairs])
+        cohort.labels[key] = np.asarray(labels, dtype=np.int64)
     return cohort
 
 
@@ -135,17 +149,33 @@ def prepare_external(records: Sequence[CaseRecord], task: TaskSpec) -> Cohort:
     return cohort
 
 
-def judge(checkpoint: Path, internal: Cohort, external: Cohort | None) -> dict[str, Any]:
-    """A run's result: its macro AUC in every setting of both cohorts, and its selected epoch."""
-    return {
-        "internal": cohort_aucs(checkpoint, internal),
-        "external": cohort_aucs(checkpoint, external) if external else {},
-        "best_epoch": torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"],
-    }
+def judge(checkpoint: Path, internal: Cohort, external: Cohort | None, run_dir: Path) -> dict[str, Any]:
+    """A run's result, kept in `run_dir/result.json`: its macro AUC in every setting of both
+    cohorts, and its selected epoch.
+
+    Its probabilities and the labels are kept beside it (`PREDICTIONS`): the table's paired
+    bootstrap of each step's gain over scratch scores every run on the same resampled cases."""
+    result: dict[str, Any] = {}
+    arrays: dict[str, Any] = {}  # (typed Any: numpy stubs read a key as allow_pickle)
+    for where, cohort in (("internal", internal), ("external", external or Cohort({}, {}, {}))):
+        probs = cohort_probs(checkpoint, cohort)
+        result[where] = {key: macro_auc(cohort.labels[key], p) for key, p in probs.items()}
+        for key, p in probs.items():
+            arrays[f"{where}.{key}"] = p.astype(np.float32)
+            arrays[f"labels.{where}.{key}"] = cohort.labels[key]
+    np.savez_compressed(run_dir / PREDICTIONS, **arrays)
+    result["best_epoch"] = torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
-def cohort_aucs(checkpoint: Path, cohort: Cohort, batch: int = 8) -> dict[str, float]:
+def cohort_aucs(checkpoint: Path, cohort: Cohort) -> dict[str, float]:
     """Macro AUC of a checkpoint in each setting of `cohort`."""
+    return {key: macro_auc(cohort.labels[key], p) for key, p in cohort_probs(checkpoint, cohort).items()}
+
+
+def cohort_probs(checkpoint: Path, cohort: Cohort, batch: int = 8) -> dict[str, np.ndarray]:
+    """Class probabilities of a checkpoint for every case, in each setting of `cohort`."""
     model = model_from_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=False)).eval()
     out = {}
     with torch.no_grad():
@@ -157,8 +187,7 @@ def cohort_aucs(checkpoint: Path, cohort: Cohort, batch: int = 8) -> dict[str, f
                 ).logits
                 for i in range(0, len(images), batch)
             ]
-            probs = torch.softmax(torch.cat(logits), dim=1).numpy()
-            out[key] = macro_auc(cohort.labels[key], probs)
+            out[key] = torch.softmax(torch.cat(logits), dim=1).numpy()
     return out
 
 
@@ -225,14 +254,14 @@ def run_ablation(
             finished = Path(trained_runs) / name
             if (finished / "result.json").exists():  # judged again, never trained here
                 run_dir.mkdir(parents=True, exist_ok=True)
-                result_file.write_text(json.dumps(judge(finished / "best.pt", internal, ext), indent=2))
+                judge(finished / "best.pt", internal, ext, run_dir)
         elif not result_file.exists() and claim(run_dir):
             values = {**base, **step_overrides(step, task, base, teachers), "seed": seed, "name": name}
             values["out"] = str(out / "runs")
             # Validated as given: a step's None (no low-dose CT) must override the base's value,
             # which load_config's command-line rule (None = flag not given) would drop.
             best = train(TrainConfig.model_validate(values), resume=True)
-            result_file.write_text(json.dumps(judge(best, internal, ext), indent=2))
+            judge(best, internal, ext, run_dir)
             (run_dir / "last.pt").unlink(missing_ok=True)  # best.pt is kept; the folder stays small
         if result_file.exists():
             entry = results["steps"].setdefault(step.name, {"parts": sorted(step.parts), "runs": {}})
@@ -248,6 +277,7 @@ def run_ablation(
     results["complete"] = not missing
 
     summarise(results, task)
+    add_gain_intervals(results, task, out / "runs")
     (out / "ablation.json").write_text(json.dumps(results, indent=2, allow_nan=True))
     (out / "ablation.md").write_text(markdown_table(results, task))
     plot_ablation(results, out / "ablation.png")
@@ -358,6 +388,64 @@ def summarise(results: dict[str, Any], task: TaskSpec) -> None:
     results["targets"] = targets
 
 
+def target_settings(results: dict[str, Any]) -> dict[str, str]:
+    """The setting each target judges (`where.key`): the headline subset internally, full
+    dose externally."""
+    settings = {"internal_beats_scratch": f"internal.{results['headline_setting']}"}
+    if "1" in results["steps"]["scratch"]["summary"]["external"]:
+        settings["external_beats_scratch"] = "external.1"
+    return settings
+
+
+def add_gain_intervals(results: dict[str, Any], task: TaskSpec, runs_dir: Path, seed: int = 0) -> None:
+    """Each step's gain in macro AUC over scratch in the targets' settings, with a paired
+    bootstrap 95 % interval over the test cases (`paired_auc_gain_ci`; mean over seeds on
+    both sides): how large a gain the test set can tell from none. Nothing is added when a
+    run lacks its predictions (judged before they were kept)."""
+    steps = results["steps"]
+    predictions = _load_predictions(steps, runs_dir) if "scratch" in steps else None
+    if predictions is None:
+        return
+    settings = target_settings(results)
+    labels = predictions["scratch"][0]
+    for name, step in steps.items():
+        if name == "scratch":
+            continue
+        step["gain_over_scratch"] = {}
+        for setting in settings.values():
+            where, key = setting.split(".", 1)
+            low, high = paired_auc_gain_ci(
+                labels[f"labels.{setting}"],
+                [p[setting] for p in predictions[name]],
+                [p[setting] for p in predictions["scratch"]],
+                seed=seed,
+            )
+            gain = step["summary"][where][key]["mean"] - steps["scratch"]["summary"][where][key]["mean"]
+            step["gain_over_scratch"][setting] = {"gain": gain, "ci95": [low, high]}
+    full = steps.get(ladder(task)[-1].name, {})
+    for target, setting in settings.items():
+        if target in results.get("targets", {}) and "gain_over_scratch" in full:
+            low, high = full["gain_over_scratch"][setting]["ci95"]
+            results["targets"][target]["gain_ci95"] = [low, high]
+            results["targets"][target]["ci_excludes_zero"] = bool(low > 0 or high < 0)
+
+
+def _load_predictions(steps: dict[str, Any], runs_dir: Path) -> dict[str, list[dict[str, np.ndarray]]] | None:
+    """Every listed run's kept predictions by step, or None where one is missing."""
+    paths = {
+        name: [runs_dir / f"{name.lstrip('+')}-s{seed}" / PREDICTIONS for seed in step["runs"]]
+        for name, step in steps.items()
+    }
+    if not all(p.exists() for found in paths.values() for p in found):
+        return None
+    loaded = {name: [dict(np.load(p)) for p in found] for name, found in paths.items()}
+    first = loaded["scratch"][0]
+    for run in (run for runs in loaded.values() for run in runs):
+        if any(not np.array_equal(run[k], first[k]) for k in first if k.startswith("labels.")):
+            raise ValueError(f"the runs of {runs_dir} were judged on different cohorts")
+    return loaded
+
+
 def _cell(stat: dict[str, float]) -> str:
     if math.isnan(stat["mean"]):
         return "n/a"
@@ -401,6 +489,7 @@ def markdown_table(results: dict[str, Any], task: TaskSpec) -> str:
         if "dose_loss_100_to_10" in s:
             cells.append(_cell(s["dose_loss_100_to_10"]))
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    lines += _gain_table(steps)
     lines += [
         "",
         "Teachers (reference, one run each):",
@@ -424,11 +513,37 @@ def markdown_table(results: dict[str, Any], task: TaskSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gain_table(steps: dict[str, Any]) -> list[str]:
+    gains = {name: step["gain_over_scratch"] for name, step in steps.items() if "gain_over_scratch" in step}
+    if not gains:
+        return []
+    settings = list(next(iter(gains.values())))
+    heads = [
+        f"{where} {key}" if where == "internal" else f"external {float(key) * 100:g}% dose"
+        for where, key in (s.split(".", 1) for s in settings)
+    ]
+    lines = [
+        "",
+        "Gain in macro AUC over `scratch` (mean over seeds), with its 95 % paired bootstrap interval "
+        "over the test cases (every run scored on the same resampled cases). An interval holding 0 "
+        "is a gain this test set cannot tell from none; the seeds' spread is the table above.",
+        "",
+        "| step | " + " | ".join(heads) + " |",
+        "|---" * (1 + len(heads)) + "|",
+    ]
+    for name, gain in gains.items():
+        cells = [f"{g['gain']:+.3f} ({g['ci95'][0]:+.3f} to {g['ci95'][1]:+.3f})" for g in gain.values()]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _num(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "NO"
     if isinstance(value, float):
         return f"{value:.3f}"
+    if isinstance(value, list):  # an interval
+        return " to ".join(_num(v) for v in value)
     return str(value)
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from models import TaskSpec, model_from_checkpoint, task_of_card
 from training.data.dataset import prepare_case
 from training.data.readers import CaseRecord, load_case
-from training.metrics import expected_calibration_error, macro_auc, per_class_auc
+from training.metrics import auc_ci, expected_calibration_error, macro_auc, per_class_auc
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +77,6 @@ def predict_records(
     return np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
 
 
-def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the macro AUC (resampling cases)."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n):
-        idx = rng.integers(0, len(labels), len(labels))
-        value = macro_auc(labels[idx], probs[idx])
-        if not np.isnan(value):
-            values.append(value)
-    if not values:
-        return float("nan"), float("nan")
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
-
-
 def net_benefit(labels: np.ndarray, risk: np.ndarray, thresholds: np.ndarray) -> dict[str, list[float]]:
     """Decision curve: net benefit of the model, of treating all, of treating none.
 
@@ -116,7 +102,7 @@ def net_benefit(labels: np.ndarray, risk: np.ndarray, thresholds: np.ndarray) ->
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, task: TaskSpec) -> dict[str, Any]:
     predicted = probs.argmax(axis=1)
-    low, high = bootstrap_ci(labels, probs)
+    low, high = auc_ci(labels, probs)
     concern = task.num_classes - 1
     return {
         "n": len(labels),
@@ -221,7 +207,7 @@ def evaluate_model(
 
 
 def _summary(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    low, high = bootstrap_ci(labels, probs)
+    low, high = auc_ci(labels, probs)
     return {"n": len(labels), "macro_auc": macro_auc(labels, probs), "macro_auc_ci95": [low, high]}
 
 

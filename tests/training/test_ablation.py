@@ -7,15 +7,17 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from cohort_shapes import HCC_SHAPE
 
 from models import get_task
-from training.ablation import claim, ladder, run_ablation, step_overrides, table_subsets
+from training.ablation import add_gain_intervals, claim, ladder, run_ablation, step_overrides, table_subsets
 from training.config import TrainConfig
 from training.data.readers import read_records
+from training.metrics import macro_auc
 from training.train import train
 
 HCC = get_task("hcc")
@@ -70,6 +72,49 @@ def test_a_live_claim_is_respected_and_a_dead_ones_taken_over(tmp_path: Path) ->
     assert claim(run)
 
 
+def kept_run(runs: Path, name: str, labels: np.ndarray, signal: float, seed: int) -> dict:
+    """A judged run's kept predictions (CT alone, internal) and its result, on given labels."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(len(labels), 3))
+    logits[np.arange(len(labels)), labels] += signal
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    (runs / name).mkdir(parents=True)
+    np.savez(runs / name / "predictions.npz", **{"internal.ct": probs, "labels.internal.ct": labels})
+    return {"internal": {"ct": macro_auc(labels, probs)}, "external": {}}
+
+
+def test_gain_intervals_score_every_run_on_the_same_resampled_cases(tmp_path: Path) -> None:
+    labels = np.random.default_rng(0).integers(0, 3, 400)
+    runs = {
+        "scratch": [kept_run(tmp_path, f"scratch-s{s}", labels, 0.5, s) for s in (0, 1)],
+        "full": [kept_run(tmp_path, f"full-s{s}", labels, 2.0, 10 + s) for s in (0, 1)],
+    }
+    results = {
+        "steps": {name: {"runs": dict(enumerate(r))} for name, r in runs.items()},
+        "headline_setting": "ct",
+        "teachers": {},
+    }
+    for step in results["steps"].values():
+        aucs = [r["internal"]["ct"] for r in step["runs"].values()]
+        step["summary"] = {"internal": {"ct": {"mean": float(np.mean(aucs))}}, "external": {}}
+    results["targets"] = {"internal_beats_scratch": {}}
+
+    add_gain_intervals(results, HCC, tmp_path)
+
+    gain = results["steps"]["full"]["gain_over_scratch"]["internal.ct"]
+    assert gain["ci95"][0] < gain["gain"] < gain["ci95"][1]
+    assert gain["ci95"][0] > 0.1  # a strong model against a weak one, on 400 cases
+    assert results["targets"]["internal_beats_scratch"]["ci_excludes_zero"] is True
+    # A run judged on another cohort cannot be paired with the others.
+    other = np.roll(labels, 1)
+    np.savez(
+        tmp_path / "full-s1" / "predictions.npz",
+        **{"internal.ct": np.full((400, 3), 1 / 3), "labels.internal.ct": other},
+    )
+    with pytest.raises(ValueError, match="different cohorts"):
+        add_gain_intervals(results, HCC, tmp_path)
+
+
 @pytest.mark.slow
 def test_a_tiny_ablation_trains_every_step_and_writes_the_table(
     hcc_manifest: Path, tmp_path_factory: pytest.TempPathFactory
@@ -114,6 +159,12 @@ def test_a_tiny_ablation_trains_every_step_and_writes_the_table(
         "external_beats_scratch",
         "smaller_dose_loss_than_scratch",
     }
+    # Every run keeps its probabilities, so each step's gain over scratch has its interval.
+    kept = np.load(out / "runs" / "full-s0" / "predictions.npz")
+    assert kept["internal.ct"].shape == (results["n_internal_test"], 3)
+    assert set(results["steps"]["+kd"]["gain_over_scratch"]) == {"internal.ct", "external.1"}
+    assert "gain_ci95" in results["targets"]["internal_beats_scratch"]
+    assert "Gain in macro AUC over `scratch`" in table
 
     # A second call finds every run done and only rewrites the table.
     mtime = (out / "runs" / "full-s0" / "result.json").stat().st_mtime
@@ -130,7 +181,10 @@ def test_a_tiny_ablation_trains_every_step_and_writes_the_table(
     labelled = sum(1 for r in read_records("hcc", hcc_manifest) if r.label is not None)
     assert rejudged["n_internal_test"] == labelled > results["n_internal_test"]
     assert not rejudged["complete"] and not (out / "runs" / "full-s1").exists()
-    assert sorted(p.name for p in (again / "runs" / "full-s0").iterdir()) == ["result.json"]
+    assert sorted(p.name for p in (again / "runs" / "full-s0").iterdir()) == [
+        "predictions.npz",
+        "result.json",
+    ]
     assert (
         rejudged["steps"]["full"]["runs"]["0"]["best_epoch"]
         == results["steps"]["full"]["runs"]["0"]["best_epoch"]
