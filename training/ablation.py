@@ -15,7 +15,10 @@ A ladder of students, each step adding one part of the method to the step before
 | `full` | HCC only: the dose-aware teacher as second teacher, and simulated low-dose CT |
 
 `BASE.yaml` is a student run config holding the full method's values (epochs, weights,
-temperature, dropout probability, dose range); each step switches parts off from it. Every
+temperature, dropout probability, dose range); each step switches parts off from it. A part
+the base itself switches off (`modality_dropout: 0`, `rgd_weight: 0`) is no step, and the full
+method is the method without it (`hcc_lesion_student_ct_only.yaml`: a student given CT
+alone, taught by both teachers, on simulated low-dose CT). Every
 (step, seed) is trained by `training.train.train`, the function `reactkd train` runs, and
 selected on validation with the required modalities only (what the service mostly sees).
 Each run is then evaluated on the internal test split under every allowed modality subset
@@ -70,14 +73,24 @@ class Step:
     parts: frozenset[str]
 
 
-def ladder(task: TaskSpec) -> list[Step]:
-    """scratch, then one more part per step; the last step is the full method."""
-    parts = [p for p in PARTS if p != "dose" or "ct" in task.modalities]
+def ladder(task: TaskSpec, left_out: frozenset[str] = frozenset()) -> list[Step]:
+    """scratch, then one more part per step; the last step is the full method.
+
+    `left_out`: parts the base config itself switches off (`parts_left_out`); no step adds
+    them, and the full method is the method without them."""
+    parts = [p for p in PARTS if (p != "dose" or "ct" in task.modalities) and p not in left_out]
     steps = [Step("scratch", frozenset())]
     for i, part in enumerate(parts):
         name = "full" if i == len(parts) - 1 and part == "dose" else f"+{part}"
         steps.append(Step(name, frozenset(parts[: i + 1])))
     return steps
+
+
+def parts_left_out(base: dict[str, Any]) -> frozenset[str]:
+    """The parts a base config switches off: `modality_dropout: 0` (a student given the
+    required modalities alone, CT for HCC) or `rgd_weight: 0`."""
+    off = {"modality_dropout": not base.get("modality_dropout"), "rgd": not base.get("rgd_weight")}
+    return frozenset(part for part, is_off in off.items() if is_off)
 
 
 def step_overrides(
@@ -244,7 +257,8 @@ def run_ablation(
         "teachers": {str(t): _teacher_reference(t, internal, ext) for t in teachers},
         "steps": {},
     }
-    steps = ladder(task)
+    steps = ladder(task, parts_left_out(base))
+    results["full_step"] = steps[-1].name
     jobs = [(step, seed) for seed in seeds for step in steps]
     for step, seed in tqdm(jobs, desc=f"ablation {task.name}", unit="run"):
         name = f"{step.name.lstrip('+')}-s{seed}"
@@ -277,7 +291,7 @@ def run_ablation(
     results["complete"] = not missing
 
     summarise(results, task)
-    add_gain_intervals(results, task, out / "runs")
+    add_gain_intervals(results, out / "runs")
     (out / "ablation.json").write_text(json.dumps(results, indent=2, allow_nan=True))
     (out / "ablation.md").write_text(markdown_table(results, task))
     plot_ablation(results, out / "ablation.png")
@@ -351,7 +365,7 @@ def summarise(results: dict[str, Any], task: TaskSpec) -> None:
                 [r["external"]["1"] - r["external"]["0.1"] for r in runs]
             )
     results["headline_setting"] = headline
-    scratch, full = results["steps"].get("scratch"), results["steps"].get(ladder(task)[-1].name)
+    scratch, full = results["steps"].get("scratch"), results["steps"].get(results["full_step"])
     if scratch is None or full is None:
         return
     targets: dict[str, Any] = {}
@@ -397,7 +411,7 @@ def target_settings(results: dict[str, Any]) -> dict[str, str]:
     return settings
 
 
-def add_gain_intervals(results: dict[str, Any], task: TaskSpec, runs_dir: Path, seed: int = 0) -> None:
+def add_gain_intervals(results: dict[str, Any], runs_dir: Path, seed: int = 0) -> None:
     """Each step's gain in macro AUC over scratch in the targets' settings, with a paired
     bootstrap 95 % interval over the test cases (`paired_auc_gain_ci`; mean over seeds on
     both sides): how large a gain the test set can tell from none. Nothing is added when a
@@ -422,7 +436,7 @@ def add_gain_intervals(results: dict[str, Any], task: TaskSpec, runs_dir: Path, 
             )
             gain = step["summary"][where][key]["mean"] - steps["scratch"]["summary"][where][key]["mean"]
             step["gain_over_scratch"][setting] = {"gain": gain, "ci95": [low, high]}
-    full = steps.get(ladder(task)[-1].name, {})
+    full = steps.get(results["full_step"], {})
     for target, setting in settings.items():
         if target in results.get("targets", {}) and "gain_over_scratch" in full:
             low, high = full["gain_over_scratch"][setting]["ci95"]

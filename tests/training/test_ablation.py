@@ -14,7 +14,15 @@ import yaml
 from cohort_shapes import HCC_SHAPE
 
 from models import get_task
-from training.ablation import add_gain_intervals, claim, ladder, run_ablation, step_overrides, table_subsets
+from training.ablation import (
+    add_gain_intervals,
+    claim,
+    ladder,
+    parts_left_out,
+    run_ablation,
+    step_overrides,
+    table_subsets,
+)
 from training.config import TrainConfig
 from training.data.readers import read_records
 from training.metrics import macro_auc
@@ -30,6 +38,18 @@ def test_the_hcc_ladder_adds_one_part_per_step_and_ends_with_the_full_method() -
     for before, after in itertools.pairwise(steps):
         assert len(after.parts - before.parts) == 1 and before.parts < after.parts
     assert [s.name for s in ladder(BRATS)][-1] == "+modality_dropout"  # BraTS has no dose part
+
+
+def test_a_part_the_base_config_switches_off_is_no_step() -> None:
+    off = parts_left_out({"modality_dropout": 0.0, "rgd_weight": 5.0})
+    assert off == {"modality_dropout"}
+    steps = ladder(HCC, off)
+    assert [s.name for s in steps] == ["scratch", "+kd", "+rgd", "+cbam3d", "full"]
+    # The full method then gives the student CT alone, taught by both teachers on low dose.
+    got = step_overrides(steps[-1], HCC, {}, [Path("sf.pt"), Path("dose.pt")])
+    assert got["input_modalities"] == ["ct"] and got["modality_dropout"] == 0.0
+    assert got["teachers"] == ["sf.pt", "dose.pt"] and "low_dose" not in got
+    assert parts_left_out({"modality_dropout": 1.0, "rgd_weight": 0.0}) == {"rgd"}
 
 
 @pytest.mark.parametrize(
@@ -92,6 +112,7 @@ def test_gain_intervals_score_every_run_on_the_same_resampled_cases(tmp_path: Pa
     results = {
         "steps": {name: {"runs": dict(enumerate(r))} for name, r in runs.items()},
         "headline_setting": "ct",
+        "full_step": "full",
         "teachers": {},
     }
     for step in results["steps"].values():
@@ -99,7 +120,7 @@ def test_gain_intervals_score_every_run_on_the_same_resampled_cases(tmp_path: Pa
         step["summary"] = {"internal": {"ct": {"mean": float(np.mean(aucs))}}, "external": {}}
     results["targets"] = {"internal_beats_scratch": {}}
 
-    add_gain_intervals(results, HCC, tmp_path)
+    add_gain_intervals(results, tmp_path)
 
     gain = results["steps"]["full"]["gain_over_scratch"]["internal.ct"]
     assert gain["ci95"][0] < gain["gain"] < gain["ci95"][1]
@@ -112,7 +133,7 @@ def test_gain_intervals_score_every_run_on_the_same_resampled_cases(tmp_path: Pa
         **{"internal.ct": np.full((400, 3), 1 / 3), "labels.internal.ct": other},
     )
     with pytest.raises(ValueError, match="different cohorts"):
-        add_gain_intervals(results, HCC, tmp_path)
+        add_gain_intervals(results, tmp_path)
 
 
 @pytest.mark.slow
