@@ -421,7 +421,7 @@ def add_gain_intervals(results: dict[str, Any], runs_dir: Path, seed: int = 0) -
     if predictions is None:
         return
     settings = target_settings(results)
-    labels = predictions["scratch"][0]
+    first = predictions["scratch"][0]  # every run's labels are the same (checked on loading)
     for name, step in steps.items():
         if name == "scratch":
             continue
@@ -429,7 +429,7 @@ def add_gain_intervals(results: dict[str, Any], runs_dir: Path, seed: int = 0) -
         for setting in settings.values():
             where, key = setting.split(".", 1)
             low, high = paired_auc_gain_ci(
-                labels[f"labels.{setting}"],
+                first[f"labels.{setting}"],
                 [p[setting] for p in predictions[name]],
                 [p[setting] for p in predictions["scratch"]],
                 seed=seed,
