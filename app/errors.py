@@ -86,6 +86,10 @@ class InvalidStudyError(ProblemError):
     slug, title, status = "invalid-study", "Study cannot be used", 422
 
 
+class NotAVolumeProblem(ProblemError):
+    slug, title, status = "not-a-volume", "Not a volume", 422
+
+
 class ModalityMismatchError(ProblemError):
     slug, title, status = "modality-mismatch", "Series is not of the field's modality", 422
 

@@ -10,14 +10,38 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from app.errors import InvalidStudyError, MissingFieldError, MissingModalityError, NonFiniteVoxelsError
+from app.errors import (
+    InvalidStudyError,
+    MissingFieldError,
+    MissingModalityError,
+    NonFiniteVoxelsError,
+    NotAVolumeProblem,
+)
 from app.ingest.study import Study, Upload
 from app.quality import input_warnings
 from app.runtime import ServedModel
 from app.schemas import Modalities, ModelRef, Prediction, SeriesAssignment, StudyInfo
 from app.store import npz_bytes
-from models.contract import ContractError, ModelInput, prepare_input, reference_modality
+from models.contract import (
+    ContractError,
+    ModelInput,
+    NotAVolumeError,
+    check_volume,
+    prepare_input,
+    reference_modality,
+)
 from models.tasks import TaskSpec
+
+
+def check_volumes(study: Study, task: TaskSpec) -> None:
+    """422 `not-a-volume` for a slice, a handful of slices or too short a scan (any modality)."""
+    for name, volume in study.volumes.items():
+        try:
+            check_volume(name, volume, task)
+        except NotAVolumeError as exc:
+            raise NotAVolumeProblem(exc.reason, field=exc.field) from None
+        except ContractError as exc:  # a voxel size no scan has: the header is wrong
+            raise InvalidStudyError(exc.reason, field=exc.field) from None
 
 
 def preprocess(study: Study, task: TaskSpec) -> ModelInput:

@@ -54,6 +54,19 @@ class ContractError(ValueError):
         self.reason = reason
 
 
+class NotAVolumeError(ContractError):
+    """A slice, a handful of slices, or a slab too thin to hold the organ: nothing to grade."""
+
+    def __init__(self, field: str, reason: str, slices: int, extent_mm: float) -> None:
+        super().__init__(field, reason)
+        self.slices = slices
+        self.extent_mm = extent_mm
+
+
+# Fewer voxels than this along an axis is a slice or a handful of them, whatever their size.
+MIN_SLICES = 8
+
+
 @dataclass(frozen=True)
 class Volume:
     """A 3D scalar image: ``array[i, j, k]`` with ``affine @ [i, j, k, 1]`` in RAS+ mm."""
@@ -383,6 +396,33 @@ def prepare_input(
     used = tuple(m for m in task.modalities if m in given)
     missing = tuple(m for m in task.modalities if m not in given)
     return ModelInput(image=image, present=present, grid=grid, used=used, missing=missing)
+
+
+def check_volume(name: str, volume: Volume, task: TaskSpec) -> None:
+    """Refuse what is not a volume of the organ: under `MIN_SLICES` voxels along an axis, or
+    a scan shorter than ``task.min_extent_mm`` along one (a single file of a series, a
+    localiser, a slab that cannot hold a liver).
+
+    Raises:
+        ContractError: a voxel size no scan has (checked first: a header in metres makes
+            any scan look thin).
+        NotAVolumeError: with the slice count and the extent (mm) of the shortest axis.
+    """
+    _check_voxel_size(name, volume)
+    counts = np.asarray(volume.array.shape)
+    extents = counts * np.asarray(volume.spacing)
+    axis = int(np.argmin(extents))
+    slices, extent = int(counts.min()), float(extents[axis])
+    if slices >= MIN_SLICES and extent >= task.min_extent_mm:
+        return
+    raise NotAVolumeError(
+        name,
+        f"{slices} slice{'s' if slices != 1 else ''} covering {extent:.0f} mm along the shortest axis: "
+        f"not a volume; a {task.name!r} study needs at least {MIN_SLICES} slices covering "
+        f"{task.min_extent_mm:.0f} mm (send the whole series)",
+        slices,
+        extent,
+    )
 
 
 def _check_voxel_size(name: str, volume: Volume) -> None:

@@ -45,6 +45,8 @@ class TaskSpec:
         lesion_labels: which labels of a mask are the lesion: ``highest`` (the highest label
             present: 2 of a liver 1 / tumour 2 map as in LiTS, 1 of a binary mask) or
             ``nonzero`` (every label: BraTS' 1, 2 and 4 together).
+        min_extent_mm: a scan shorter than this along any of its axes is not a volume of
+            the organ (`models.contract.check_volume`).
     """
 
     name: str
@@ -59,6 +61,9 @@ class TaskSpec:
     pet_suv_scale: float = 2.5
     grid: GridName = "whole"
     lesion_labels: Literal["highest", "nonzero"] = "highest"
+    # The shortest scan that can hold the organ graded (`models.contract.check_volume`): a
+    # liver is 120-200 mm tall, a brain 130-160 mm; anything shorter is not the study.
+    min_extent_mm: float = 80.0
 
     def __post_init__(self) -> None:
         if len(self.kinds) != len(self.modalities):
@@ -128,6 +133,7 @@ BRATS = TaskSpec(
     shape=(64, 80, 64),
     description="Glioma grade (lower- vs high-grade) from any of T1, T1ce, T2 and FLAIR MRI",
     lesion_labels="nonzero",
+    min_extent_mm=60.0,
 )
 
 TASKS: dict[str, TaskSpec] = {task.name: task for task in (HCC, BRATS)}

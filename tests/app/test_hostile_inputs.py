@@ -31,15 +31,19 @@ def _check(response) -> int:  # type: ignore[no-untyped-def]
 
 def test_pydicom_files_as_ct_are_answered_or_refused_never_misread(client) -> None:  # type: ignore[no-untyped-def]
     """Sent as `ct`: only CT-tagged (or untagged) images may be graded; MR, PET and dose
-    grids are refused as another modality."""
+    grids are refused as another modality. pydicom ships slices, not volumes: CT_small.dcm
+    (one 5 mm slice) is refused as not a volume, not graded."""
     assert len(PYDICOM_FILES) > 50
-    graded = []
+    slugs = {}
     for path in PYDICOM_FILES:
         files = [("ct", (path.name, path.read_bytes(), "application/dicom"))]
-        if _check(client.post("/v1/predict", data={"task": "hcc"}, files=files)) == 200:
-            graded.append(path.name)
+        response = client.post("/v1/predict", data={"task": "hcc"}, files=files)
+        if _check(response) == 200:
             assert _modality(path) in ("CT", None), f"{path.name} ({_modality(path)}) was graded as CT"
-    assert "CT_small.dcm" in graded
+        else:
+            slugs[path.name] = response.json()["type"].rsplit("/", 1)[-1]
+    assert slugs["CT_small.dcm"] == "not-a-volume"
+    assert slugs["MR_small.dcm"] == "modality-mismatch"
 
 
 @pytest.mark.parametrize("task", ["hcc", "brats"])

@@ -20,6 +20,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
+from models.contract import Volume
+
 NII = "application/gzip"
 
 
@@ -178,14 +180,27 @@ def test_study_zip_assigns_series_from_tags(client) -> None:  # type: ignore[no-
     assert any("not an input" in i["reason"] for i in body["study"]["ignored"])
 
 
-def test_pydicom_ct_small_is_answered(client) -> None:  # type: ignore[no-untyped-def]
+def test_a_single_slice_is_not_a_volume(client) -> None:  # type: ignore[no-untyped-def]
+    """pydicom's CT_small.dcm, one 5 mm slice: refused with the numbers, never graded."""
     data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     response = _post(client, "hcc", [("ct", ("CT_small.dcm", data, "application/dicom"))])
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["modalities"]["used"] == ["ct"]
-    # One 5 mm slice of 85 x 85 mm: answered, but the client is told the model saw little.
-    assert any(w.startswith("ct: the image covers 85 x 85 x 5 mm") for w in body["warnings"])
+    body = assert_problem(response, 422, "not-a-volume", "ct")
+    assert "1 slice covering 5 mm" in body["detail"] and "80 mm" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("slices", "spacing", "refused"), [(4, 3.0, True), (20, 3.0, True), (30, 3.0, False)]
+)
+def test_a_handful_of_slices_or_a_thin_slab_is_not_a_volume(client, slices, spacing, refused) -> None:  # type: ignore[no-untyped-def]
+    """Under 8 slices, or under 80 mm of z (too short to hold a liver): 422; 90 mm is a volume."""
+    ct = ct_volume((32, 32, slices), spacing=8.0)
+    ct = Volume(ct.array, np.diag([8.0, 8.0, spacing, 1.0]))
+    response = _post(client, "hcc", [("ct", ("ct.nii.gz", nifti_bytes(ct), "application/gzip"))])
+    if refused:
+        body = assert_problem(response, 422, "not-a-volume", "ct")
+        assert f"{slices} slices covering {slices * spacing:.0f} mm" in body["detail"]
+    else:
+        assert response.status_code == 200, response.text
 
 
 def test_pydicom_truncated_pixel_data_is_a_problem(client) -> None:  # type: ignore[no-untyped-def]
@@ -225,12 +240,12 @@ def test_brats_single_sequence(client, has_brats, sequence) -> None:  # type: ig
     assert set(body["probabilities"]) == {"LGG", "HGG"}
 
 
-def test_brats_pydicom_mr_small(client, has_brats) -> None:  # type: ignore[no-untyped-def]
+def test_brats_pydicom_mr_small_is_not_a_volume(client, has_brats) -> None:  # type: ignore[no-untyped-def]
     if not has_brats:
         pytest.skip("brats_student is not registered yet")
     data = Path(get_testdata_file("MR_small.dcm")).read_bytes()
     response = _post(client, "brats", [("t2", ("MR_small.dcm", data, "application/dicom"))])
-    assert response.status_code == 200, response.text
+    assert_problem(response, 422, "not-a-volume", "t2")
 
 
 def test_probabilities_are_finite(ct_case) -> None:  # type: ignore[no-untyped-def]

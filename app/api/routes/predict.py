@@ -34,7 +34,7 @@ from app.pacs.dicomweb import source_client
 from app.pacs.publish import publish
 from app.pacs.results import missing_reference
 from app.pacs.schemas import StudyRequest
-from app.prediction import Outcome, build_outcome, infer, preprocess
+from app.prediction import Outcome, build_outcome, check_volumes, infer, preprocess
 from app.quality import input_warnings
 from app.schemas import Prediction
 from app.settings import Settings
@@ -188,6 +188,7 @@ async def predict(
     def ingest_and_prepare():  # type: ignore[no-untyped-def]
         with metrics.stage("ingest"):
             study = build_study(uploads, task, _limits(settings))
+            check_volumes(study, task)
         with metrics.stage("preprocess"):
             return study, preprocess(study, task)
 
