@@ -1,6 +1,6 @@
 """REACT-KD networks and the input contract shared by training and serving (no I/O here)."""
 
-from models import brats, hcc  # noqa: F401  registers networks
+from models import brats, hcc, segmenter  # noqa: F401  registers networks
 from models.contract import ContractError, Grid, ModelInput, Volume, prepare_input
 from models.registry import (
     ModelOutput,
@@ -8,6 +8,7 @@ from models.registry import (
     list_models,
     model_from_checkpoint,
     register_model,
+    register_segmenter,
     resolved_kwargs,
 )
 from models.tasks import TASKS, TaskSpec, get_task, task_of_card
@@ -26,6 +27,7 @@ __all__ = [
     "model_from_checkpoint",
     "prepare_input",
     "register_model",
+    "register_segmenter",
     "resolved_kwargs",
     "task_of_card",
 ]

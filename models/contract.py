@@ -122,6 +122,12 @@ class Grid:
         affine[:3, 3] = self.affine[:3, :3] @ ((factors - 1.0) / 2.0) + self.affine[:3, 3]
         return Grid(shape=tuple(int(s) for s in shape), affine=affine)  # type: ignore[arg-type]
 
+    def padded(self, voxels: int = 1) -> Grid:
+        """The grid grown by `voxels` on every side (same spacing and orientation)."""
+        affine = self.affine.copy()
+        affine[:3, 3] = self.affine[:3, :3] @ np.full(3, -float(voxels)) + self.affine[:3, 3]
+        return Grid(shape=tuple(s + 2 * voxels for s in self.shape), affine=affine)  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True)
 class ModelInput:

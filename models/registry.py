@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# What each registered network is: a classifier (returns `ModelOutput`) or a segmenter
+# (returns per-voxel logits); registry-wide checks and benchmarks pick by kind.
+Kind = Literal["classifier", "segmenter"]
+_KINDS: dict[str, Kind] = {}
 
 
 class ModelOutput(NamedTuple):
@@ -28,17 +32,25 @@ class ModelOutput(NamedTuple):
     features: torch.Tensor
 
 
-def register_model(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+def register_model(factory: Callable[..., nn.Module], kind: Kind = "classifier") -> Callable[..., nn.Module]:
     """Register `factory` under its function name."""
     name = factory.__name__
     if name in _REGISTRY:
         raise ValueError(f"a model named {name!r} is already registered")
     _REGISTRY[name] = factory
+    _KINDS[name] = kind
     return factory
 
 
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+def register_segmenter(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a segmentation network (logits (N, labels, D, H, W), no `ModelOutput`)."""
+    return register_model(factory, kind="segmenter")
+
+
+def list_models(kind: Kind = "classifier") -> list[str]:
+    """Registered names of one kind (classifiers by default: what trainers and the
+    classification benchmarks build)."""
+    return sorted(name for name, k in _KINDS.items() if k == kind)
 
 
 def _factory(name: str) -> Callable[..., nn.Module]:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The exact recipe of the shipped demo models: synthetic cohorts, teachers, distilled
 # students, ONNX export with model cards. `make demo-models` runs it (CPU, 2 cores: about
-# an hour, and the lesion-grid HCC models about 20 minutes more). Everything it makes is trained on SYNTHETIC data and its card says so.
+# an hour, the lesion-grid HCC models about 20 minutes more, the segmenter about 30 minutes
+# more and 20 for its cohorts and report). Everything it makes is trained on SYNTHETIC data and its card says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -9,6 +10,7 @@ WORK=${WORK:-build/demo}
 OUT=${OUT:-app/demo_models}
 SEED=${SEED:-7}
 HCC_CASES=${HCC_CASES:-200}
+TORSO_CASES=${TORSO_CASES:-150}
 BRATS_CASES=${BRATS_CASES:-240}
 BRATS_GRID=${BRATS_GRID:-"--shape 96 96 64 --spacing 2.5"}
 RUNS="$WORK/runs"
@@ -34,6 +36,29 @@ $BIN/reactkd export "$RUNS/hcc-${run}student-s$SEED/best.pt" --out "$OUT/hcc${su
 }
 hcc_lesion() { hcc lesion; }  # served only with the lesion's mask (REACTKD_SERVED_MODELS)
 
+hcc_segmenter() {  # liver and lesion, both stages side by side (one core each), then judged on fresh cohorts
+[ -f "$WORK/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases "$HCC_CASES" --seed "$SEED"
+[ -f "$WORK/torso/manifest.csv" ] || $BIN/reactkd synth torso --out "$WORK/torso" --cases "$TORSO_CASES" --seed 0
+local stage data="$WORK/torso/manifest.csv $WORK/hcc/manifest.csv"
+for stage in coarse fine; do
+  OMP_NUM_THREADS=1 $BIN/reactkd train segmenter --config configs/demo/hcc_segmenter.yaml --stage "$stage" \
+    --data $data --out "$RUNS" --cache "$WORK/segmenter-cache" --seed "$SEED" &
+done
+wait
+local coarse="$RUNS/hcc-segmenter-coarse-s$SEED/best.pt" fine="$RUNS/hcc-segmenter-fine-s$SEED/best.pt"
+local note="Synthetic only, not real patients (docs/segmenter.md): reactkd synth torso --cases $TORSO_CASES --seed 0 and reactkd synth hcc --cases $HCC_CASES --seed $SEED; trained on their train splits."
+$BIN/reactkd export "$coarse" --fine "$fine" --out "$OUT/hcc_segmenter.onnx" --training-data "$(card "$note")"
+# Judged on cohorts no training or selection used (seeds 31-33), every case of each.
+[ -f "$WORK/seg-torso/manifest.csv" ] || $BIN/reactkd synth torso --out "$WORK/seg-torso" --cases 60 --seed 31
+[ -f "$WORK/seg-hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/seg-hcc" --cases 60 --seed 32
+[ -f "$WORK/seg-ext/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/seg-ext" --cases 40 --seed 33 --external
+$BIN/reactkd evaluate "$OUT/hcc_segmenter.onnx" --split all --out reports/segmenter \
+  --cohort "torso=$WORK/seg-torso/manifest.csv" --cohort "benchmark=$WORK/seg-hcc/manifest.csv" \
+  --cohort "external=$WORK/seg-ext/manifest.csv"
+$BIN/reactkd export "$coarse" --fine "$fine" --out "$OUT/hcc_segmenter.onnx" --training-data "$(card "$note")" \
+  --report reports/segmenter/report.json
+}
+
 brats() {  # hybrid CNN+ViT teacher, then the EfficientNet-style student
 [ -d "$WORK/brats/HGG" ] || $BIN/reactkd synth brats --out "$WORK/brats" --cases "$BRATS_CASES" --seed "$SEED" \
   $BRATS_GRID
@@ -45,6 +70,6 @@ $BIN/reactkd export "$RUNS/brats-student-s$SEED/best.pt" --out "$OUT/brats_stude
   --training-data "$(card "Synthetic BraTS-like benchmark of this project in the BraTS 2019 layout (docs/benchmark.md): reactkd synth brats --cases $BRATS_CASES --seed $SEED $BRATS_GRID; trained on its train split, selected on val, metrics on test. Not real patients.")"
 }
 
-# TASKS="hcc", "hcc_lesion" or "brats" builds one (shells can build them at once).
-for task in ${TASKS:-hcc hcc_lesion brats}; do "$task"; done
+# TASKS="hcc", "hcc_lesion", "hcc_segmenter" or "brats" builds one (shells can build them at once).
+for task in ${TASKS:-hcc hcc_lesion hcc_segmenter brats}; do "$task"; done
 ls -la "$OUT"

@@ -2,6 +2,9 @@
 
     reactkd synth hcc --out DIR --cases N --seed S [--external]
     reactkd synth brats --out DIR --cases N --seed S
+    reactkd synth torso --out DIR --cases N --seed S    (the segmenter's broad CT cohort)
+    reactkd train segmenter --task hcc --stage coarse|fine --data A/manifest.csv B/manifest.csv
+    reactkd export-segmenter COARSE.pt FINE.pt --out DIR/NAME.onnx [--report REPORT.json]
     reactkd train teacher --task hcc --kind structure-function --data DIR/manifest.csv
     reactkd train student --task hcc --teachers SF.pt DOSE.pt --data DIR/manifest.csv
     reactkd export runs/NAME/best.pt --out models/NAME.onnx [--data DIR/manifest.csv] [--calibrate] [--int8]
@@ -28,7 +31,11 @@ log = logging.getLogger("reactkd")
 
 def _synth(args: argparse.Namespace) -> None:
     shape: dict[str, Any] = {"shape": tuple(args.shape)} if args.shape else {}
-    if args.task == "hcc":
+    if args.task == "torso":
+        from training.data.synth_torso import write_torso_cohort
+
+        manifest = write_torso_cohort(args.out, args.cases, args.seed, workers=args.workers)
+    elif args.task == "hcc":
         from training.data.synth_hcc import write_hcc_cohort
 
         manifest = write_hcc_cohort(
@@ -73,10 +80,45 @@ def _train(args: argparse.Namespace) -> None:
     print(f"best checkpoint: {best}")
 
 
+def _train_segmenter(args: argparse.Namespace) -> None:
+    from training.segmenter import load_segmenter_config, train_segmenter
+
+    overrides = {
+        "task": args.task,
+        "stage": args.stage,
+        "data": args.data,
+        "out": args.out,
+        "name": args.name,
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "max_cases": args.max_cases,
+        "device": args.device,
+        "cache": args.cache,
+    }
+    cfg = load_segmenter_config(args.config, overrides)
+    best = train_segmenter(cfg, resume=args.resume)
+    print(f"best checkpoint: {best}")
+
+
 def _export(args: argparse.Namespace) -> None:
-    from training.export import export_model
+    import torch
+
+    from training.export import export_model, export_segmenter
 
     training_data = json.loads(args.training_data) if args.training_data else None
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if state.get("role") == "segmenter":
+        if args.fine is None:
+            raise ValueError("a segmenter is exported with both stages: give the fine one as --fine FINE.pt")
+        report = json.loads(args.report.read_text())["summary"] if args.report else None
+        card = export_segmenter(
+            state, args.fine, args.out, version=args.version, training_data=training_data, report=report
+        )
+        worst = max(stage["parity"]["max_abs_logit_diff"] for stage in card["stages"].values())
+        print(f"wrote {args.out} and its fine stage (ONNX Runtime vs PyTorch {worst:.1e})")
+        return
     card = export_model(
         args.checkpoint,
         args.out,
@@ -93,6 +135,25 @@ def _export(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from training.evaluate import evaluate_model
 
+    card = args.model.with_suffix(".json")
+    if (
+        args.model.suffix == ".onnx"
+        and card.is_file()
+        and json.loads(card.read_text()).get("role") == "segmenter"
+    ):
+        from training.segmentation_report import evaluate_segmenter
+
+        cohorts = dict(_cohort(c) for c in args.cohort or []) or {args.data.parent.name: args.data}
+        split = None if args.split == "all" else args.split
+        report = evaluate_segmenter(args.model, cohorts, args.out, split=split, workers=args.workers)
+        for name, summary in report["summary"].items():
+            organ, lesion = summary["organ_dice"]["median"], summary["lesion_dice"]["median"]
+            print(f"{name}: organ Dice {organ}, lesion Dice {lesion}")
+        print(f"wrote {args.out / 'report.md'}")
+        return
+
+    if args.data is None:
+        raise ValueError("give the cohort to evaluate on as --data")
     report = evaluate_model(
         args.model, args.data, args.out, split=args.split, dose=args.dose, missing=args.missing
     )
@@ -101,6 +162,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(
         f"macro AUC {overall['macro_auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), {overall['n']} cases: {args.out}"
     )
+
+
+def _cohort(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep:
+        raise ValueError(f"--cohort takes NAME=MANIFEST, got {text!r}")
+    return name, Path(path)
 
 
 def _ablation(args: argparse.Namespace) -> None:
@@ -139,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser("synth", help="write a synthetic cohort in a real dataset layout")
-    synth.add_argument("task", choices=["hcc", "brats"])
+    synth.add_argument("task", choices=["hcc", "brats", "torso"])
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--cases", type=int, required=True)
     synth.add_argument("--seed", type=int, default=0)
@@ -177,11 +245,31 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--rgd-weight", type=float)
             sub.add_argument("--modality-dropout", type=float)
         sub.set_defaults(func=_train)
+    segmenter = roles.add_parser("segmenter", help="the organ and lesion segmenter (MONAI U-Net)")
+    segmenter.add_argument("--config", type=Path, help="YAML run config; flags override it")
+    segmenter.add_argument("--task", choices=["hcc"])
+    segmenter.add_argument("--stage", choices=["coarse", "fine"], help="the cascade's stage (default coarse)")
+    segmenter.add_argument(
+        "--data", type=Path, nargs="+", help="cohort manifests with organ and lesion masks"
+    )
+    segmenter.add_argument("--out", type=Path, help="runs folder (default runs/)")
+    segmenter.add_argument("--name", help="run name (default TASK-segmenter-sSEED)")
+    segmenter.add_argument("--cache", type=Path, help="folder of prepared cases (default RUN/cache)")
+    segmenter.add_argument("--seed", type=int)
+    segmenter.add_argument("--steps", type=int)
+    segmenter.add_argument("--batch-size", type=int)
+    segmenter.add_argument("--lr", type=float)
+    segmenter.add_argument("--max-cases", type=int)
+    segmenter.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    segmenter.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
+    segmenter.set_defaults(func=_train_segmenter)
 
     export = commands.add_parser("export", help="ONNX + model card, parity checked")
     export.add_argument("checkpoint", type=Path)
     export.add_argument("--out", type=Path, required=True, help="NAME.onnx")
     export.add_argument("--version", default="0.1.0")
+    export.add_argument("--fine", type=Path, help="a segmenter: the checkpoint of its fine stage")
+    export.add_argument("--report", type=Path, help="a segmenter: its evaluation report.json, for the card")
     export.add_argument("--data", type=Path, help="cohort: test metrics and class prototypes for the card")
     export.add_argument(
         "--int8", action="store_true", help="also write NAME.int8.onnx and measure its accuracy"
@@ -196,9 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="metrics, plots and a report for a .pt or .onnx model")
     evaluate.add_argument("model", type=Path)
-    evaluate.add_argument("--data", type=Path, required=True, help="HCC manifest.csv or BraTS root")
+    evaluate.add_argument("--data", type=Path, help="HCC manifest.csv or BraTS root")
+    evaluate.add_argument(
+        "--cohort", action="append", metavar="NAME=MANIFEST", help="a segmenter: a named cohort (repeatable)"
+    )
+    evaluate.add_argument(
+        "--workers", type=int, default=None, help="a segmenter: processes (default: all cores)"
+    )
     evaluate.add_argument("--out", type=Path, required=True, help="report folder")
-    evaluate.add_argument("--split", default="test", help="which split to evaluate (default test)")
+    evaluate.add_argument(
+        "--split", default="test", help="which split to evaluate (default test; all: every case)"
+    )
     evaluate.add_argument("--dose", action="store_true", help="sweep the cohort's CT dose levels")
     evaluate.add_argument("--missing", action="store_true", help="sweep the allowed modality subsets")
     evaluate.set_defaults(func=_evaluate)

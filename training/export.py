@@ -330,3 +330,142 @@ def model_card(
         "git_commit": state.get("git_commit", "unknown"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+# --------------------------------------------------------------------------- segmenters
+
+SEGMENTER_INPUT = "image"
+SEGMENTER_OUTPUT = "logits"
+
+
+def _export_stage(state: Mapping[str, Any], path: Path, roi: tuple[int, int, int], tolerance: float) -> float:
+    """One stage's network to ONNX (dynamic batch of ``roi`` windows), checked; its parity."""
+    model = model_from_checkpoint(state)
+    generator = torch.Generator().manual_seed(0)
+    torch.onnx.export(
+        model,
+        (torch.rand((2, 1, *roi), generator=generator),),
+        str(path),
+        input_names=[SEGMENTER_INPUT],
+        output_names=[SEGMENTER_OUTPUT],
+        opset_version=OPSET,
+        dynamic_axes={SEGMENTER_INPUT: {0: "batch"}, SEGMENTER_OUTPUT: {0: "batch"}},
+        dynamo=False,
+    )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in (1, 3):
+        x = torch.rand((batch, 1, *roi), generator=generator)
+        smooth = torch.nn.functional.avg_pool3d(x, 9, stride=1, padding=4)
+        for window in (x, smooth):
+            with torch.no_grad():
+                expected = model(window).numpy()
+            got = session.run([SEGMENTER_OUTPUT], {SEGMENTER_INPUT: window.numpy()})[0]
+            worst = max(worst, float(np.max(np.abs(expected - got))))
+    if worst > tolerance:
+        raise ExportError(
+            f"{path.name}: ONNX Runtime differs from PyTorch by {worst:.2e} (tolerance {tolerance:.0e})"
+        )
+    return worst
+
+
+def export_segmenter(
+    coarse: Mapping[str, Any] | Path,
+    fine: Mapping[str, Any] | Path,
+    out: Path,
+    *,
+    version: str = "0.1.0",
+    training_data: Mapping[str, Any] | None = None,
+    report: Mapping[str, Any] | None = None,
+    tolerance: float = 1e-3,
+) -> dict[str, Any]:
+    """Write a segmenter's NAME.onnx (coarse stage), NAME.fine.onnx and NAME.json (its card).
+
+    Each graph takes windows ``image`` [N, 1, *roi] (dynamic batch) and gives ``logits``
+    [N, L, *roi]; the service runs them window by window (`models.segmenter.segment`).
+    Parity with PyTorch is checked on random and on smooth random windows at batch 1 and 3
+    (not on constant ones: instance norm divides a constant window's zero spread by its
+    epsilon, where any two runtimes differ). `report`
+    (`training.segmentation_report.evaluate_segmenter`) puts its Dice and detection numbers,
+    with their intervals, on the card.
+    """
+    from models.segmenter import STAGES, get_segmenter_spec
+
+    states = {
+        name: torch.load(c, map_location="cpu", weights_only=False) if isinstance(c, Path) else c
+        for name, c in (("coarse", coarse), ("fine", fine))
+    }
+    spec = get_segmenter_spec(str(states["coarse"]["task"]))
+    for name, state in states.items():
+        if state.get("stage", "coarse") != name or state["task"] != spec.task:
+            found = state.get("stage", "coarse")
+            raise ValueError(f"the {name} checkpoint is of stage {found!r} and task {state['task']!r}")
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ValueError(f"output must end in .onnx, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = {"coarse": out, "fine": out.with_suffix(".fine.onnx")}
+    stages: dict[str, Any] = {}
+    for name in STAGES:
+        stage = spec.stage(name)
+        diff = _export_stage(states[name], paths[name], stage.roi, tolerance)
+        config = states[name].get("config", {})
+        stages[name] = {
+            "onnx_file": paths[name].name,
+            "onnx_sha256": sha256_of(paths[name]),
+            "architecture": states[name]["model"],
+            "model_kwargs": states[name]["model_kwargs"],
+            "spacing_mm": list(stage.spacing_mm),
+            "roi": list(stage.roi),
+            "margin_mm": stage.margin_mm,
+            "max_shape": list(stage.max_shape),
+            "parity": {"max_abs_logit_diff": diff, "runtime": f"onnxruntime {ort.__version__}"},
+            "training": {
+                key: config.get(key)
+                for key in ("seed", "steps", "batch_size", "lr", "data", "window_centres")
+                if key in config
+            },
+            "selected": states[name].get("metrics", {}),
+            "git_commit": states[name].get("git_commit", "unknown"),
+        }
+        log.info("exported the %s stage %s: max |logit difference| %.2e", name, paths[name], diff)
+    card = {
+        "name": out.stem,
+        "version": version,
+        "task": spec.task,
+        "role": "segmenter",
+        "serves": f"the {spec.task!r} grader: its mask places the grader's crop and gives its regions",
+        "description": f"{spec.task} {' / '.join(spec.labels[1:])} segmentation from {spec.modality}",
+        "labels": list(spec.labels),
+        "modalities": [spec.modality],
+        "input": {
+            "layout": f"{SEGMENTER_INPUT} [N, 1, D, H, W] float32 windows (each stage's roi)",
+            "intensity_knots": [list(k) for k in spec.intensity_knots],
+        },
+        "outputs": {SEGMENTER_OUTPUT: f"[N, {spec.num_labels}, D, H, W] over labels {list(spec.labels)}"},
+        "stages": stages,
+        "preprocessing": (
+            "models.segmenter.segment: coarse stage on an RAS+ grid over the "
+            f"{spec.modality} foreground's box, fine stage on a finer grid over the box of the coarse "
+            "organ (the stages' spacing, margin and largest shape above); trilinear resampling; "
+            f"piecewise linear intensities {[list(k) for k in spec.intensity_knots]}"
+        ),
+        "postprocessing": (
+            "Gaussian-blended windows (overlap 0.25), softmax; labels_from_probabilities: the largest "
+            "26-connected organ, holes filled, lesions inside it, components under "
+            f"{spec.min_lesion_ml} ml dropped; the fine organ kept within one coarse voxel of the coarse one"
+        ),
+        "training_data": dict(training_data or {"synthetic": None, "description": "not recorded"}),
+        "metrics": dict(report or {}),
+        # The coarse graph is the model's file for the generic checks (sha256 at load).
+        "onnx_file": paths["coarse"].name,
+        "onnx_sha256": stages["coarse"]["onnx_sha256"],
+        "onnx_opset": OPSET,
+        "intended_use": INTENDED_USE,
+        "git_commit": states["fine"].get("git_commit", "unknown"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    card = json_safe(card)
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2, allow_nan=False))
+    return card

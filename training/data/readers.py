@@ -29,6 +29,14 @@ from models.tasks import BRATS, HCC, TaskSpec
 # The HCC manifest's columns for each modality and mask.
 HCC_MODALITY_COLUMNS = {"ct": "ct", "pet_fdg": "pet_fdg", "pet_act": "pet_act"}
 HCC_MASK_COLUMNS = {"liver": "liver_mask", "tumor": "tumor_mask"}
+_HCC_COLUMNS = {
+    "case_id",
+    "grade",
+    "split",
+    "dose",
+    *HCC_MODALITY_COLUMNS.values(),
+    *HCC_MASK_COLUMNS.values(),
+}
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Affines that differ by less than this (mm) describe the same grid (float32 headers round).
@@ -118,7 +126,12 @@ def _hcc_record(row: dict[str, str], case_id: str, root: Path) -> CaseRecord:
     paths = _existing_paths(case_id, row, HCC_MODALITY_COLUMNS, root)
     if "ct" not in paths:
         raise DatasetError(case_id, "no CT path; the ct column is required for every case")
-    meta: dict[str, Any] = {"manifest": str(root)}
+    # Columns beyond the layout's (a generator's notes: field of view, contrast phase) are
+    # kept as they are, for reports that break results down by them.
+    meta: dict[str, Any] = {
+        key: value for key, value in row.items() if key and key not in _HCC_COLUMNS and value
+    }
+    meta["manifest"] = str(root)
     dose = (row.get("dose") or "").strip()
     if dose:
         meta["dose"] = float(dose)

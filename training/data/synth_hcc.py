@@ -477,8 +477,12 @@ def assign_splits(grades: Sequence[str], seed: int) -> list[str]:
     return splits
 
 
-def run_jobs(worker, jobs: list, workers: int | None, progress: bool, desc: str) -> list:
-    """Run `worker` over `jobs` in a process pool (or inline for one worker), results in job order."""
+def run_jobs(worker, jobs: list, workers: int | None, progress: bool, desc: str, spawn: bool = False) -> list:
+    """Run `worker` over `jobs` in a process pool (or inline for one worker), results in job order.
+
+    `spawn` starts fresh interpreters: workers that run torch or ONNX Runtime need it, since
+    a forked copy of a multi-threaded parent can deadlock in its thread pools.
+    """
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got workers={workers}")
@@ -491,7 +495,7 @@ def run_jobs(worker, jobs: list, workers: int | None, progress: bool, desc: str)
     else:
         # fork: workers only run numpy/scipy, and unlike spawn it needs no __main__ guard in
         # the caller's script; spawn where fork does not exist.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() and not spawn else "spawn"
         ctx = multiprocessing.get_context(method)
         with ctx.Pool(min(workers, len(jobs))) as pool:
             for i, result in pool.imap_unordered(_indexed, [(worker, i, job) for i, job in enumerate(jobs)]):

@@ -1,0 +1,117 @@
+"""The segmenter's contract: grids, cleaning of its argmax, what a mask says, the cascade."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.contract import Grid, Volume
+from models.registry import model_from_checkpoint
+from models.segmenter import (
+    coarse_grid,
+    get_segmenter_spec,
+    labels_from_probabilities,
+    mask_on_grid,
+    segment,
+    segmenter_input,
+    sliding_window,
+    summarize,
+)
+from tests.band_segmenter import band_checkpoints
+from tests.common import ct_volume
+
+SPEC = get_segmenter_spec("hcc")
+
+
+def grid(shape: tuple[int, int, int] = (20, 20, 20), spacing: float = 3.0) -> Grid:
+    return Grid(shape=shape, affine=np.diag([spacing, spacing, spacing, 1.0]))
+
+
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    return np.stack([labels == k for k in range(3)]).astype(np.float32)
+
+
+def test_cleaning_keeps_one_organ_and_only_lesions_inside_it() -> None:
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:14, 2:14, 2:14] = 1  # the organ
+    labels[5:9, 5:9, 5:9] = 2  # a lesion in it (1.7 ml at 3 mm)
+    labels[17:19, 17:19, 17:19] = 1  # a small second blob: not the organ
+    labels[0, 19, 0] = 2  # a lesion voxel outside the organ
+    labels[2, 2, 2] = 2  # a speck inside it: under min_lesion_ml
+    cleaned = labels_from_probabilities(one_hot(labels), SPEC, grid())
+    assert not cleaned[17:, 17:, 17:].any() and cleaned[0, 19, 0] == 0 and cleaned[2, 2, 2] == 1
+    assert (cleaned == 2).sum() == 64 and (cleaned > 0).sum() == 12**3
+
+
+def test_a_summary_says_volumes_centre_and_where_the_scan_cuts_the_organ() -> None:
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[10:20, 2:14, 2:14] = 1  # reaches the top slice (D is z, superior last)
+    labels[12:16, 5:9, 5:9] = 2
+    summary = summarize(labels, grid())
+    assert summary.organ_ml == pytest.approx(10 * 12 * 12 * 27 / 1000)
+    assert summary.lesion_ml == pytest.approx(64 * 27 / 1000) and summary.lesions == 1
+    assert summary.lesion_center_mm == pytest.approx((6.5 * 3, 6.5 * 3, 13.5 * 3))
+    assert summary.organ_cut == ("top",) and summary.organ_cut_area_cm2 == pytest.approx(144 * 9 / 100)
+    assert not summary.lesion_cut
+    # A scan that starts at x = 3 voxels: its side face runs through the organ.
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine[0, 3] = 9.0
+    assert "side" in summarize(labels, grid(), Volume(np.zeros((17, 20, 20), np.float32), affine)).organ_cut
+
+
+def test_a_mask_on_fewer_frames_than_the_scan_is_not_cut_by_its_own_edge() -> None:
+    """A SEG keeps only the frames it draws on: its first and last frame are not the scan's."""
+    labels = np.zeros((4, 20, 20), np.uint8)
+    labels[:, 5:9, 5:9] = 2  # a lesion on all four frames of the SEG
+    frames = np.diag([3.0, 3.0, 3.0, 1.0])
+    frames[2, 3] = 30.0  # the frames lie at z = 30..39 mm
+    scan = Volume(np.zeros((20, 20, 40), np.float32), np.diag([3.0, 3.0, 3.0, 1.0]))
+    assert not summarize(labels, Grid((20, 20, 4), frames), scan).lesion_cut
+    assert summarize(labels, Grid((20, 20, 4), frames)).lesion_cut  # no scan: the grid's faces
+
+
+def test_a_binary_mask_is_the_lesion_alone() -> None:
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[5:9, 5:9, 5:9] = 1
+    summary = summarize(labels, grid())
+    assert summary.organ_ml is None and summary.lesion_ml == pytest.approx(64 * 27 / 1000)
+
+
+def test_the_coarse_grid_covers_the_scan_at_the_stage_spacing() -> None:
+    ct = ct_volume()  # 32 x 32 x 16 voxels of 8 mm
+    g = coarse_grid(ct, SPEC)
+    assert np.allclose(np.abs(np.diag(g.affine)[:3]), SPEC.coarse.spacing_mm)
+    prepared = segmenter_input(ct, SPEC, g)
+    assert (
+        prepared.image.shape == (1, *g.shape[::-1]) and 0 <= prepared.image.min() <= prepared.image.max() <= 1
+    )
+    assert prepared.scanned.mean() > 0.5
+
+
+def test_sliding_window_covers_a_grid_larger_than_its_window() -> None:
+    def predict(x):  # type: ignore[no-untyped-def]
+        import torch
+
+        return torch.cat([torch.zeros_like(x), x, -x], dim=1)
+
+    image = np.random.default_rng(0).random((1, 100, 40, 130)).astype(np.float32)
+    probabilities = sliding_window(predict, image, SPEC.coarse)
+    assert probabilities.shape == (3, 100, 40, 130)
+    assert np.allclose(probabilities.sum(axis=0), 1, atol=1e-5)
+
+
+def test_the_cascade_finds_the_phantoms_liver_and_lesion() -> None:
+    ct = ct_volume()
+    predictors = {name: model_from_checkpoint(c) for name, c in band_checkpoints().items()}
+    segmentation = segment(predictors, ct, SPEC)
+    assert np.allclose(np.abs(np.diag(segmentation.grid.affine)[:3]), SPEC.fine.spacing_mm)
+    from tests.app.app_helpers import liver_lesion_mask
+
+    truth, _ = liver_lesion_mask(ct)
+    expected = mask_on_grid(truth, segmentation.grid)
+    for label in (1, 2):
+        a, b = segmentation.labels >= label, expected >= label
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.85, label
+    assert segmentation.summary.lesions == 1 and not segmentation.summary.organ_cut
+    back = segmentation.as_volume()
+    assert isinstance(back, Volume) and back.array.shape == segmentation.grid.shape

@@ -1,0 +1,142 @@
+"""The segmenter's recipe end to end on a tiny cohort: train both stages, resume, export,
+evaluate; and the scoring rules of its report on masks whose answer is known."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from models.contract import Grid
+from models.segmenter import get_segmenter_spec
+from training.export import export_segmenter
+from training.segmentation_report import evaluate_segmenter, median_ci, rate_ci, score_case
+from training.segmenter import SegmenterConfig, load_segmenter_config, train_segmenter
+
+SPEC = get_segmenter_spec("hcc")
+
+
+def _config(manifest: Path, out: Path, stage: str, steps: int = 2) -> SegmenterConfig:
+    return SegmenterConfig(
+        stage=stage,  # type: ignore[arg-type]
+        data=[manifest],
+        out=out,
+        cache=out / "cache",
+        steps=steps,
+        batch_size=1,
+        val_every=2,
+        val_cases=1,
+        max_cases=8,
+        window=(32, 32, 32),
+        workers=1,
+        num_workers=0,
+        model_kwargs={"channels": [4, 8, 16, 32, 32]},
+        device="cpu",
+    )
+
+
+@pytest.fixture(scope="module")
+def stages(hcc_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("segmenter-runs")
+    return {stage: train_segmenter(_config(hcc_manifest, out, stage)) for stage in ("coarse", "fine")}
+
+
+def test_each_stage_writes_its_validation_and_a_segmenter_checkpoint(stages: dict[str, Path]) -> None:
+    for stage, best in stages.items():
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        assert state["role"] == "segmenter" and state["stage"] == stage and state["task"] == "hcc"
+        rows = list(csv.DictReader((best.parent / "metrics.csv").open()))
+        assert [int(r["step"]) for r in rows] == [2]
+        organ = float(rows[0]["val_organ_dice"])
+        assert 0.0 <= organ <= 1.0 and math.isfinite(float(rows[0]["train_loss"]))
+
+
+def test_a_resumed_run_continues_at_its_step(hcc_manifest: Path, stages: dict[str, Path]) -> None:
+    out = stages["coarse"].parent.parent
+    cfg = _config(hcc_manifest, out, "coarse", steps=4)
+    train_segmenter(cfg, resume=True)
+    rows = list(csv.DictReader((cfg.run_dir / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+
+
+def test_a_config_file_is_read_and_typos_refused(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("stage: fine\nsteps: 5\nwindow: [48, 48, 48]\n")
+    cfg = load_segmenter_config(path, {"data": [tmp_path / "m.csv"]})
+    assert cfg.stage == "fine" and cfg.steps == 5 and cfg.name == "hcc-segmenter-fine-s0"
+    with pytest.raises(ValueError, match="multiples of 16"):
+        load_segmenter_config(None, {"data": [path], "window": [40, 48, 48]})
+    path.write_text("stpes: 5\n")
+    with pytest.raises(ValueError, match="stpes"):
+        load_segmenter_config(path, {"data": [path]})
+
+
+def test_export_writes_both_stages_with_a_card_and_parity(stages: dict[str, Path], tmp_path: Path) -> None:
+    card = export_segmenter(stages["coarse"], stages["fine"], tmp_path / "seg.onnx")
+    assert card["role"] == "segmenter" and card["labels"] == ["background", "liver", "lesion"]
+    for stage in ("coarse", "fine"):
+        entry = card["stages"][stage]
+        assert entry["parity"]["max_abs_logit_diff"] < 1e-3
+        session = ort.InferenceSession(str(tmp_path / entry["onnx_file"]), providers=["CPUExecutionProvider"])
+        roi = entry["roi"]
+        logits = session.run(["logits"], {"image": np.zeros((2, 1, *roi), np.float32)})[0]
+        assert logits.shape == (2, 3, *roi)
+    assert json.loads((tmp_path / "seg.json").read_text())["onnx_sha256"] == card["onnx_sha256"]
+    with pytest.raises(ValueError, match="stage 'fine'"):
+        export_segmenter(stages["fine"], stages["fine"], tmp_path / "bad.onnx")
+
+
+def test_evaluation_scores_every_case_and_writes_the_report(
+    stages: dict[str, Path], hcc_manifest: Path, tmp_path: Path
+) -> None:
+    export_segmenter(stages["coarse"], stages["fine"], tmp_path / "seg.onnx")
+    report = evaluate_segmenter(
+        tmp_path / "seg.onnx", {"tiny": hcc_manifest}, tmp_path / "report", split="test", workers=1
+    )
+    summary = report["summary"]["tiny"]
+    assert summary["cases"] == len(report["cases"]) > 0
+    assert {"organ_dice", "lesion_dice", "dominant_lesion_found", "false_lesions_per_case"} <= set(summary)
+    assert (tmp_path / "report" / "report.md").read_text().startswith("# Segmenter evaluation")
+    assert (tmp_path / "report" / "dice.png").stat().st_size > 1000
+
+
+def _ball(shape: tuple[int, int, int], centre: tuple[int, int, int], radius: float) -> np.ndarray:
+    index = np.indices(shape)
+    return sum((index[i] - centre[i]) ** 2 for i in range(3)) <= radius**2  # type: ignore[no-any-return]
+
+
+def test_scoring_knows_found_missed_and_false_lesions() -> None:
+    shape = (40, 40, 40)
+    grid = Grid(shape=shape, affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    liver = _ball(shape, (20, 20, 20), 15).astype(np.uint8)
+    tumor = (_ball(shape, (20, 20, 14), 4) | _ball(shape, (20, 20, 28), 2)).astype(np.uint8)
+    perfect = liver.copy()
+    perfect[tumor > 0] = 2
+    row = score_case(perfect, liver, tumor, grid, SPEC)
+    assert row["organ_dice"] == 1.0 and row["lesion_dice"] == 1.0 and row["dominant_found"]
+    assert row["false_lesions"] == 0 and row["true_lesions"] == 2 and row["center_error_mm"] == 0.0
+    # The dominant lesion missed, the satellite found, and one lesion where there is none.
+    wrong = liver.copy()
+    wrong[_ball(shape, (20, 20, 28), 2)] = 2
+    wrong[_ball(shape, (12, 20, 20), 2)] = 2
+    row = score_case(wrong, liver, tumor, grid, SPEC)
+    assert row["dominant_found"] is False and row["false_lesions"] == 1 and row["predicted_lesions"] == 2
+    # A head: no organ to score, the predicted organ volume is what is reported.
+    row = score_case(np.zeros(shape, np.uint8), None, None, grid, SPEC)
+    assert (
+        math.isnan(row["organ_dice"]) and row["predicted_organ_ml"] == 0.0 and row["dominant_found"] is None
+    )
+
+
+def test_intervals_hold_their_estimate() -> None:
+    entry = median_ci([0.9, 0.92, 0.95, 0.97, float("nan"), 0.99])
+    assert entry["n"] == 5 and entry["ci95"][0] <= entry["median"] == 0.95 <= entry["ci95"][1]
+    rate = rate_ci(19, 20)
+    assert rate["rate"] == 0.95 and rate["ci95"][0] < 0.95 < rate["ci95"][1] <= 1.0
+    assert rate_ci(0, 0)["rate"] is None

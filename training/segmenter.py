@@ -1,0 +1,486 @@
+"""Train one stage of a task's segmenter (organ and lesion), top to bottom: setup, data,
+model, one loop. The cascade's two stages (`models.segmenter`) train apart, on the same
+cohorts: ``coarse`` on the whole scan, ``fine`` on the box of the true organ (widened by
+more than the served margin, so windows see what the coarse stage's box may add).
+
+Cases come from one or more cohorts in the HCC manifest layout (the grading benchmark, the
+broad torso cohort of `training.data.synth_torso`, or real data with liver and tumour
+masks). Each is brought onto the segmenter's grid once (`models.segmenter.segmenter_input`,
+what the service computes) and kept in a cache folder. Training then draws windows of the
+network's ``roi`` centred on a lesion, on the organ or anywhere, moves them with MONAI's
+spatial and intensity augmentation, and minimises MONAI's `DiceCELoss`. Every
+``val_every`` steps the validation cases are segmented whole (`sliding_window`, the
+service's inference) and scored with MONAI's `DiceMetric`; the best mean of organ and
+lesion Dice is kept as ``best.pt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from tqdm.auto import tqdm
+
+from models import create_model, resolved_kwargs
+from models.contract import Grid, Volume, _index_box, _world_box, resample, to_tensor_layout
+from models.segmenter import (
+    SegmenterSpec,
+    Stage,
+    StageName,
+    box_grid,
+    coarse_grid,
+    get_segmenter_spec,
+    labels_from_probabilities,
+    segmenter_input,
+    sliding_window,
+)
+from training.data.readers import CaseRecord, load_case, read_hcc_manifest
+from training.data.synth_hcc import run_jobs
+from training.train import Distributed, git_commit, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+SEGMENTER_MODELS = {"hcc": "hcc_segmenter"}
+
+
+class SegmenterConfig(BaseModel):
+    """Everything one segmenter run needs; unknown keys are refused so typos are caught."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["hcc"] = "hcc"
+    stage: StageName = "coarse"
+    data: list[Path] = Field(description="cohort manifests with organ and lesion masks")
+    out: Path = Path("runs")
+    name: str = ""
+    cache: Path | None = Field(
+        None, description="folder of prepared cases, per stage (default OUT/NAME/cache)"
+    )
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: str = ""
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    steps: int = Field(4000, ge=1)
+    batch_size: int = Field(2, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    val_every: int = Field(250, ge=1)
+    val_cases: int = Field(24, ge=1, description="validation cases segmented at each check")
+    max_cases: int | None = Field(None, ge=2, description="use only the first N cases of each cohort")
+    # Where training windows are centred: a lesion voxel, an organ voxel, or anywhere.
+    window_centres: tuple[float, float, float] = (0.4, 0.3, 0.3)
+    # Training windows may be smaller than the served roi (the network is convolutional, and
+    # a 64^3 window costs a third of a 96^3 one); validation uses the served roi.
+    window: tuple[int, int, int] | None = Field(
+        None, description="training window (D, H, W); default the roi"
+    )
+    num_workers: int = Field(1, ge=0)
+    workers: int | None = Field(None, ge=1, description="processes preparing the cache (default: all cores)")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> SegmenterConfig:
+        self.model = self.model or SEGMENTER_MODELS[self.task]
+        self.name = self.name or f"{self.task}-segmenter-{self.stage}-s{self.seed}"
+        if self.window is not None and any(w % 16 for w in self.window):
+            raise ValueError(f"window sides must be multiples of 16 (the U-Net's strides), got {self.window}")
+        if abs(sum(self.window_centres) - 1.0) > 1e-6 or min(self.window_centres) < 0:
+            raise ValueError(
+                f"window_centres must be non-negative shares summing to 1, got {self.window_centres}"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / self.name
+
+
+def load_segmenter_config(path: Path | None, overrides: dict[str, Any]) -> SegmenterConfig:
+    values: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {} if path is not None else {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return SegmenterConfig.model_validate(values)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def segmentation_records(manifests: list[Path], max_cases: int | None = None) -> list[CaseRecord]:
+    """Every case of the manifests that has an organ mask (a lesion mask is optional)."""
+    records: list[CaseRecord] = []
+    for manifest in manifests:
+        found = [r for r in read_hcc_manifest(manifest) if "liver" in r.mask_paths]
+        if not found:
+            raise ValueError(f"{manifest}: no case has a liver_mask; the segmenter learns from masks")
+        records += found[:max_cases] if max_cases else found
+    return records
+
+
+def target_labels(case_masks: dict[str, Volume], grid: Any, spec: SegmenterSpec) -> np.ndarray:
+    """(D, H, W) uint8 target on the segmenter grid: organ 1, lesion 2 (each mask sampled
+    trilinearly and cut at one half, so a fine mask is not thinned by nearest sampling)."""
+    labels = np.zeros(grid.shape[::-1], dtype=np.uint8)
+    for name, value in (("liver", spec.label("liver")), ("tumor", spec.label("lesion"))):
+        mask = case_masks.get(name)
+        if mask is None:
+            continue
+        on_grid = resample((mask.array > 0).astype(np.float32), mask.affine, grid, order=1)
+        labels[to_tensor_layout(on_grid) >= 0.5] = value
+    return labels
+
+
+# The fine stage trains on the organ's box widened by this much beyond its served margin.
+FINE_EXTRA_MARGIN_MM = 15.0
+
+
+def stage_grid(case: Any, spec: SegmenterSpec, stage: StageName) -> Grid | None:
+    """The grid of `stage` for a training case; the fine one around the true organ (None
+    for a case without one: the fine stage never runs there)."""
+    volume = case.volumes[spec.modality]
+    if stage == "coarse":
+        return coarse_grid(volume, spec)
+    organ = case.masks.get("liver")
+    if organ is None or not organ.array.any():
+        return None
+    low, high = _world_box(organ.affine, *_index_box(organ.array > 0))
+    wider = replace(spec.fine, margin_mm=spec.fine.margin_mm + FINE_EXTRA_MARGIN_MM)
+    return box_grid(low, high, wider)
+
+
+def _prepare(job: tuple[CaseRecord, str, str, str]) -> str | None:
+    """Worker: one case onto a stage's grid, written as ``CACHE/<case_id>.npz`` (None: the
+    stage has nothing to learn from the case)."""
+    record, task, stage, cache = job
+    path = Path(cache) / f"{record.case_id}.npz"
+    if path.exists():
+        return str(path)
+    spec = get_segmenter_spec(task)
+    case = load_case(record)
+    grid = stage_grid(case, spec, stage)  # type: ignore[arg-type]
+    if grid is None:
+        return None
+    prepared = segmenter_input(case.volumes[spec.modality], spec, grid)
+    labels = target_labels(case.masks, prepared.grid, spec)
+    temp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(
+        temp,
+        image=prepared.image.astype(np.float16),
+        labels=labels,
+        scanned=prepared.scanned,
+        affine=prepared.grid.affine,
+    )
+    temp.replace(path)
+    return str(path)
+
+
+def prepare_cache(
+    records: list[CaseRecord], task: str, stage: StageName, cache: Path, workers: int | None
+) -> list[Path]:
+    """Each record's prepared case in `cache` (made once; a rerun reuses the files)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    jobs = [(r, task, stage, str(cache)) for r in records]
+    return [Path(p) for p in run_jobs(_prepare, jobs, workers, True, f"prepare {stage}") if p is not None]
+
+
+def load_prepared(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def augmentation(seed: int) -> Compose:
+    """MONAI's spatial and intensity augmentation of a window (image, label).
+
+    No flips: the liver lies on the patient's right, and a mirrored abdomen is not one the
+    service meets. Rotations are mostly in the axial plane; intensity shifts of 0.05 are about
+    30 HU of soft tissue on the segmenter's intensity curve.
+    """
+    keys = ["image", "label"]
+    transforms = Compose(
+        [
+            RandAffined(
+                keys=keys,
+                prob=0.6,
+                rotate_range=(0.26, 0.08, 0.08),
+                scale_range=(0.15, 0.15, 0.15),
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandGaussianSmoothd(
+                keys="image", prob=0.15, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0)
+            ),
+            RandGaussianNoised(keys="image", prob=0.3, std=0.03),
+            RandScaleIntensityd(keys="image", factors=0.12, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.06, prob=0.5),
+            RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.75, 1.35)),
+        ]
+    )
+    transforms.set_random_state(seed=seed)
+    return transforms
+
+
+class WindowDataset(Dataset):
+    """Random training windows: ``{"image" (1, *roi) float32, "label" (1, *roi) int64}``.
+
+    Item i draws a case and a centre from its own random stream (seed, i, epoch), so runs
+    repeat; windows reaching past the grid are padded with air (0) and background.
+    """
+
+    def __init__(
+        self,
+        paths: list[Path],
+        spec: SegmenterSpec,
+        roi: tuple[int, int, int],
+        centres: tuple[float, float, float],
+        seed: int,
+    ):
+        self.paths = paths
+        self.spec = spec
+        self.roi = roi
+        self.centres = centres
+        self.seed = seed
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._augment = augmentation(seed)
+        self._draws = 0
+        self._worker_seed: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def case(self, index: int) -> dict[str, np.ndarray]:
+        """A prepared case, with the voxels windows may be centred on (kept in memory)."""
+        if index not in self._cache:
+            case = load_prepared(self.paths[index])
+            labels = case["labels"]
+            case["lesion_voxels"] = np.argwhere(labels == self.spec.label("lesion"))
+            case["organ_voxels"] = np.argwhere(labels > 0)[::7]
+            self._cache[index] = case
+        return self._cache[index]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        worker_seed = torch.initial_seed() % 2**31  # each DataLoader worker has its own
+        if worker_seed != self._worker_seed:
+            self._worker_seed = worker_seed
+            self._augment.set_random_state(seed=(self.seed + worker_seed) % 2**31)
+        self._draws += 1
+        rng = np.random.default_rng([self.seed, worker_seed, self._draws])
+        case = self.case(index)
+        image, labels = case["image"][0].astype(np.float32), case["labels"]
+        centre = self._centre(case, rng)
+        window = tuple(
+            slice(int(c) - r // 2, int(c) - r // 2 + r) for c, r in zip(centre, self.roi, strict=True)
+        )
+        item = {
+            "image": _crop(image, window, 0.0)[None],
+            "label": _crop(labels, window, 0)[None].astype(np.float32),
+        }
+        out = self._augment(item)
+        return {
+            "image": torch.as_tensor(np.asarray(out["image"]), dtype=torch.float32),
+            "label": torch.as_tensor(np.asarray(out["label"])).round().long(),
+        }
+
+    def _centre(self, case: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """A lesion voxel, an organ voxel or any voxel, by `centres`; a case without a lesion
+        (or an organ) gives the next kind instead."""
+        kind = int(rng.choice(3, p=self.centres))
+        for voxels in (case["lesion_voxels"], case["organ_voxels"])[kind:]:
+            if len(voxels):
+                return voxels[rng.integers(len(voxels))]
+        return rng.integers(0, case["labels"].shape)
+
+
+def _crop(array: np.ndarray, window: tuple[slice, ...], fill: float) -> np.ndarray:
+    """`array[window]` with the parts beyond the array filled with `fill`."""
+    out = np.full([s.stop - s.start for s in window], fill, dtype=array.dtype)
+    source, target = [], []
+    for s, n in zip(window, array.shape, strict=True):
+        lo, hi = max(s.start, 0), min(s.stop, n)
+        source.append(slice(lo, max(hi, lo)))
+        target.append(slice(lo - s.start, lo - s.start + max(hi - lo, 0)))
+    out[tuple(target)] = array[tuple(source)]
+    return out
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def case_dice(predicted: np.ndarray, target: np.ndarray, spec: SegmenterSpec) -> dict[str, float]:
+    """Organ (lesions included) and lesion Dice of one case, by MONAI's `DiceMetric`; NaN
+    where the target has none (a case without a lesion has no lesion Dice)."""
+    lesion = spec.label("lesion")
+    channels = [(predicted > 0, target > 0), (predicted == lesion, target == lesion)]
+    pred = torch.as_tensor(np.stack([p for p, _ in channels])[None], dtype=torch.float32)
+    true = torch.as_tensor(np.stack([t for _, t in channels])[None], dtype=torch.float32)
+    scores = DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, true)[0]
+    return {"organ": float(scores[0]), "lesion": float(scores[1])}
+
+
+def validate(
+    net: torch.nn.Module, paths: list[Path], spec: SegmenterSpec, stage: Stage, device: torch.device
+) -> dict[str, float]:
+    """Mean organ and lesion Dice of whole validation cases, segmented as the service does."""
+    was_training = net.training
+    net.eval()
+
+    def predict(window: torch.Tensor) -> torch.Tensor:
+        return net(window.to(device)).cpu()
+
+    scores = []
+    for path in paths:
+        case = load_prepared(path)
+        probabilities = sliding_window(predict, case["image"].astype(np.float32), stage)
+        grid = Grid(shape=tuple(int(s) for s in case["labels"].shape[::-1]), affine=case["affine"])  # type: ignore[arg-type]
+        scores.append(case_dice(labels_from_probabilities(probabilities, spec, grid), case["labels"], spec))
+    net.train(was_training)
+    organ = float(np.nanmean([s["organ"] for s in scores]))
+    lesions = [s["lesion"] for s in scores if not math.isnan(s["lesion"])]
+    lesion = float(np.mean(lesions)) if lesions else float("nan")
+    return {
+        "val_organ_dice": organ,
+        "val_lesion_dice": lesion,
+        "val_score": float(np.nanmean([organ, lesion])),
+    }
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def save_checkpoint(path: Path, net: torch.nn.Module, cfg: SegmenterConfig, **extra: Any) -> None:
+    state = {
+        "model": cfg.model,
+        "model_kwargs": resolved_kwargs(cfg.model, **cfg.model_kwargs),
+        "task": cfg.task,
+        "role": "segmenter",
+        "kind": "segmenter",
+        "stage": cfg.stage,
+        "state_dict": net.state_dict(),
+        "config": cfg.model_dump(mode="json"),
+        "git_commit": git_commit(),
+        **extra,
+    }
+    temp = path.with_suffix(".tmp")
+    torch.save(state, temp)
+    temp.replace(path)
+
+
+def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False) -> Path:
+    """Run `cfg` and return the path of the best checkpoint."""
+    # --- setup
+    device = resolve_device(cfg.device, Distributed())
+    seed_everything(cfg.seed)
+    spec = get_segmenter_spec(cfg.task)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    # --- data
+    records = segmentation_records(cfg.data, cfg.max_cases)
+    train_records = [r for r in records if r.split == "train"]
+    val_records = [r for r in records if r.split == "val"]
+    if not train_records or not val_records:
+        raise ValueError(f"need train and val cases, found {len(train_records)} and {len(val_records)}")
+    cache = cfg.cache / cfg.stage if cfg.cache else run_dir / "cache"
+    train_paths = prepare_cache(train_records, cfg.task, cfg.stage, cache, cfg.workers)
+    rng = np.random.default_rng(cfg.seed)
+    val_pick = sorted(rng.choice(len(val_records), min(cfg.val_cases, len(val_records)), replace=False))
+    val_paths = prepare_cache([val_records[i] for i in val_pick], cfg.task, cfg.stage, cache, cfg.workers)
+    log.info("%s: %d train and %d val cases from %s", cfg.name, len(train_paths), len(val_paths), cfg.data)
+    stage = spec.stage(cfg.stage)
+    windows = WindowDataset(train_paths, spec, cfg.window or stage.roi, cfg.window_centres, cfg.seed)
+    sampler = RandomSampler(
+        windows,
+        replacement=True,
+        num_samples=cfg.steps * cfg.batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    loader = DataLoader(windows, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
+
+    # --- model
+    net = create_model(cfg.model, **cfg.model_kwargs).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / cfg.steps) ** 0.9)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    step, best = 0, -math.inf
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if resume and last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        net.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, best = state["step"], state["best_score"]
+        log.info("resumed %s at step %d (best validation score %.3f)", cfg.name, step, best)
+
+    # --- loop
+    net.train()
+    running: list[float] = []
+    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, dynamic_ncols=True)
+    for batch in loader:
+        if step >= cfg.steps:
+            break
+        logits = net(batch["image"].to(device))
+        loss = loss_fn(logits, batch["label"].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        running.append(loss.item())
+        bar.update()
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            row = {
+                "step": step,
+                "train_loss": float(np.mean(running)),
+                "lr": float(scheduler.get_last_lr()[0]),
+            }
+            row.update(validate(net, val_paths, spec, stage, device))
+            running = []
+            _log_row(run_dir / "metrics.csv", row)
+            bar.set_postfix(
+                loss=f"{row['train_loss']:.3f}",
+                organ=f"{row['val_organ_dice']:.3f}",
+                lesion=f"{row['val_lesion_dice']:.3f}",
+            )
+            if row["val_score"] > best:
+                best = row["val_score"]
+                save_checkpoint(best_path, net, cfg, step=step, val_score=best, metrics=row)
+            save_checkpoint(
+                last_path,
+                net,
+                cfg,
+                step=step,
+                best_score=best,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                metrics=row,
+            )
+    bar.close()
+    return best_path
+
+
+def _log_row(path: Path, row: dict[str, float]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            out.writeheader()
+        out.writerow(row)
