@@ -30,7 +30,7 @@ class Metrics:
         self.stages = Histogram(
             "reactkd_stage_seconds",
             "Time per processing stage "
-            "(receive, ingest, preprocess, checks, inference, outcome, save, explain, store)",
+            "(receive, ingest, localize, preprocess, checks, inference, outcome, save, explain, store)",
             ["stage"],
             registry=self.registry,
             buckets=_STAGE_BUCKETS,

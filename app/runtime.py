@@ -1,6 +1,8 @@
-"""ONNX Runtime sessions for the served students, their model cards, and an inference gate.
+"""ONNX Runtime sessions for the served models, their model cards, and an inference gate.
 
-One session per model, providers from what the machine has (CUDA when a driver is
+A task is served by a grader (the distilled student) and, where the task has one, the
+segmenter that localizes before it grades (`models.segmenter`); a card whose ``role`` is
+``segmenter`` is one. One session per model, providers from what the machine has (CUDA when a driver is
 present, else CPU), thread counts from settings, a warm-up with a zero input at load. A
 model whose file is missing, corrupt or does not match its card's sha256 is reported not
 ready with the reason, while the other models still serve.
@@ -21,9 +23,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
 from app.errors import BusyError, ModelNotReadyError, TimeoutProblem, UnknownTaskError
 from app.settings import Settings
+from models.segmenter import STAGES, Predictor, SegmenterSpec, StageName, get_segmenter_spec
 from models.tasks import TASKS, TaskSpec, task_of_card
 
 log = logging.getLogger("app.runtime")
@@ -59,6 +63,7 @@ class ServedModel:
     status: str = "loading"  # loading | ready | failed | not_served
     reason: str | None = None
     session: ort.InferenceSession | None = None
+    stage_sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
     providers: list[str] = field(default_factory=list)
     _torch: Any = None
     _torch_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -66,6 +71,18 @@ class ServedModel:
     @property
     def task(self) -> TaskSpec:
         return task_of_card(self.card)
+
+    @property
+    def task_name(self) -> str:
+        return str(self.card.get("task"))
+
+    @property
+    def is_segmenter(self) -> bool:
+        return self.card.get("role") == "segmenter"
+
+    @property
+    def segmenter_spec(self) -> SegmenterSpec:
+        return get_segmenter_spec(str(self.card.get("task")))
 
     @property
     def needs_mask(self) -> bool:
@@ -97,18 +114,31 @@ class ServedModel:
 
     def _load(self, settings: Settings) -> None:
         task_of_card(self.card)  # a card of an unknown task or grid fails here, before the session
-        path = self.folder / str(self.card.get("onnx_file") or f"{self.name}.onnx")
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX file {path.name} is missing")
-        actual = sha256_of(path)
-        if actual != self.sha256:
-            raise ValueError(f"sha256 of {path.name} is {actual[:12]}..., card says {self.sha256[:12]}...")
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.intra_op_threads
         options.inter_op_num_threads = settings.inter_op_threads
-        self.session = ort.InferenceSession(str(path), options, providers=choose_providers())
+        files = {"": (str(self.card.get("onnx_file") or f"{self.name}.onnx"), self.sha256)}
+        if self.is_segmenter:  # one graph per stage of the cascade
+            stages = self.card.get("stages") or {}
+            files = {
+                name: (str(stages[name]["onnx_file"]), str(stages[name]["onnx_sha256"])) for name in STAGES
+            }
+        sessions = {}
+        for key, (name, expected) in files.items():
+            path = self.folder / name
+            if not path.is_file():
+                raise FileNotFoundError(f"ONNX file {path.name} is missing")
+            actual = sha256_of(path)
+            if actual != expected:
+                raise ValueError(f"sha256 of {path.name} is {actual[:12]}..., card says {expected[:12]}...")
+            sessions[key] = ort.InferenceSession(str(path), options, providers=choose_providers())
+        self.session = next(iter(sessions.values()))
+        self.stage_sessions = sessions
         self.providers = self.session.get_providers()
-        if settings.warmup:
+        if settings.warmup and self.is_segmenter:
+            for stage in STAGES:
+                self.predictors[stage](torch.zeros((1, 1, *self.segmenter_spec.stage(stage).roi)))
+        elif settings.warmup:
             spec = self.task
             self.run(
                 np.zeros((1, spec.num_modalities, *spec.shape), np.float32),
@@ -128,12 +158,26 @@ class ServedModel:
         )
         return {"logits": logits, "attention": attention, "features": features}
 
+    @property
+    def predictors(self) -> dict[StageName, Predictor]:
+        """A segmenter's stages as `models.segmenter.Predictor`s: windows (N, 1, *roi) in,
+        logits (N, L, *roi) out."""
+        if self.session is None:
+            raise ModelNotReadyError(f"model {self.name} is not loaded: {self.reason}", field="task")
+
+        def stage(session: ort.InferenceSession) -> Predictor:
+            def predict(windows: torch.Tensor) -> torch.Tensor:
+                (logits,) = session.run(["logits"], {"image": windows.numpy().astype(np.float32, copy=False)})
+                return torch.from_numpy(logits)
+
+            return predict
+
+        return {name: stage(self.stage_sessions[name]) for name in STAGES}
+
     def torch_model(self) -> Any:
         """The PyTorch network from the card's weights file (for gradient attributions)."""
         with self._torch_lock:
             if self._torch is None:
-                import torch
-
                 from models.registry import model_from_checkpoint
 
                 weights = self.card.get("weights_file")
@@ -146,11 +190,22 @@ class ServedModel:
 
 
 class ModelRegistry:
-    """Every model card in a folder; one served model per task."""
+    """Every model card in a folder; per task one served grader and, where there is one, one
+    served segmenter."""
 
-    def __init__(self, models: list[ServedModel], served: dict[str, ServedModel]) -> None:
+    def __init__(
+        self,
+        models: list[ServedModel],
+        served: dict[str, ServedModel],
+        segmenters: dict[str, ServedModel] | None = None,
+    ) -> None:
         self.models = models
         self.served = served
+        self.segmenters = segmenters or {}
+
+    @property
+    def all_served(self) -> list[ServedModel]:
+        return [*self.served.values(), *self.segmenters.values()]
 
     @classmethod
     def from_folder(cls, folder: Path, settings: Settings) -> ModelRegistry:
@@ -166,33 +221,48 @@ class ModelRegistry:
             models.append(
                 ServedModel(name=str(card.get("name", card_path.stem)), card=card, folder=card_path.parent)
             )
-        served: dict[str, ServedModel] = {}
-        for task in TASKS:
-            candidates = [m for m in models if m.card.get("task") == task]
-            if not candidates:
-                continue
-            wanted = settings.served_models.get(task)
-            chosen = next((m for m in candidates if m.name == wanted), None) if wanted else None
-            if chosen is None:
-                # The newest model that needs nothing but images: one reading a lesion crop
-                # needs a mask with every study, so it serves by default only when alone.
-                chosen = max(candidates, key=lambda m: (not m.needs_mask, str(m.card.get("created", ""))))
-            served[task] = chosen
-            for other in candidates:
-                if other is not chosen:
-                    other.status, other.reason = "not_served", f"{chosen.name} serves {task}"
-        return cls(models, served)
+        segmenters = _choose(
+            [m for m in models if m.is_segmenter],
+            settings.served_segmenters,
+            lambda m: str(m.card.get("created", "")),
+        )
+
+        def grader_rank(model: ServedModel) -> tuple[bool, bool, str]:
+            # A model reading a lesion crop needs a mask with every study: the task's segmenter
+            # gives one (localize, then grade: preferred), else the client must, so without a
+            # segmenter it serves by default only when alone. Then the newest.
+            localized = model.task_name in segmenters
+            return (
+                localized or not model.needs_mask,
+                localized and model.needs_mask,
+                str(model.card.get("created", "")),
+            )
+
+        served = _choose([m for m in models if not m.is_segmenter], settings.served_models, grader_rank)
+        return cls(models, served, segmenters)
 
     def load(self, settings: Settings) -> None:
-        for model in self.served.values():
+        for model in self.all_served:
             model.load(settings)
 
     @property
     def ready(self) -> bool:
-        return bool(self.served) and all(m.ready for m in self.served.values())
+        return bool(self.served) and all(m.ready for m in self.all_served)
+
+    def segmenter_for(self, task: str) -> ServedModel | None:
+        """The task's served segmenter, ready (None when the task has none; 503 if not ready)."""
+        model = self.segmenters.get(task)
+        if model is not None and not model.ready:
+            raise ModelNotReadyError(
+                f"segmenter {model.name} for {task!r} is not ready: {model.reason or model.status}; "
+                "send the lesion's mask, or retry",
+                field="task",
+                headers={"Retry-After": "30"},
+            )
+        return model
 
     def reasons(self) -> dict[str, str]:
-        out = {m.name: m.reason or m.status for m in self.served.values() if not m.ready}
+        out = {m.name: m.reason or m.status for m in self.all_served if not m.ready}
         if not self.served:
             out["models"] = "no model cards found in the model folder"
         return out
@@ -210,6 +280,24 @@ class ModelRegistry:
                 headers={"Retry-After": "30"},
             )
         return model
+
+
+def _choose(
+    models: list[ServedModel], wanted: dict[str, str], rank: Callable[[ServedModel], Any]
+) -> dict[str, ServedModel]:
+    """One model per task: the one `wanted` names, else the best by `rank`; the others are
+    marked not served, with the reason."""
+    chosen: dict[str, ServedModel] = {}
+    for task in TASKS:
+        candidates = [m for m in models if m.task_name == task]
+        if not candidates:
+            continue
+        named = next((m for m in candidates if m.name == wanted.get(task)), None)
+        chosen[task] = named or max(candidates, key=rank)
+        for other in candidates:
+            if other is not chosen[task]:
+                other.status, other.reason = "not_served", f"{chosen[task].name} serves {task}"
+    return chosen
 
 
 class InferenceGate:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -34,11 +34,38 @@ class StudyInfo(BaseModel):
     ignored: list[dict[str, str]] = Field(default_factory=list)
 
 
+class NotGradable(BaseModel):
+    """Why a study was not graded: a stable `code` to switch on, and what it means."""
+
+    code: Literal["no-liver", "liver-cut", "no-lesion", "lesion-cut"]
+    detail: str
+
+
+class MaskInfo(BaseModel):
+    """The mask the grade used (or would have used): whose, and what it holds."""
+
+    source: Literal["upload", "pacs", "model"] = Field(
+        description="the client's mask, a SEG of the study fetched from the PACS, or the segmenter's"
+    )
+    liver_ml: float | None = Field(description="liver with its lesions; null for a lesion-only mask")
+    lesion_ml: float = Field(description="all lesions together")
+    lesions: int = Field(description="lesions (26-connected components)")
+    lesions_ml: list[float] = Field(default_factory=list, description="each lesion, largest first")
+    lesion_center_mm: list[float] | None = Field(
+        default=None, description="RAS+ centroid of the largest lesion: the centre of the grader's crop"
+    )
+    cut: list[str] = Field(default_factory=list, description="edges of the scan that cut the liver")
+    model: ModelRef | None = Field(default=None, description="the segmenter, when it made the mask")
+
+
 class Prediction(BaseModel):
     id: str
     task: str
-    label: str
-    probabilities: dict[str, float]
+    gradable: bool = True
+    label: str | None
+    probabilities: dict[str, float] | None
+    not_gradable: list[NotGradable] = Field(default_factory=list, description="why no grade was given")
+    mask: MaskInfo | None = None
     modalities: Modalities
     model: ModelRef
     warnings: list[str]
@@ -59,7 +86,7 @@ class ExplanationLink(BaseModel):
 class ExplanationIndex(BaseModel):
     id: str
     task: str
-    label: str
+    label: str | None
     explanations: list[ExplanationLink]
 
 
@@ -78,12 +105,30 @@ class GraphEdge(BaseModel):
     weight: float = Field(description="cosine distance between the features of the two touching regions")
 
 
+class Contribution(BaseModel):
+    """What a node's `contribution` is, and (for an additive method) how the sums add up."""
+
+    method: Literal["integrated_gradients", "mean_attention"]
+    unit: str
+    description: str
+    total: float | None = Field(default=None, description="the attribution summed over every voxel")
+    regions_sum: float | None = Field(default=None, description="the nodes' contributions summed")
+    outside_regions: float | None = Field(
+        default=None, description="the voxels in no region: total - regions_sum"
+    )
+    logit_rise: float | None = Field(
+        default=None,
+        description="the predicted logit at the case minus at the baseline: what `total` approximates",
+    )
+
+
 class RegionGraph(BaseModel):
     id: str
-    regions: str
+    regions: str = Field(description="mask: anatomical regions of the mask; supervoxels: no mask was there")
     predicted_class: str
     nodes: list[GraphNode]
     edges: list[GraphEdge]
+    contribution: Contribution
     prototype_distances: dict[str, float] | None = None
     note: str | None = None
 

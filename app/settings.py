@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     model_dir: Path = DEFAULT_MODEL_DIR
     # Which model serves a task when the folder holds several: {"hcc": "hcc_lesion_student"}.
     served_models: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # Which segmenter localizes a task's studies when the folder holds several (newest by default).
+    served_segmenters: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     store_dir: Path = Path("var/store")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
@@ -34,6 +36,11 @@ class Settings(BaseSettings):
     body_idle_timeout_s: float = Field(default=30.0, gt=0)
     retention_days: float = Field(default=30.0, gt=0)
     retention_interval_s: float = Field(default=3600.0, gt=0)
+    # When a study is not gradable (README: *Not gradable*); chosen from the segmenter's
+    # measurements in reports/segmenter/ (docs/segmenter.md).
+    min_liver_ml: float = Field(default=150.0, ge=0)
+    min_cut_liver_ml: float = Field(default=500.0, ge=0)
+    min_lesion_ml: float = Field(default=0.5, ge=0)
     intra_op_threads: int = Field(default=1, ge=0)
     inter_op_threads: int = Field(default=1, ge=0)
     warmup: bool = True
@@ -61,7 +68,7 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("served_models", mode="before")
+    @field_validator("served_models", "served_segmenters", mode="before")
     @classmethod
     def _json_object(cls, value: object) -> object:
         """`REACTKD_SERVED_MODELS='{"hcc": "NAME"}'`; empty (compose's unset variable) is {}."""

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from scipy.cluster.vq import kmeans2, vq
 
+from models.segmenter import liver_and_lesion
+
 HCC_MAX_TUMOURS = 3
 """Tumour components kept as their own nodes, largest first; further ones join the last."""
 HCC_SHELL_VOXELS = 3
@@ -82,6 +84,25 @@ def mask_regions(task_name: str, masks: Mapping[str, np.ndarray]) -> np.ndarray:
     if task_name == "hcc":
         return _hcc_regions(masks)
     return _brats_regions(masks)
+
+
+def regions_from_labels(task_name: str, labels: np.ndarray) -> np.ndarray:
+    """`mask_regions` of ONE label map as the service receives masks (on the model grid).
+
+    hcc: a LiTS-style map (liver 1, lesion the highest label) or a lesion-only binary map
+    (`models.segmenter.liver_and_lesion`; without a liver, no parenchyma nodes). brats: the
+    BraTS labels 1, 2, 4 themselves.
+    """
+    if task_name == "brats":
+        return mask_regions(task_name, {"seg": np.where(np.isin(labels, (1, 2, 3, 4)), labels, 0)})
+    liver, lesion = liver_and_lesion(labels)
+    organ = liver if liver is not None else np.zeros(labels.shape, dtype=bool)
+    return mask_regions(task_name, {"liver": organ, "tumor": lesion})
+
+
+def region_name(task_name: str, region: int) -> str:
+    """The name of region label `region` (1..R) of a task's mask regions."""
+    return _region_names(task_name)[region - 1]
 
 
 def _require(masks: Mapping[str, np.ndarray], *names: str) -> np.ndarray:

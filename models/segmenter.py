@@ -218,9 +218,26 @@ def scanned_voxels(volume: Volume, grid: Grid) -> np.ndarray:
 def segmenter_input(volume: Volume, spec: SegmenterSpec, grid: Grid | None = None) -> SegmenterInput:
     """The reference image on `grid` (default: the coarse stage's), intensities mapped."""
     grid = grid if grid is not None else coarse_grid(volume, spec)
-    on_grid = resample(volume.array, volume.affine, grid, order=1, cval=BACKGROUND[_kind(spec)])
-    image = to_tensor_layout(normalize_intensity(on_grid, spec))[None]
-    return SegmenterInput(image=image, scanned=scanned_voxels(volume, grid), grid=grid)
+    # Sampled up to the scan's faces: in the outer half voxel of the scan, trilinear sampling
+    # would blend the last slice with the air beyond, and an organ the scan cuts would fade
+    # before the face, where `summarize` looks for the cut. Beyond the faces: air.
+    edged = np.pad(volume.array, 1, mode="edge")
+    edged_affine = volume.affine.copy()
+    edged_affine[:3, 3] = volume.affine[:3, :3] @ np.full(3, -1.0) + volume.affine[:3, 3]
+    air = BACKGROUND[_kind(spec)]
+    on_grid = resample(edged, edged_affine, grid, order=1, cval=air)
+    scanned = scanned_voxels(volume, grid)
+    image = to_tensor_layout(normalize_intensity(on_grid, spec))
+    image[~scanned] = normalize_intensity(np.array([air]), spec)[0]
+    return SegmenterInput(image=image[None], scanned=scanned, grid=grid)
+
+
+def only_scanned(probabilities: np.ndarray, scanned: np.ndarray) -> np.ndarray:
+    """`probabilities` (L, D, H, W) with everything beyond the scan background: a mask
+    claims nothing where nothing was imaged."""
+    probabilities[0] = np.where(scanned, probabilities[0], 1.0)
+    probabilities[1:] *= scanned
+    return probabilities
 
 
 def mask_on_grid(mask: Volume, grid: Grid) -> np.ndarray:
@@ -312,7 +329,7 @@ def segment(predictors: Mapping[StageName, Predictor], volume: Volume, spec: Seg
     neighbour the fine window shows (the spleen, the heart) cannot become the organ.
     """
     overview = segmenter_input(volume, spec)
-    coarse = sliding_window(predictors["coarse"], overview.image, spec.coarse)
+    coarse = only_scanned(sliding_window(predictors["coarse"], overview.image, spec.coarse), overview.scanned)
     coarse_labels = labels_from_probabilities(coarse, spec, overview.grid)
     if not coarse_labels.any():
         return Segmentation(
@@ -320,7 +337,7 @@ def segment(predictors: Mapping[StageName, Predictor], volume: Volume, spec: Seg
             overview,
             coarse,
             coarse_labels,
-            summarize(coarse_labels, overview.grid, volume),
+            summarize(coarse_labels, overview.grid, volume, organ_labelled=True),
         )
     fine_input = segmenter_input(volume, spec, fine_grid(coarse_labels > 0, overview.grid, spec))
     probabilities = sliding_window(predictors["fine"], fine_input.image, spec.fine)
@@ -328,10 +345,9 @@ def segment(predictors: Mapping[StageName, Predictor], volume: Volume, spec: Seg
     inside = mask_on_grid(
         Volume(from_tensor_layout(allowed.astype(np.uint8)), overview.grid.affine), fine_input.grid
     )
-    probabilities[0] = np.where(inside > 0, probabilities[0], 1.0)
-    probabilities[1:] *= inside > 0
+    probabilities = only_scanned(probabilities, (inside > 0) & fine_input.scanned)
     labels = labels_from_probabilities(probabilities, spec, fine_input.grid)
-    summary = summarize(labels, fine_input.grid, volume)
+    summary = summarize(labels, fine_input.grid, volume, organ_labelled=True)
     return Segmentation(overview, fine_input, probabilities, labels, summary)
 
 
@@ -376,13 +392,18 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- masks
 
 
-def liver_and_lesion(labels: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+def liver_and_lesion(
+    labels: np.ndarray, organ_labelled: bool = False
+) -> tuple[np.ndarray | None, np.ndarray]:
     """The organ (lesions included) and the lesion of a label map, as the service reads masks.
 
     A map with two or more labels is LiTS-style (liver 1, tumour 2): the organ is every
     non-zero voxel, the lesion the highest label. A binary map is the lesion alone; its
-    organ is unknown (None).
+    organ is unknown (None). A segmenter's map (`organ_labelled`) always means organ 1 and
+    lesion 2, even where it found no lesion, or nothing at all.
     """
+    if organ_labelled:
+        return labels > 0, labels == 2
     top = int(labels.max()) if labels.size else 0
     lesion = labels == top if top > 0 else np.zeros(labels.shape, dtype=bool)
     if top >= 2:
@@ -415,12 +436,14 @@ class MaskSummary:
         return len(self.lesions_ml)
 
 
-def summarize(labels: np.ndarray, grid: Grid, scan: Volume | None = None) -> MaskSummary:
+def summarize(
+    labels: np.ndarray, grid: Grid, scan: Volume | None = None, organ_labelled: bool = False
+) -> MaskSummary:
     """Volumes, lesion count and where the scan cuts the organ, of a (D, H, W) label map on
     `grid` (`liver_and_lesion` reads it). A cut is where the mask meets the faces of `scan`
     (default: the grid's own faces), wherever the grid lies: a SEG holds only the frames it
     draws on, and the top of those frames is not the top of the scan."""
-    organ, lesion = liver_and_lesion(labels)
+    organ, lesion = liver_and_lesion(labels, organ_labelled)
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
     components, count = ndimage.label(lesion, structure=_CONNECTED)
     sizes = np.bincount(components.ravel())[1:] if count else np.zeros(0, dtype=np.int64)

@@ -34,7 +34,9 @@ def _synth(args: argparse.Namespace) -> None:
     if args.task == "torso":
         from training.data.synth_torso import write_torso_cohort
 
-        manifest = write_torso_cohort(args.out, args.cases, args.seed, workers=args.workers)
+        manifest = write_torso_cohort(
+            args.out, args.cases, args.seed, fields=args.fields, workers=args.workers
+        )
     elif args.task == "hcc":
         from training.data.synth_hcc import write_hcc_cohort
 
@@ -212,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--cases", type=int, required=True)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--external", action="store_true", help="HCC: the shifted external CT-only cohort")
+    synth.add_argument(
+        "--fields", nargs="+", help="torso: only these fields of view, in turn (e.g. chest pelvis head)"
+    )
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     synth.add_argument(
         "--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="voxels per axis (smaller: quick tests)"

@@ -3,8 +3,14 @@
 - gradcam: Grad-CAM (Selvaraju et al., 2017) on the last-stage `features` output of the
   PyTorch network from the card's weights: channel weights are the spatial mean of the
   class logit's gradient; the map is ReLU of the weighted sum (feature-grid resolution).
-- integrated_gradients: captum `IntegratedGradients` from an all-zero baseline (what a
-  missing modality looks like), summed over channels as |attribution| (full resolution).
+- integrated_gradients: captum `IntegratedGradients` from a blurred copy of the input
+  (Gaussian, sigma BASELINE_SIGMA voxels: the coarse intensities stay, the structure goes),
+  summed over channels, signed (full resolution): by completeness its sum is the class
+  logit's rise from that baseline, which the region graph splits by region
+  (`app.explain.graph`); the map shown is its magnitude. Not an all-zero baseline: the
+  students normalize each channel (instance norm), so every scaled copy of the input looks
+  the same to them and the whole rise would sit in a jump next to zero that no quadrature
+  sees; the sums would then not add up.
 - occlusion: through ONNX Runtime, so it explains exactly the served graph: blocks of the
   input are zeroed in turn and the drop of the class probability is the block's score.
 """
@@ -20,7 +26,8 @@ from app.explain.case import Case
 from app.runtime import ServedModel
 
 METHODS = ("gradcam", "integrated_gradients", "occlusion")
-IG_STEPS = 16
+IG_STEPS = 32
+BASELINE_SIGMA = 6.0  # voxels of the model grid
 OCCLUSION_BLOCKS = (3, 3, 3)  # blocks along D, H, W
 
 
@@ -43,7 +50,8 @@ def gradcam(network: Any, case: Case) -> np.ndarray:
     return cam.detach().numpy().astype(np.float32)
 
 
-def integrated_gradients(network: Any, case: Case) -> np.ndarray:
+def integrated_gradients(network: Any, case: Case) -> tuple[np.ndarray, float]:
+    """Signed attribution (D, H, W), channels summed, and the logit's rise it should add up to."""
     import torch
     from captum.attr import IntegratedGradients
 
@@ -52,14 +60,26 @@ def integrated_gradients(network: Any, case: Case) -> np.ndarray:
     def forward(x: torch.Tensor) -> torch.Tensor:
         return network(x, present.expand(x.shape[0], -1)).logits
 
+    baseline = torch.from_numpy(blurred(case.image)[None])
     attribution = IntegratedGradients(forward).attribute(
         image,
-        baselines=torch.zeros_like(image),
+        baselines=baseline,
         target=case.class_index,
         n_steps=IG_STEPS,
         internal_batch_size=4,
     )
-    return attribution[0].abs().sum(dim=0).detach().numpy().astype(np.float32)
+    with torch.no_grad():
+        logits = forward(torch.cat([image, baseline]))[:, case.class_index]
+    rise = float(logits[0] - logits[1])
+    return attribution[0].sum(dim=0).detach().numpy().astype(np.float32), rise
+
+
+def blurred(image: np.ndarray) -> np.ndarray:
+    """The integrated-gradients baseline: each channel blurred, in the input's layout."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = (0, BASELINE_SIGMA, BASELINE_SIGMA, BASELINE_SIGMA)
+    return gaussian_filter(image.astype(np.float32), sigma=sigma, mode="nearest")
 
 
 def occlusion(model: ServedModel, case: Case) -> np.ndarray:
@@ -91,9 +111,10 @@ def occlusion(model: ServedModel, case: Case) -> np.ndarray:
     return scores
 
 
-def compute(method: str, case: Case, model: ServedModel) -> np.ndarray:
+def compute(method: str, case: Case, model: ServedModel) -> tuple[np.ndarray, float | None]:
+    """The method's map and, for integrated gradients, the logit rise its sum should equal."""
     if method == "gradcam":
-        return gradcam(model.torch_model(), case)
+        return gradcam(model.torch_model(), case), None
     if method == "integrated_gradients":
         return integrated_gradients(model.torch_model(), case)
-    return occlusion(model, case)
+    return occlusion(model, case), None

@@ -1,10 +1,12 @@
-"""A stored prediction reloaded for explanation: model input, outputs, the input's grid.
+"""A stored prediction reloaded for explanation: its mask, and for a graded one the model
+input, outputs, the input's grid.
 
-The model input (and, for DICOM, the source headers) is not stored with a prediction made
-from uploaded files: it is rebuilt from the stored uploads by the very code that built it
-at prediction time (`build_study`, then `prepare_input`), checked against the sha256
-recorded then, and cached beside the prediction for later explanations. A study fetched
-from the PACS keeps its `input.npz` and `headers.json`.
+A prediction keeps what its explanations need (`app.prediction`): the mask and where it
+came from, the overview image on the segmenter's grid, the segmenter's probabilities, the
+model input and outputs, the source headers. Predictions stored before the model input was
+kept have it rebuilt from the stored uploads by the very code that built it at prediction
+time (`build_study`, then `prepare_input`), checked against the sha256 recorded then, and
+cached beside the prediction.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from app.ingest.archive import ZipLimits
 from app.ingest.study import IngestLimits, Upload, build_study
 from app.prediction import input_digest, preprocess
 from app.store import Store, StoredPrediction, npz_bytes
-from models.contract import Grid, Volume
+from models.contract import Grid, Volume, from_tensor_layout
 from models.tasks import TaskSpec, get_task
 
 # The uploads were checked against the configured limits when they were accepted; reading
@@ -30,25 +32,27 @@ _STORED_LIMITS = IngestLimits(ZipLimits(1 << 31, 1 << 62, float("inf")), max_ima
 
 
 @dataclass
-class Case:
+class Localized:
+    """What every prediction keeps, graded or not: the mask and the views of the scan.
+
+    overview: the reference image on the segmenter's grid, intensities in [0, 1] (None for
+    tasks without a segmenter); probabilities: the segmenter's (L, D, H, W) on that grid when
+    it made the mask.
+    """
+
     prediction: StoredPrediction
     task: TaskSpec
-    image: np.ndarray  # [M, D, H, W]
-    present: np.ndarray  # [M]
-    grid: Grid
-    outputs: dict[str, np.ndarray]
     reference_grid: Grid  # voxels of the reference image that was sent
     reference_name: str
     reference_kind: str
     mask: Volume | None
+    mask_source: str | None
+    overview: Volume | None
+    probabilities: np.ndarray | None
 
     @property
-    def class_index(self) -> int:
-        return int(np.argmax(self.outputs["probabilities"]))
-
-    @property
-    def reference_channel(self) -> int:
-        return self.task.modalities.index(self.reference_name)
+    def gradable(self) -> bool:
+        return bool(self.prediction.response.get("gradable", True))
 
     def headers(self, store: Store) -> list[Dataset]:
         """The source series' headers (no pixel data), in slice order; [] unless DICOM."""
@@ -58,6 +62,24 @@ class Case:
         if data is None:
             return []
         return [Dataset.from_json(item) for item in json.loads(data)]
+
+
+@dataclass
+class Case(Localized):
+    """A graded prediction: also what the grader saw and said."""
+
+    image: np.ndarray  # [M, D, H, W]
+    present: np.ndarray  # [M]
+    grid: Grid
+    outputs: dict[str, np.ndarray]
+
+    @property
+    def class_index(self) -> int:
+        return int(np.argmax(self.outputs["probabilities"]))
+
+    @property
+    def reference_channel(self) -> int:
+        return self.task.modalities.index(self.reference_name)
 
 
 def stored_uploads(store: Store, prediction: StoredPrediction) -> dict[str, list[Upload]]:
@@ -127,32 +149,58 @@ def _rebuild_input(
     return arrays, mask
 
 
-def load_case(store: Store, prediction: StoredPrediction) -> Case:
-    outputs = store.read_npz(prediction, "outputs.npz")
+def load_localized(store: Store, prediction: StoredPrediction) -> Localized:
+    """The mask and views every prediction keeps (409 when its files are incomplete)."""
     reference = store.read_npz(prediction, "reference.npz")
     meta_bytes = store.read(prediction, "meta.json")
-    if outputs is None or reference is None or meta_bytes is None:
+    if reference is None or meta_bytes is None:
         raise NotAvailableError("the stored files of this prediction are incomplete", field="id")
     meta = json.loads(meta_bytes)
-    task = get_task(prediction.task, meta.get("grid", "whole"))
-    # Kept with the prediction (fetched studies, older predictions), else cached, else rebuilt.
-    model_input = store.read_npz(prediction, "input.npz")
-    mask = store.read_npz(prediction, "mask.npz")
-    if model_input is None:
-        model_input = store.read_npz(prediction, "cache/input.npz")
-        mask = store.read_npz(prediction, "cache/mask.npz")
-    if model_input is None:
-        model_input, mask = _rebuild_input(store, prediction, task, meta)
-    shape = tuple(int(s) for s in model_input["grid_shape"])
-    return Case(
+    mask = store.read_npz(prediction, "mask.npz") or store.read_npz(prediction, "cache/mask.npz")
+    overview = store.read_npz(prediction, "overview.npz")
+    segmentation = store.read_npz(prediction, "segmentation.npz")
+    return Localized(
         prediction=prediction,
-        task=task,
-        image=model_input["image"],
-        present=model_input["present"],
-        grid=Grid(shape=shape, affine=model_input["grid_affine"]),  # type: ignore[arg-type]
-        outputs=outputs,
+        task=get_task(prediction.task, meta.get("grid", "whole")),
         reference_grid=Grid(shape=tuple(int(n) for n in reference["shape"]), affine=reference["affine"]),  # type: ignore[arg-type]
         reference_name=meta["reference"],
         reference_kind=meta["reference_kind"],
         mask=Volume(mask["array"], mask["affine"]) if mask is not None else None,
+        mask_source=meta.get("mask_source", "upload" if mask is not None else None),
+        overview=Volume(from_tensor_layout(overview["image"].astype(np.float32) / 255.0), overview["affine"])
+        if overview is not None
+        else None,
+        probabilities=segmentation["probabilities"].astype(np.float32) / 255.0
+        if segmentation is not None
+        else None,
+    )
+
+
+def load_case(store: Store, prediction: StoredPrediction) -> Case:
+    """A graded prediction with its model input and outputs (409 for one not graded)."""
+    localized = load_localized(store, prediction)
+    if not localized.gradable:
+        raise NotAvailableError(
+            "this study was not graded (see `not_gradable` in the prediction): there is no grade to "
+            "explain; its segmentation is at /v1/explain/{id}/segmentation",
+            field="id",
+        )
+    outputs = store.read_npz(prediction, "outputs.npz")
+    if outputs is None:
+        raise NotAvailableError("the stored files of this prediction are incomplete", field="id")
+    meta = json.loads(store.read(prediction, "meta.json") or b"{}")
+    # Kept with the prediction, else (older predictions) cached, else rebuilt from the upload.
+    model_input = store.read_npz(prediction, "input.npz") or store.read_npz(prediction, "cache/input.npz")
+    mask = localized.mask
+    if model_input is None:
+        model_input, rebuilt_mask = _rebuild_input(store, prediction, localized.task, meta)
+        if rebuilt_mask is not None:
+            mask = Volume(rebuilt_mask["array"], rebuilt_mask["affine"])
+    shape = tuple(int(s) for s in model_input["grid_shape"])
+    return Case(
+        **{**localized.__dict__, "mask": mask},
+        image=model_input["image"],
+        present=model_input["present"],
+        grid=Grid(shape=shape, affine=model_input["grid_affine"]),  # type: ignore[arg-type]
+        outputs=outputs,
     )

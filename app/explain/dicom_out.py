@@ -10,7 +10,8 @@ model (ManufacturerModelName, SoftwareVersions, algorithm identification) and sa
   each class probability as a NUM with unit "1".
 - `parametric_map`: float attention per voxel on the reference series' own frames
   (OHIF shows Parametric Maps as overlays).
-- `segmentation`: a binary SEG, one segment per region-graph region, on those frames.
+- `segmentation`: a binary SEG on those frames: one segment per region-graph region, or
+  the liver and the lesion of the mask the grade used (`LIVER`, `LESION`).
 - `rgb_capture`: a Secondary Capture of the PNG overlay (burned in) for viewers that show
   nothing else.
 - `secondary_capture`: the same for inputs without DICOM headers (NIfTI): no source to
@@ -118,6 +119,8 @@ def predicted_class_code(task: str) -> Code:
 # -- structured report -------------------------------------------------------------------
 
 PEAK_ATTENTION = Code("PEAK-ATTENTION", SCHEME, "Peak attention")
+# A study the service did not grade (no liver, no lesion, ...): said as such, never a grade.
+NOT_GRADABLE = Code("NOT-GRADABLE", SCHEME, "Not gradable")
 
 
 @dataclass(frozen=True)
@@ -158,12 +161,13 @@ def structured_report(
     sources: Sequence[Dataset],
     *,
     task: str,
-    label: str,
+    label: str | None,
     probabilities: Mapping[str, float],
     provenance: Provenance,
     peak: AttentionPeak | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """TID 1500 report of one prediction, with the source series as evidence.
+    """TID 1500 report of one prediction, with the source series as evidence; `label` None
+    is a study not graded (no probabilities then).
 
     With `peak`, the report also holds the peak attention value located by a SCOORD3D
     point in the sources' Frame of Reference (which the report then carries).
@@ -182,7 +186,10 @@ def structured_report(
         finding_type=codes.SCT.Neoplasm,
         algorithm_id=algorithm,
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=predicted_class_code(task), value=class_code(label))
+            hd.sr.QualitativeEvaluation(
+                name=predicted_class_code(task),
+                value=class_code(label) if label is not None else NOT_GRADABLE,
+            )
         ],
         measurements=[
             hd.sr.Measurement(
@@ -268,13 +275,38 @@ def parametric_map(attention: Volume, sources: list[Dataset], description: str) 
 # -- segmentation ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One segment of a SEG: its label, and what it is in SNOMED CT."""
+
+    label: str
+    category: Code = codes.SCT.Tissue
+    kind: Code = codes.SCT.Tissue
+
+
+# The mask the grade used (`segmentation?format=dicom`, and the PACS push).
+LIVER = Segment("Liver", codes.SCT.AnatomicalStructure, codes.SCT.Liver)
+LESION = Segment("Lesion", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm)
+
+
 def segmentation(
-    labels: Volume, sources: Sequence[Dataset], segment_labels: Sequence[str], provenance: Provenance
+    labels: Volume,
+    sources: Sequence[Dataset],
+    segments: Sequence[Segment | str],
+    provenance: Provenance,
+    *,
+    what: str = "REACT-KD regions",
+    automatic: bool = True,
+    series_offset: int = 3,
 ) -> hd.seg.Segmentation:
-    """Binary SEG of a label map with values 1..N (on the reference series' grid), N segments."""
+    """Binary SEG of a label map with values 1..N (on the reference series' grid), N segments.
+
+    `automatic`: made by the model (the algorithm's name and version in every segment);
+    otherwise the client's mask, passed on as given (manual, no algorithm).
+    """
     sources = [_complete(ds) for ds in sources]
     frames = _frames(labels.array).astype(np.uint16)
-    count = len(segment_labels)
+    count = len(segments)
     if frames.max() > count or set(np.unique(frames)) - set(range(count + 1)):
         raise ValueError(f"label values must lie in 0..{count}, got {np.unique(frames).tolist()[:10]}")
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -282,31 +314,35 @@ def segmentation(
         family=codes.DCM.ArtificialIntelligence,
         version=provenance.model_version[:64],
     )
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=name[:64],
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
+    descriptions = []
+    for number, given in enumerate(segments, start=1):
+        segment = given if isinstance(given, Segment) else Segment(given)
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=segment.label[:64],
+                segmented_property_category=segment.category,
+                segmented_property_type=segment.kind,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+                if automatic
+                else hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+                algorithm_identification=algorithm if automatic else None,
+            )
         )
-        for number, name in enumerate(segment_labels, start=1)
-    ]
     return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
-        series_number=provenance.series_number + 3,
+        series_number=provenance.series_number + series_offset,
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=provenance.model_name[:64],
         software_versions=provenance.software_versions,
         device_serial_number="0",
-        series_description=provenance.description("REACT-KD regions"),
+        series_description=provenance.description(what),
         # Keep every frame, so frame n of the SEG is slice n of the source in any viewer.
         omit_empty_frames=False,
     )

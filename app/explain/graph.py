@@ -1,44 +1,85 @@
 """Region-graph (topology) explanation of one prediction.
 
-Regions are the uploaded mask's labels when a mask was sent, else supervoxels of the
-foreground; both on the model grid, built by `models.topology` exactly as training built
-the class prototypes in the model card. A node's feature is the masked average of the
-network's last-stage features; its contribution is the mean Grad-CAM of the predicted
-class over it (mean attention when no weights are shipped); edges join touching regions.
-The graph is compared by Gromov-Wasserstein (POT) with each class prototype.
+Regions are anatomical: the mask the grade used (the segmenter's, or the client's) is split
+into tumour components, a peritumoral shell and liver parts (BraTS: its sub-regions) on the
+model grid by `models.region_graph.regions_from_labels`, the function training uses. Only a
+prediction without any mask falls back to supervoxels, and says so. A node's feature is
+the masked average of the network's last-stage features; edges join touching regions; the
+graph is compared by Gromov-Wasserstein (POT) with each class prototype of the card.
+
+A node's contribution is checkable: the integrated-gradients attribution of the predicted
+class's logit summed over the region's voxels, in logit units. Over every voxel the sums add
+up to the logit's rise from the baseline (the input blurred, `app.explain.attribution`) to the case, up to the
+integral's approximation error (both reported); voxels in no region hold the rest. Without
+PyTorch weights beside the model it is the region's mean attention instead, and the graph
+says so.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from app.explain.case import Case
-from app.schemas import GraphEdge, GraphNode
-from models.contract import resample, to_tensor_layout
+from app.schemas import Contribution, GraphEdge, GraphNode
+from models.region_graph import num_regions, region_name, regions_from_labels
+from models.segmenter import mask_on_grid
 from models.topology import CaseGraph, case_graph, graph_of, gw_distance, region_means
 
 
 def case_regions(case: Case) -> tuple[np.ndarray, CaseGraph, str]:
-    """Labels (D, H, W) on the model grid, the case's graph, and where the regions came from."""
+    """Labels (D, H, W) on the model grid, the case's graph, and where the regions came from
+    ("mask": anatomical regions of the mask; "supervoxels": none was there)."""
     features = case.outputs["features"]
     if case.mask is not None:
-        on_grid = resample(case.mask.array.astype(np.float32), case.mask.affine, case.grid, order=0)
-        labels = to_tensor_layout(np.rint(on_grid).astype(np.int64))
+        labels = regions_from_labels(case.task.name, mask_on_grid(case.mask, case.grid)).astype(np.int64)
         if labels.max() > 0:
-            return labels, graph_of(features, labels, int(labels.max())), "mask"
+            return labels, graph_of(features, labels, num_regions(case.task.name)), "mask"
     labels, graph = case_graph(case.image, features)
     return labels, graph, "supervoxels"
 
 
+def node_name(case: Case, region: int, source: str) -> str:
+    return region_name(case.task.name, region) if source == "mask" else f"supervoxel {region}"
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """A signed per-voxel attribution of the predicted logit on the model grid, and the
+    rise of that logit from the baseline that its sum should equal."""
+
+    map: np.ndarray  # (D, H, W)
+    logit_rise: float
+
+
 def build_graph(
-    case: Case, cam: np.ndarray | None
-) -> tuple[list[GraphNode], list[GraphEdge], CaseGraph, str]:
+    case: Case, attribution: Attribution | None
+) -> tuple[list[GraphNode], list[GraphEdge], CaseGraph, str, Contribution]:
     labels, graph, source = case_regions(case)
     attention = region_means(case.outputs["attention"][0], labels, graph.regions)
-    contribution = region_means(cam, labels, graph.regions) if cam is not None else attention
     voxel_ml = float(np.prod(case.grid.spacing)) / 1000.0
+    if attribution is not None:
+        values = [float(attribution.map[labels == region].sum()) for region in graph.regions]
+        total = float(attribution.map.sum())
+        contribution = Contribution(
+            method="integrated_gradients",
+            unit="logit of the predicted class",
+            description="integrated-gradients attribution summed over the region's voxels, from the "
+            "input blurred (its structure removed); over every voxel it adds up to the logit's rise",
+            total=total,
+            regions_sum=float(sum(values)),
+            outside_regions=total - float(sum(values)),
+            logit_rise=attribution.logit_rise,
+        )
+    else:
+        values = [float(a) for a in attention]
+        contribution = Contribution(
+            method="mean_attention",
+            unit="mean CBAM3D attention in [0, 1] (no PyTorch weights beside the model)",
+            description="the region's mean spatial attention; not additive",
+        )
     nodes = []
     for n, region in enumerate(graph.regions):
         dhw = np.argwhere(labels == region).mean(axis=0)
@@ -46,18 +87,18 @@ def build_graph(
         nodes.append(
             GraphNode(
                 id=n,
-                label=f"{'region' if source == 'mask' else 'supervoxel'} {region}",
+                label=node_name(case, region, source),
                 centroid_mm=[round(float(c), 2) for c in centroid],
                 volume_ml=round(float((labels == region).sum()) * voxel_ml, 3),
                 mean_attention=float(attention[n]),
-                contribution=float(contribution[n]),
+                contribution=values[n],
             )
         )
     edges = [
         GraphEdge(source=a, target=b, weight=float(graph.distances[a, b]))
         for a, b in zip(*np.nonzero(np.triu(graph.edges)), strict=True)
     ]
-    return nodes, edges, graph, source
+    return nodes, edges, graph, source, contribution
 
 
 def prototype_distances(graph: CaseGraph, prototypes: dict[str, Any]) -> dict[str, float]:

@@ -6,7 +6,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from app.explain.case import Case
+from app.explain.case import Localized
 from app.pacs.dicomweb import destination_client
 from app.pacs.results import DESCRIPTIONS, ResultObject, as_datasets, build_results
 from app.pacs.schemas import ResultInstance, StoreReport
@@ -29,7 +29,7 @@ def instance(prediction_id: str, result: ResultObject) -> ResultInstance:
     )
 
 
-def publish(case: Case, store: Store, settings: Settings) -> StoreReport:
+def publish(case: Localized, store: Store, settings: Settings) -> StoreReport:
     """Build (or reuse) the results and STOW them; raises the PACS problems of `PacsClient`."""
     client = destination_client(settings)
     results = build_results(case, store)
@@ -46,6 +46,6 @@ def publish(case: Case, store: Store, settings: Settings) -> StoreReport:
     return report
 
 
-def last_report(case: Case, store: Store) -> StoreReport | None:
+def last_report(case: Localized, store: Store) -> StoreReport | None:
     data = store.read_cache(case.prediction, _REPORT)
     return StoreReport.model_validate(json.loads(data)) if data is not None else None

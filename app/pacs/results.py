@@ -1,4 +1,6 @@
-"""The DICOM results of one prediction: SR, attention Parametric Map, region SEG, RGB capture.
+"""The DICOM results of one prediction: SR, attention Parametric Map, region SEG, RGB capture,
+and the SEG of the mask the grade used (liver and lesion). A study not graded has only
+its SR (saying so, with no grade) and its mask: nothing that could pass for a grade.
 
 Built once from the stored case and kept in the prediction's cache folder, so downloads and
 every STOW-RS push send the very same instances (same SOP Instance UIDs: storing twice
@@ -21,21 +23,23 @@ from pydicom.uid import UID
 
 from app.errors import NotAvailableError
 from app.explain import dicom_out
-from app.explain.case import Case
-from app.explain.graph import case_regions
-from app.explain.render import overlay_png
+from app.explain.case import Case, Localized, load_case
+from app.explain.graph import case_regions, node_name
+from app.explain.segmentation import mask_seg
+from app.explain.views import case_view, view_png
 from app.store import Store
 from models.contract import Volume, map_to_grid
 
 log = logging.getLogger("app.pacs.results")
 
-Kind = Literal["sr", "pm", "seg", "capture"]
-KINDS: tuple[Kind, ...] = ("sr", "pm", "seg", "capture")
+Kind = Literal["sr", "pm", "seg", "capture", "mask"]
+KINDS: tuple[Kind, ...] = ("sr", "pm", "seg", "capture", "mask")
 DESCRIPTIONS: dict[Kind, str] = {
-    "sr": "Comprehensive 3D SR: predicted class and class probabilities (TID 1500)",
+    "sr": "Comprehensive 3D SR: predicted class and class probabilities, or not gradable (TID 1500)",
     "pm": "Parametric Map: attention on the source series' frames",
     "seg": "Segmentation: one segment per region of the region graph",
     "capture": "RGB Secondary Capture: attention overlay burned in",
+    "mask": "Segmentation: the liver and the lesion the grade used (the segmenter's or the client's)",
 }
 # What the results copy from, or reference in, every source instance. A series lacking one is
 # still graded (pixels and geometry are all the model needs) but can have no DICOM results.
@@ -66,9 +70,17 @@ def _describe(kind: Kind, data: bytes) -> ResultObject:
     )
 
 
-def provenance(case: Case) -> dicom_out.Provenance:
+def provenance(case: Localized) -> dicom_out.Provenance:
     model = case.prediction.response.get("model", {})
     return dicom_out.Provenance(str(model.get("name", case.prediction.model)), str(model.get("version", "0")))
+
+
+def mask_provenance(case: Localized) -> dicom_out.Provenance:
+    """The segmenter that made the mask, or the grader's for a client's mask."""
+    made_by = (case.prediction.response.get("mask") or {}).get("model")
+    if not made_by:
+        return provenance(case)
+    return dicom_out.Provenance(str(made_by["name"]), str(made_by.get("version", "0")))
 
 
 def attention_peak(attention: Volume) -> dicom_out.AttentionPeak:
@@ -87,33 +99,39 @@ def region_labels(case: Case) -> tuple[Volume, list[str]]:
     labels, graph, source = case_regions(case)
     on_source = map_to_grid(labels.astype(np.float32), case.grid, case.reference_grid, order=0)
     regions = np.rint(on_source.array).astype(np.int64)
-    kind = "region" if source == "mask" else "supervoxel"
     out = np.zeros(regions.shape, dtype=np.uint16)
     names: list[str] = []
     for region in graph.regions:
         inside = regions == int(region)
         if inside.any():
-            names.append(f"{kind} {int(region)}")
+            names.append(node_name(case, int(region), source))
             out[inside] = len(names)
     return Volume(out, on_source.affine), names
 
 
-def _build(case: Case, headers: list[Dataset]) -> dict[Kind, Dataset]:
-    made_by = provenance(case)
-    response = case.prediction.response
+def _build(localized: Localized, store: Store, headers: list[Dataset]) -> dict[Kind, Dataset]:
+    made_by = provenance(localized)
+    response = localized.prediction.response
+    objects: dict[Kind, Dataset] = {}
+    if localized.mask is not None:
+        objects["mask"] = mask_seg(localized, headers, mask_provenance(localized))
+    if not localized.gradable:
+        objects["sr"] = dicom_out.structured_report(
+            headers, task=localized.task.name, label=None, probabilities={}, provenance=made_by
+        )
+        return objects
+    case = load_case(store, localized.prediction)
     attention_dhw = case.outputs["attention"][0]
     attention = map_to_grid(attention_dhw, case.grid, case.reference_grid)
-    objects: dict[Kind, Dataset] = {
-        "sr": dicom_out.structured_report(
-            headers,
-            task=case.task.name,
-            label=str(response["label"]),
-            probabilities=response["probabilities"],
-            provenance=made_by,
-            peak=attention_peak(attention),
-        ),
-        "pm": dicom_out.parametric_map_dataset(attention, headers, made_by),
-    }
+    objects["sr"] = dicom_out.structured_report(
+        headers,
+        task=case.task.name,
+        label=str(response["label"]),
+        probabilities=response["probabilities"],
+        provenance=made_by,
+        peak=attention_peak(attention),
+    )
+    objects["pm"] = dicom_out.parametric_map_dataset(attention, headers, made_by)
     labels, names = region_labels(case)
     if names:
         objects["seg"] = dicom_out.segmentation(labels, headers, names, made_by)
@@ -121,9 +139,8 @@ def _build(case: Case, headers: list[Dataset]) -> dict[Kind, Dataset]:
         log.warning(
             "no region kept a voxel on the source grid: no SEG", extra={"prediction_id": case.prediction.id}
         )
-    png, _ = overlay_png(
-        case.image[case.reference_channel],
-        attention_dhw,
+    png, _ = view_png(
+        case_view(case, attention_dhw),
         plane="axial",
         index=None,
         title=f"attention for {response['label']} ({dicom_out.RESEARCH_ONLY})",
@@ -153,7 +170,7 @@ def require_references(headers: Sequence[Dataset]) -> None:
         )
 
 
-def source_headers(case: Case, store: Store) -> list[Dataset]:
+def source_headers(case: Localized, store: Store) -> list[Dataset]:
     """The source series' headers, when DICOM results can be made from them (else 409)."""
     headers = case.headers(store)
     if case.reference_kind != "dicom" or not headers:
@@ -166,13 +183,13 @@ def source_headers(case: Case, store: Store) -> list[Dataset]:
     return headers
 
 
-def build_results(case: Case, store: Store) -> dict[Kind, ResultObject]:
+def build_results(case: Localized, store: Store) -> dict[Kind, ResultObject]:
     """The result instances of a prediction (built on first use, then read from the cache)."""
     cached = {kind: store.read_cache(case.prediction, f"results/{kind}.dcm") for kind in KINDS}
     if cached["sr"] is not None:
         return {kind: _describe(kind, data) for kind, data in cached.items() if data is not None}
     headers = source_headers(case, store)
-    results = {kind: dicom_out.to_bytes(ds) for kind, ds in _build(case, headers).items()}
+    results = {kind: dicom_out.to_bytes(ds) for kind, ds in _build(case, store, headers).items()}
     # The SR goes last: its presence marks a complete set (see the cache check above).
     for kind in sorted(results, key=lambda k: k == "sr"):
         store.write_cache(case.prediction, f"results/{kind}.dcm", results[kind])

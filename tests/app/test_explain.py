@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from app_helpers import assert_problem, ct_volume, mr_volume, nifti_bytes, series_zip
+from app_helpers import assert_problem, ct_volume, liver_lesion_mask, mr_volume, nifti_bytes, series_zip
 
 NII = "application/gzip"
 
@@ -29,8 +29,10 @@ def dicom_case(client):  # type: ignore[no-untyped-def]
 def test_index_lists_explanations(client, nifti_case) -> None:  # type: ignore[no-untyped-def]
     body = client.get(f"/v1/explain/{nifti_case}").json()
     kinds = {e["kind"]: e for e in body["explanations"]}
-    assert set(kinds) == {"attention", "attribution", "graph"}
+    assert set(kinds) == {"attention", "attribution", "graph", "segmentation"}
     assert "gradcam" in kinds["attribution"]["methods"]
+    # No segmenter in this model folder and no mask sent: no segmentation to give.
+    assert not kinds["segmentation"]["available"] and kinds["segmentation"]["note"]
 
 
 @pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
@@ -87,13 +89,27 @@ def test_graph_has_nodes_edges_and_prototype_distances(client, nifti_case) -> No
     assert sum(n["volume_ml"] for n in body["nodes"]) > 0
 
 
-def test_graph_regions_from_mask(client) -> None:  # type: ignore[no-untyped-def]
+def test_graph_regions_are_anatomical_and_contributions_add_up(client) -> None:  # type: ignore[no-untyped-def]
+    """A liver 1 / lesion 2 mask gives the tumour, its peritumoral shell and liver parts as
+    nodes; each node's contribution is its integrated-gradients mass in logits, and the
+    masses add up to the attribution's total, which approximates the logit's rise."""
     ct = ct_volume()
-    mask = type(ct)((ct.array > 80).astype(np.float32) + (ct.array > 0), ct.affine)
+    mask, _ = liver_lesion_mask(ct)
     files = [("ct", ("ct.nii.gz", nifti_bytes(ct), NII)), ("mask", ("mask.nii.gz", nifti_bytes(mask), NII))]
     prediction = client.post("/v1/predict", data={"task": "hcc"}, files=files).json()
     body = client.get(f"/v1/explain/{prediction['id']}/graph").json()
-    assert body["regions"] == "mask" and len(body["nodes"]) == 2
+    names = [n["label"] for n in body["nodes"]]
+    assert body["regions"] == "mask" and names[:2] == ["tumour_1", "peritumoral_shell"]
+    assert all(n.startswith("liver_part_") for n in names[2:]) and len(names) >= 4
+    contribution = body["contribution"]
+    assert contribution["method"] == "integrated_gradients" and "logit" in contribution["unit"]
+    regions = sum(n["contribution"] for n in body["nodes"])
+    assert regions == pytest.approx(contribution["regions_sum"], abs=1e-5)
+    assert contribution["regions_sum"] + contribution["outside_regions"] == pytest.approx(
+        contribution["total"]
+    )
+    rise = contribution["logit_rise"]
+    assert contribution["total"] == pytest.approx(rise, abs=max(0.15 * abs(rise), 0.05))
 
 
 def test_bad_format_is_a_problem(client, nifti_case) -> None:  # type: ignore[no-untyped-def]

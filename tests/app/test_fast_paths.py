@@ -171,25 +171,34 @@ def _folder(client, prediction_id: str) -> Path:  # type: ignore[no-untyped-def]
     return Path(client.app.state.settings.store_dir) / "files" / prediction_id
 
 
+def _as_stored_before_inputs_were_kept(folder: Path) -> None:
+    """A prediction as older versions stored it: the upload, not the model input."""
+    for name in ("input.npz", "headers.json", "mask.npz"):
+        (folder / name).unlink(missing_ok=True)
+
+
 @pytest.mark.parametrize("kind", ["nifti", "dicom"])
-def test_explanations_rebuild_the_exact_model_input(client, kind) -> None:  # type: ignore[no-untyped-def]
+def test_explanations_read_the_exact_model_input(client, kind) -> None:  # type: ignore[no-untyped-def]
+    """The model input is kept with the prediction; one stored before it was kept is rebuilt
+    from the upload, verified and cached, and explains the same."""
     volume = ct_volume()
     upload = ("ct.nii.gz", nifti_bytes(volume)) if kind == "nifti" else ("ct.zip", series_zip(volume))
     response = client.post("/v1/predict", data={"task": "hcc"}, files={"ct": upload})
     assert response.status_code == 200, response.text
     prediction_id = response.json()["id"]
     folder = _folder(client, prediction_id)
-    assert not (folder / "input.npz").exists() and any((folder / "uploads" / "ct").iterdir())
-
+    with np.load(folder / "input.npz") as npz:
+        kept = npz["image"]
+    if kind == "nifti":
+        np.testing.assert_array_equal(kept, prepare_input({"ct": volume}, get_task("hcc")).image)
     attention = client.get(f"/v1/explain/{prediction_id}/attention", params={"format": "png"})
     assert attention.status_code == 200, attention.text
-    cached = folder / "cache" / "input.npz"
-    assert cached.is_file()
-    with np.load(cached) as npz:
-        rebuilt = npz["image"]
-    if kind == "nifti":
-        expected = prepare_input({"ct": volume}, get_task("hcc")).image
-        np.testing.assert_array_equal(rebuilt, expected)
+
+    _as_stored_before_inputs_were_kept(folder)
+    rebuilt = client.get(f"/v1/explain/{prediction_id}/attention", params={"format": "png"})
+    assert rebuilt.status_code == 200 and rebuilt.content == attention.content
+    with np.load(folder / "cache" / "input.npz") as npz:
+        np.testing.assert_array_equal(npz["image"], kept)
     # A second explanation reads the cache (same answer).
     again = client.get(f"/v1/explain/{prediction_id}/attention", params={"format": "png"})
     assert again.content == attention.content
@@ -198,6 +207,7 @@ def test_explanations_rebuild_the_exact_model_input(client, kind) -> None:  # ty
 def test_a_changed_preprocessing_is_refused_not_explained(client) -> None:  # type: ignore[no-untyped-def]
     files = {"ct": ("ct.nii.gz", nifti_bytes(ct_volume()))}
     prediction_id = client.post("/v1/predict", data={"task": "hcc"}, files=files).json()["id"]
+    _as_stored_before_inputs_were_kept(_folder(client, prediction_id))
     meta_path = _folder(client, prediction_id) / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["input_digest"] = "0" * 64  # as if the model had seen another tensor
@@ -212,6 +222,7 @@ def test_an_upload_the_checks_now_refuse_is_not_explained(client) -> None:  # ty
     ct = ct_volume()
     files = {"ct": ("ct.nii.gz", nifti_bytes(ct))}
     prediction_id = client.post("/v1/predict", data={"task": "hcc"}, files=files).json()["id"]
+    _as_stored_before_inputs_were_kept(_folder(client, prediction_id))
     stored = next((_folder(client, prediction_id) / "uploads" / "ct").iterdir())
     stored.write_bytes(nifti_bytes(Volume(ct.array, np.diag([0.008, 0.008, 0.008, 1.0]))))
     body = assert_problem(client.get(f"/v1/explain/{prediction_id}/attention"), 409, "not-available", "id")

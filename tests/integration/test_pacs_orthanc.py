@@ -240,8 +240,9 @@ def test_a_seg_drawn_in_a_viewer_is_the_studys_mask(client: TestClient, pacs: DI
     prediction = response.json()
     (mask,) = [a for a in prediction["study"]["assignments"] if a["modality"] == "mask"]
     assert mask["series_uid"] == drawn.SeriesInstanceUID and "1 Lesion" in mask["reason"]
-    graph = client.get(f"/v1/explain/{prediction['id']}/graph").json()
-    assert graph["regions"] == "mask"
+    graph = client.get(f"/v1/explain/{prediction['id']}/graph")
+    assert graph.status_code == 200, graph.text
+    assert graph.json()["regions"] == "mask"
 
 
 def test_unknown_study_and_series_are_404(client: TestClient, source: Source) -> None:

@@ -12,6 +12,7 @@ from models.segmenter import (
     get_segmenter_spec,
     labels_from_probabilities,
     mask_on_grid,
+    normalize_intensity,
     segment,
     segmenter_input,
     sliding_window,
@@ -115,3 +116,28 @@ def test_the_cascade_finds_the_phantoms_liver_and_lesion() -> None:
     assert segmentation.summary.lesions == 1 and not segmentation.summary.organ_cut
     back = segmentation.as_volume()
     assert isinstance(back, Volume) and back.array.shape == segmentation.grid.shape
+
+
+def test_a_segmenters_map_is_read_as_organ_and_lesion_even_without_a_lesion() -> None:
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[4:12, 4:12, 4:12] = 1  # a liver, no lesion
+    as_segmenter = summarize(labels, grid(), organ_labelled=True)
+    assert as_segmenter.organ_ml == pytest.approx(512 * 27 / 1000) and as_segmenter.lesion_ml == 0.0
+    as_client = summarize(labels, grid())  # a client's binary map is the lesion alone
+    assert as_client.organ_ml is None and as_client.lesion_ml == pytest.approx(512 * 27 / 1000)
+
+
+def test_the_input_reaches_the_scans_faces_and_is_air_beyond() -> None:
+    """An organ the scan cuts keeps its intensity up to the face (no blend with the air
+    beyond, which would make the organ fade before the cut); past the face it is air."""
+    array = np.full((40, 40, 10), 60.0, np.float32)  # soft tissue to the top slice
+    scan = Volume(array, np.diag([6.0, 6.0, 6.0, 1.0]))
+    affine = np.array([[6.0, 0, 0, 60], [0, 6.0, 0, 60], [0, 0, 1.5, -6], [0, 0, 0, 1]])
+    on = Grid(shape=(20, 20, 48), affine=affine)
+    prepared = segmenter_input(scan, SPEC, on)
+    z_mm = -6 + 1.5 * np.arange(48)  # the scan covers -3 .. 57 mm
+    column = prepared.image[0, :, 10, 10]
+    tissue = normalize_intensity(np.array([60.0]), SPEC)[0]
+    assert np.allclose(column[(z_mm > -3) & (z_mm < 57)], tissue, atol=1e-5)
+    assert np.allclose(column[(z_mm < -3) | (z_mm > 57)], normalize_intensity(np.array([-1000.0]), SPEC)[0])
+    assert np.array_equal(prepared.scanned[:, 10, 10], (z_mm >= -3) & (z_mm <= 57))

@@ -31,7 +31,7 @@ them through the same reader as real cohorts. Case i is drawn from
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -514,8 +514,8 @@ def _acquire(hu: np.ndarray, spacing: tuple[float, float, float], rng: np.random
 
 
 def _write_case(job: tuple) -> dict[str, str]:
-    seed, index, out_dir = job
-    case = generate_torso_case(seed, index)
+    seed, index, out_dir, field_of_view = job
+    case = generate_torso_case(seed, index, field_of_view)
     cid = f"torso{index:04d}"
     folder = Path(out_dir) / cid
     folder.mkdir(parents=True, exist_ok=True)
@@ -536,9 +536,18 @@ def _write_case(job: tuple) -> dict[str, str]:
 
 
 def write_torso_cohort(
-    out_dir: str | Path, n_cases: int, seed: int, *, workers: int | None = None, progress: bool = True
+    out_dir: str | Path,
+    n_cases: int,
+    seed: int,
+    *,
+    fields: Sequence[str] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
 ) -> Path:
     """Generate `n_cases` broad cases under `out_dir` and write ``manifest.csv``.
+
+    `fields` (names of `FIELDS`) gives case i the field of view ``fields[i % len(fields)]``
+    instead of a drawn one: e.g. a cohort of scans without a liver (chest, pelvis, head).
 
     The manifest has the HCC columns (`training.data.readers`) plus what each case drew
     (``field``, ``phase``, ``lesions``, spacing), for reports that break results down by them.
@@ -547,7 +556,7 @@ def write_torso_cohort(
         raise ValueError(f"n_cases must be at least 1, got n_cases={n_cases}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(int(seed), i, str(out)) for i in range(n_cases)]
+    jobs = [(int(seed), i, str(out), fields[i % len(fields)] if fields else None) for i in range(n_cases)]
     rows = run_jobs(_write_case, jobs, workers, progress, "torso")
     splits = assign_splits([row["_field"] for row in rows], seed)
     extra = sorted({key for row in rows for key in row if key.startswith("_")})

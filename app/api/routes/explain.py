@@ -13,10 +13,12 @@ from fastapi.exceptions import RequestValidationError
 from app.api.deps import GateDep, MetricsDep, ModelsDep, SettingsDep, StoreDep
 from app.errors import NotAvailableError
 from app.explain import attribution as attributions
-from app.explain.case import Case, load_case
+from app.explain.case import Case, Localized, load_case, load_localized
 from app.explain.dicom_out import parametric_map, secondary_capture
-from app.explain.graph import build_graph, prototype_distances
-from app.explain.render import PLANE_AXIS, Plane, overlay_png
+from app.explain.graph import Attribution, build_graph, prototype_distances
+from app.explain.render import Plane
+from app.explain.segmentation import mask_on_reference
+from app.explain.views import View, case_view, view_png
 from app.ingest.nifti import nifti_bytes
 from app.pacs.publish import instance, last_report, publish
 from app.pacs.results import Kind, build_results, require_references, source_headers
@@ -41,24 +43,28 @@ def _case(store: Store, prediction_id: str) -> Case:
     return load_case(store, store.get(prediction_id))
 
 
+def _localized(store: Store, prediction_id: str) -> Localized:
+    return load_localized(store, store.get(prediction_id))
+
+
 def _download(data: bytes, media_type: str, filename: str) -> Response:
     return Response(
         data, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
     )
 
 
-def _checked_slice(case: Case, plane: Plane, index: int | None) -> int | None:
-    """`index` if it is a slice of the model grid in `plane`; a 422 giving the range otherwise.
+def _checked_slice(view: View, plane: Plane, index: int | None) -> int | None:
+    """`index` if it is a slice of the picture's grid in `plane`; a 422 giving the range otherwise.
 
     The renderer would clamp it: a client asking for slice 500 would get the last slice and
     could take it for the one it asked for.
     """
-    count = case.image.shape[1 + PLANE_AXIS[plane]]  # image: [modality, D, H, W]
+    count = view.slices(plane)
     if index is None or 0 <= index < count:
         return index
     message = (
-        f"slice {index} is outside the model grid: {plane} slices run from 0 to {count - 1}; "
-        "omit `slice` for the slice of peak attention"
+        f"slice {index} is outside the picture's grid: {plane} slices run from 0 to {count - 1}; "
+        "omit `slice` for the lesion's largest slice (or the peak of the map)"
     )
     raise RequestValidationError([{"type": "value_error", "loc": ("query", "slice"), "msg": message}])
 
@@ -69,13 +75,12 @@ def _render(
     """A map over the model grid as PNG overlay or as NIfTI on the sent image's grid."""
     name = case.prediction.id
     if fmt == "png":
-        index = _checked_slice(case, plane, index)
+        view = case_view(case, map_dhw)
         label = case.task.classes[case.class_index]
-        png, shown = overlay_png(
-            case.image[case.reference_channel],
-            map_dhw,
+        png, shown = view_png(
+            view,
             plane=plane,
-            index=index,
+            index=_checked_slice(view, plane, index),
             title=f"{what} for {label} on {case.reference_name}",
             label=what,
         )
@@ -89,6 +94,23 @@ async def explain_index(prediction_id: str, store: StoreDep, models: ModelsDep) 
     """List the explanations available for a prediction."""
     prediction = await run_in_threadpool(store.get, prediction_id)
     base = f"/v1/explain/{prediction_id}"
+    links = prediction.response.get("links", {})
+    segmentation = ExplanationLink(
+        kind="segmentation",
+        href=f"{base}/segmentation",
+        formats=["nifti", "dicom"] if "segmentation_dicom" in links else ["nifti"],
+        available="segmentation" in links,
+        note=None
+        if "segmentation" in links
+        else "no mask: the study came without one and no segmenter serves the task",
+    )
+    if not prediction.response.get("gradable", True):
+        return ExplanationIndex(
+            id=prediction_id,
+            task=prediction.task,
+            label=None,
+            explanations=[segmentation],
+        )
     served = models.served.get(prediction.task)
     has_weights = bool(
         served and served.card.get("weights_file") and (served.folder / served.card["weights_file"]).is_file()
@@ -99,7 +121,7 @@ async def explain_index(prediction_id: str, store: StoreDep, models: ModelsDep) 
     return ExplanationIndex(
         id=prediction_id,
         task=prediction.task,
-        label=prediction.response["label"],
+        label=prediction.response.get("label"),
         explanations=[
             ExplanationLink(
                 kind="attention",
@@ -121,6 +143,7 @@ async def explain_index(prediction_id: str, store: StoreDep, models: ModelsDep) 
                 href=f"{base}/graph",
                 note=None if has_prototypes else "the model card has no class prototypes: no GW distances",
             ),
+            segmentation,
         ],
     )
 
@@ -157,23 +180,23 @@ def _attention_dicom(
         volume = map_to_grid(map_dhw, case.grid, case.reference_grid)
         data = parametric_map(volume, headers, description)
     else:
-        png, _ = overlay_png(
-            case.image[case.reference_channel],
-            map_dhw,
-            plane=plane,
-            index=_checked_slice(case, plane, index),
-            title=description,
-            label="attention",
+        view = case_view(case, map_dhw)
+        png, _ = view_png(
+            view, plane=plane, index=_checked_slice(view, plane, index), title=description, label="attention"
         )
         data = secondary_capture(png, description, case.prediction.response.get("study", {}).get("study_uid"))
     return _download(data, DICOM, f"{case.prediction.id}-attention.dcm")
 
 
-def _attribution_map(case: Case, store: Store, models: ModelRegistry, method: str) -> np.ndarray:
+def _attribution(
+    case: Case, store: Store, models: ModelRegistry, method: str
+) -> tuple[np.ndarray, float | None]:
+    """The method's map on the model grid (computed once, then cached) and, for integrated
+    gradients, the logit rise its sum should equal."""
     cached = store.read_cache(case.prediction, f"{method}.npz")
     if cached is not None:
         with np.load(io.BytesIO(cached)) as npz:
-            return npz["map"]
+            return npz["map"], float(npz["logit_rise"]) if "logit_rise" in npz.files else None
     model = models.for_task(case.task.name)
     if model.name != case.prediction.model:
         raise NotAvailableError(
@@ -182,13 +205,14 @@ def _attribution_map(case: Case, store: Store, models: ModelRegistry, method: st
             field="method",
         )
     try:
-        map_dhw = attributions.compute(method, case, model)
+        map_dhw, rise = attributions.compute(method, case, model)
     except FileNotFoundError as exc:
         raise NotAvailableError(
             f"{method} needs the model's PyTorch weights: {exc}", field="method"
         ) from None
-    store.write_cache(case.prediction, f"{method}.npz", npz_bytes(map=map_dhw))
-    return map_dhw
+    data = npz_bytes(map=map_dhw) if rise is None else npz_bytes(map=map_dhw, logit_rise=np.asarray(rise))
+    store.write_cache(case.prediction, f"{method}.npz", data)
+    return map_dhw, rise
 
 
 @router.get("/explain/{prediction_id}/attribution", response_class=Response)
@@ -209,10 +233,12 @@ async def attribution(
     def work() -> Response:
         with metrics.stage("explain"):
             case = _case(store, prediction_id)
-            if format == "png":
-                _checked_slice(case, plane, slice_index)  # before an attribution that may take long
-            map_dhw = _attribution_map(case, store, models, method)
-            return _render(case, map_dhw, format, plane, slice_index, method)
+            if format == "png":  # before an attribution that may take long
+                _checked_slice(case_view(case, case.outputs["attention"][0]), plane, slice_index)
+            map_dhw, _ = _attribution(case, store, models, method)
+            # Integrated gradients are signed (they add up to the logit's rise); shown as magnitude.
+            shown = np.abs(map_dhw) if method == "integrated_gradients" else map_dhw
+            return _render(case, shown, format, plane, slice_index, method)
 
     return await gate.run(work, timeout=settings.request_timeout_s)
 
@@ -232,24 +258,57 @@ async def graph(
         with metrics.stage("explain"):
             case = _case(store, prediction_id)
             try:
-                cam = _attribution_map(case, store, models, "gradcam")
+                ig_map, rise = _attribution(case, store, models, "integrated_gradients")
+                attribution = Attribution(ig_map, float(rise if rise is not None else np.nan))
             except NotAvailableError:
-                cam = None
-            nodes, edges, case_graph, source = build_graph(case, cam)
+                attribution = None
+            nodes, edges, case_graph, source, contribution = build_graph(case, attribution)
             served = models.served.get(case.task.name)
             prototypes = served.card.get("prototypes") if served is not None else None
             gw = prototype_distances(case_graph, prototypes) if prototypes and len(nodes) > 1 else None
+            notes = []
+            if source == "supervoxels":
+                notes.append("no mask: the regions are supervoxels of the model input, not anatomy")
+            if attribution is None:
+                notes.append("no PyTorch weights beside the model: contribution is mean attention")
             return RegionGraph(
                 id=prediction_id,
                 regions=source,
                 predicted_class=case.task.classes[case.class_index],
                 nodes=nodes,
                 edges=edges,
+                contribution=contribution,
                 prototype_distances=gw,
-                note=None if cam is not None else "contribution is mean attention (no Grad-CAM weights)",
+                note="; ".join(notes) or None,
             )
 
     return await gate.run(work, timeout=settings.request_timeout_s)
+
+
+@router.get("/explain/{prediction_id}/segmentation", response_class=Response)
+async def segmentation(
+    prediction_id: str,
+    store: StoreDep,
+    metrics: MetricsDep,
+    format: Literal["nifti", "dicom"] = "nifti",
+) -> Response:
+    """The mask the grade used (liver 1, lesion 2): NIfTI on the sent image's grid, or a DICOM SEG."""
+
+    def work() -> Response:
+        with metrics.stage("explain"):
+            localized = _localized(store, prediction_id)
+            if format == "nifti":
+                cached = store.read_cache(localized.prediction, "segmentation.nii.gz")
+                if cached is None:
+                    cached = nifti_bytes(mask_on_reference(localized))
+                    store.write_cache(localized.prediction, "segmentation.nii.gz", cached)
+                return _download(cached, NIFTI, f"{prediction_id}-segmentation.nii.gz")
+            results = build_results(localized, store)
+            if "mask" not in results:
+                raise NotAvailableError("this prediction used no mask: no segmentation to send", field="id")
+            return _download(results["mask"].data, DICOM, f"{prediction_id}-segmentation.dcm")
+
+    return await run_in_threadpool(work)
 
 
 @router.get("/explain/{prediction_id}/dicom", response_model=ResultIndex)
@@ -258,7 +317,7 @@ async def dicom_results(prediction_id: str, store: StoreDep, metrics: MetricsDep
 
     def work() -> ResultIndex:
         with metrics.stage("explain"):
-            case = _case(store, prediction_id)
+            case = _localized(store, prediction_id)
             results = build_results(case, store)
             return ResultIndex(
                 id=prediction_id,
@@ -275,10 +334,11 @@ async def dicom_result(prediction_id: str, kind: Kind, store: StoreDep, metrics:
 
     def work() -> Response:
         with metrics.stage("explain"):
-            results = build_results(_case(store, prediction_id), store)
+            results = build_results(_localized(store, prediction_id), store)
             if kind not in results:
                 raise NotAvailableError(
-                    f"no {kind} result for this prediction (no region on the source grid)"
+                    f"no {kind} result for this prediction (not graded, no mask, or no region on the "
+                    "source grid)"
                 )
             return _download(results[kind].data, DICOM, f"{prediction_id}-{kind}.dcm")
 
@@ -293,7 +353,7 @@ async def store_results(
 
     def work() -> StoreReport:
         with metrics.stage("store"):
-            case = _case(store, prediction_id)
+            case = _localized(store, prediction_id)
             # Results that cannot be made are said before asking for a destination that would not help.
             source_headers(case, store)
             return publish(case, store, settings)

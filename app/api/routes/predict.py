@@ -26,20 +26,29 @@ from app.errors import (
     UnknownTaskError,
     UnsupportedMediaError,
 )
-from app.explain.case import load_case
+from app.explain.case import load_localized
 from app.ingest.archive import ZipLimits
-from app.ingest.study import STUDY_FIELD, IngestLimits, SeriesSource, Upload, build_study
+from app.ingest.study import STUDY_FIELD, IngestLimits, SeriesSource, Study, Upload, build_study
 from app.ingest.uploads import read_uploads, task_name
 from app.pacs.dicomweb import source_client
 from app.pacs.publish import publish
 from app.pacs.results import missing_reference
 from app.pacs.schemas import StudyRequest
-from app.prediction import Outcome, build_outcome, check_volumes, infer, preprocess
+from app.prediction import (
+    Graded,
+    Localization,
+    Outcome,
+    build_outcome,
+    check_volumes,
+    infer,
+    localize,
+    preprocess,
+)
 from app.quality import input_warnings
 from app.schemas import Prediction
 from app.settings import Settings
 from app.store import Store, new_id
-from models.contract import reference_modality
+from models.contract import ModelInput, reference_modality
 from models.tasks import TASKS
 
 router = APIRouter(tags=["predict"])
@@ -136,7 +145,7 @@ async def _read_request(request: Request, settings: Settings) -> tuple[str, dict
 
 def _auto_store(prediction_id: str, store: Store, settings: Settings) -> str | None:
     """Push the results when configured; a failure becomes a warning, never a failed prediction."""
-    case = load_case(store, store.get(prediction_id))
+    case = load_localized(store, store.get(prediction_id))
     if case.reference_kind != "dicom":
         return "results were not stored in the PACS: they need a DICOM source series"
     try:
@@ -153,9 +162,13 @@ def _link_dicom_outputs(links: dict[str, str], prediction_id: str, reference: Se
     A series lacking a UID the results reference is graded, but its DICOM outputs answer 409.
     """
     if reference.kind != "dicom":
-        return  # NIfTI: no results, and DICOM attention is a capture in a study of its own
+        # NIfTI: no results, and DICOM attention is a capture in a study of its own; a SEG
+        # needs source images to lie on.
+        links.pop("segmentation_dicom", None)
+        return
     if missing_reference(reference.headers) is not None:
         links.pop("attention_dicom", None)
+        links.pop("segmentation_dicom", None)
         return
     base = f"/v1/explain/{prediction_id}"
     links.update({"dicom_results": f"{base}/dicom", "store": f"{base}/store"})
@@ -185,28 +198,41 @@ async def predict(
             raise TimeoutProblem(f"the request exceeded {settings.request_timeout_s:.0f} s")
         return left
 
-    def ingest_and_prepare():  # type: ignore[no-untyped-def]
+    def ingest() -> Study:
         with metrics.stage("ingest"):
             study = build_study(uploads, task, _limits(settings))
             check_volumes(study, task)
-        with metrics.stage("preprocess"):
-            return study, preprocess(study, task)
+            return study
 
-    study, model_input = await gate.run(ingest_and_prepare, timeout=remaining())
+    study = await gate.run(ingest, timeout=remaining())
+    # Localize, then grade: the client's mask (or the study's SEG) wins over the segmenter's.
+    segmenter = models.segmenter_for(name) if study.mask is None else models.segmenters.get(name)
+
+    def localize_and_prepare() -> tuple[Localization, ModelInput | None]:
+        with metrics.stage("localize"):
+            localization = localize(study, task, segmenter, fetched, settings)
+        if not localization.gradable:
+            return localization, None
+        with metrics.stage("preprocess"):
+            return localization, preprocess(study, task, localization.mask)
+
+    localization, model_input = await gate.run(localize_and_prepare, timeout=remaining())
 
     def timed_checks() -> list[str]:
         with metrics.stage("checks"):
             return input_warnings(study.volumes, task)
 
-    def timed_infer():  # type: ignore[no-untyped-def]
+    def timed_infer() -> Graded | None:
+        if model_input is None:
+            return None
         with metrics.stage("inference"):
-            return infer(model, model_input)
+            return Graded(model_input, infer(model, model_input))
 
     # The input checks (CT noise, liver coverage) need only the study: they run beside the
     # network, on another core when there is one (ONNX Runtime uses `intra_op_threads`).
     checks = asyncio.ensure_future(run_in_threadpool(timed_checks))
     try:
-        outputs = await gate.run(timed_infer, timeout=remaining())
+        graded = await gate.run(timed_infer, timeout=remaining())
     finally:
         warnings = await checks
     prediction_id = new_id()
@@ -216,7 +242,9 @@ async def predict(
     def outcome_and_save() -> Outcome:
         # Off the event loop: building the response and encoding files are CPU work.
         with metrics.stage("outcome"):
-            outcome = build_outcome(prediction_id, task, model, study, model_input, outputs, kept, warnings)
+            outcome = build_outcome(
+                prediction_id, task, model, study, localization, graded, kept, warnings, segmenter
+            )
             reference = study.sources[reference_modality(task, set(study.volumes))]
             _link_dicom_outputs(outcome.response.links, prediction_id, reference)
         with metrics.stage("save"):
@@ -235,6 +263,6 @@ async def predict(
         warning = await run_in_threadpool(_auto_store, prediction_id, store, settings)
         if warning:
             outcome.response.warnings.append(warning)
-    metrics.predictions.labels(task=name, label=outcome.response.label).inc()
+    metrics.predictions.labels(task=name, label=outcome.response.label or "not-gradable").inc()
     log.info("prediction", extra={"prediction_id": prediction_id, "task": name, "model": model.name})
     return outcome.response
