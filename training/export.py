@@ -378,9 +378,13 @@ def export_segmenter(
     version: str = "0.1.0",
     training_data: Mapping[str, Any] | None = None,
     report: Mapping[str, Any] | None = None,
-    tolerance: float = 1e-3,
+    tolerance: float = 5e-3,
 ) -> dict[str, Any]:
     """Write a segmenter's NAME.onnx (coarse stage), NAME.fine.onnx and NAME.json (its card).
+
+    The tolerance bounds the largest of some 10 million logits (3 labels over four 96^3
+    windows of each kind); float32 sums over 256-channel convolutions differ by about 1e-3
+    between runtimes there, far below what moves an argmax of softmax probabilities.
 
     Each graph takes windows ``image`` [N, 1, *roi] (dynamic batch) and gives ``logits``
     [N, L, *roi]; the service runs them window by window (`models.segmenter.segment`).

@@ -18,7 +18,10 @@ import torch
 from app.settings import DEFAULT_MODEL_DIR
 from models import model_from_checkpoint, task_of_card
 
-CARDS = sorted(DEFAULT_MODEL_DIR.glob("*.json"))
+ALL_CARDS = sorted(DEFAULT_MODEL_DIR.glob("*.json"))
+# Graders ship their PyTorch weights (for attributions); a segmenter ships its ONNX stages only.
+CARDS = [p for p in ALL_CARDS if json.loads(p.read_text()).get("role") != "segmenter"]
+SEGMENTER_CARDS = [p for p in ALL_CARDS if p not in CARDS]
 
 
 @pytest.mark.parametrize("card_path", CARDS, ids=[p.stem for p in CARDS])
@@ -37,3 +40,18 @@ def test_shipped_weights_answer_as_the_shipped_onnx(card_path: Path) -> None:
     with torch.no_grad():
         torch_logits = network(image, present).logits.numpy()
     np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("card_path", SEGMENTER_CARDS, ids=[p.stem for p in SEGMENTER_CARDS])
+def test_a_shipped_segmenter_has_both_stages_as_its_card_says(card_path: Path) -> None:
+    from app.runtime import sha256_of
+
+    card = json.loads(card_path.read_text())
+    assert card["labels"] == ["background", "liver", "lesion"] and card["training_data"]["synthetic"] is True
+    for stage in card["stages"].values():
+        path = DEFAULT_MODEL_DIR / stage["onnx_file"]
+        assert sha256_of(path) == stage["onnx_sha256"]
+        assert stage["parity"]["max_abs_logit_diff"] < 5e-3
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        (logits,) = session.run(["logits"], {"image": np.zeros((1, 1, *stage["roi"]), np.float32)})
+        assert logits.shape == (1, 3, *stage["roi"])
