@@ -114,7 +114,7 @@ def stage_means(
     return {key: means[key] for key in sorted(means) if key in _STAGES or key == "server_total"}
 
 
-_STAGES = ("receive", "ingest", "preprocess", "checks", "inference", "outcome", "save")
+_STAGES = ("receive", "ingest", "localize", "preprocess", "checks", "inference", "outcome", "save")
 
 
 def time_requests(client: httpx.Client, files: dict, repeats: int) -> list[float]:

@@ -39,9 +39,9 @@ hcc_lesion() { hcc lesion; }  # served only with the lesion's mask (REACTKD_SERV
 hcc_segmenter() {  # liver and lesion, both stages side by side (one core each), then judged on fresh cohorts
 [ -f "$WORK/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases "$HCC_CASES" --seed "$SEED"
 [ -f "$WORK/torso/manifest.csv" ] || $BIN/reactkd synth torso --out "$WORK/torso" --cases "$TORSO_CASES" --seed 0
-local stage data="$WORK/torso/manifest.csv $WORK/hcc/manifest.csv"
-for stage in coarse fine; do
-  OMP_NUM_THREADS=1 $BIN/reactkd train segmenter --config configs/demo/hcc_segmenter.yaml --stage "$stage" \
+local config data="$WORK/torso/manifest.csv $WORK/hcc/manifest.csv"
+for config in configs/demo/hcc_segmenter.yaml configs/demo/hcc_segmenter_fine.yaml; do
+  OMP_NUM_THREADS=1 $BIN/reactkd train segmenter --config "$config" \
     --data $data --out "$RUNS" --cache "$WORK/segmenter-cache" --seed "$SEED" &
 done
 wait

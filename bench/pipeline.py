@@ -1,0 +1,200 @@
+"""The served HCC default on a fresh cohort, CT alone, through the HTTP service. JSON.
+
+    python -m bench.pipeline [--cases 300] [--seed 40] [--model-dir app/demo_models] \\
+        [--workers 2] [--out reports/pipeline-hcc]
+
+Each case of a fresh synthetic cohort (`reactkd synth hcc`, a seed no training or selection
+used; every case has a lesion) is posted twice to an in-process service on the model
+folder, as a hospital would send it, CT alone:
+
+- ``localized``: the CT alone: the served pipeline (segmenter, then grader) answers;
+- ``true_mask``: the CT with the cohort's tumour mask as ``mask``: the same grader on the
+  crop the true lesion places.
+
+Reported: macro AUC of each (for ``localized`` over the graded cases, and with the cases
+answered ``gradable: false`` counted as the class prior), the share not gradable and why,
+the label counts (a model that gives one label to nearly every case is a defect whatever
+its AUC), and both confusion matrices. `report.md` and `pipeline.json` go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import tempfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.tasks import HCC
+
+CLASSES = list(HCC.classes)
+PRIOR = np.array([0.25, 0.45, 0.30])  # the benchmark's grade shares (docs/benchmark.md)
+
+
+def _post_cases(job: tuple[str, list[dict[str, str]], str]) -> list[dict[str, Any]]:
+    """Worker: one in-process service, every case of `rows` posted both ways."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    model_dir, rows, root = job
+    store = tempfile.mkdtemp(prefix="reactkd-pipeline-")
+    settings = Settings(model_dir=Path(model_dir), store_dir=Path(store), intra_op_threads=1, _env_file=None)  # type: ignore[call-arg]
+    out = []
+    with TestClient(create_app(settings)) as client:
+        for row in rows:
+            ct = (Path(root) / row["ct"]).read_bytes()
+            tumor = (Path(root) / row["tumor_mask"]).read_bytes()
+            answers = {}
+            for name, files in (
+                ("localized", [("ct", ("ct.nii.gz", ct, "application/gzip"))]),
+                (
+                    "true_mask",
+                    [
+                        ("ct", ("ct.nii.gz", ct, "application/gzip")),
+                        ("mask", ("tumor.nii.gz", tumor, "application/gzip")),
+                    ],
+                ),
+            ):
+                response = client.post("/v1/predict", data={"task": "hcc"}, files=files)
+                body = response.json()
+                answers[name] = {
+                    "status": response.status_code,
+                    "gradable": body.get("gradable"),
+                    "label": body.get("label"),
+                    "probabilities": body.get("probabilities"),
+                    "reasons": [r["code"] for r in body.get("not_gradable") or []],
+                    "mask": body.get("mask"),
+                    "model": (body.get("model") or {}).get("name"),
+                }
+            out.append({"case_id": row["case_id"], "grade": row["grade"], **answers})
+    return out
+
+
+def _auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    from training.metrics import macro_auc
+
+    if len(set(labels.tolist())) < len(CLASSES):
+        return None
+    return float(macro_auc(labels, probs))
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    labels = np.array([CLASSES.index(r["grade"]) for r in rows])
+    summary: dict[str, Any] = {"cases": len(rows)}
+    for way in ("localized", "true_mask"):
+        answers = [r[way] for r in rows]
+        graded = np.array([bool(a["gradable"]) and a["probabilities"] is not None for a in answers])
+        probs = np.array(
+            [
+                [a["probabilities"][c] for c in CLASSES] if g else PRIOR
+                for a, g in zip(answers, graded, strict=True)
+            ]
+        )
+        predicted = [a["label"] for a in answers]
+        confusion = np.zeros((len(CLASSES), len(CLASSES)), dtype=int)
+        for truth, label in zip(labels, predicted, strict=True):
+            if label is not None:
+                confusion[truth, CLASSES.index(label)] += 1
+        summary[way] = {
+            "model": Counter(a["model"] for a in answers).most_common(1)[0][0],
+            "statuses": dict(Counter(str(a["status"]) for a in answers)),
+            "not_gradable": int((~graded).sum()),
+            "not_gradable_share": float((~graded).mean()),
+            "reasons": dict(Counter(code for a in answers for code in a["reasons"])),
+            "macro_auc_graded": _auc(labels[graded], probs[graded]) if graded.any() else None,
+            "macro_auc_prior_for_not_gradable": _auc(labels, probs),
+            "label_counts": dict(Counter(str(label) for label in predicted)),
+            "largest_label_share": max(Counter(p for p in predicted if p).values(), default=0) / len(rows),
+            "confusion_matrix": {"rows_true_cols_predicted": CLASSES, "counts": confusion.tolist()},
+        }
+    return summary
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    lines = [
+        "# The served HCC default on a fresh cohort, CT alone",
+        "",
+        f"`python -m bench.pipeline --cases {s['cases']} --seed {report['seed']}`, "
+        f"models `{report['model_dir']}`: "
+        "every case posted to the service as CT alone (`localized`) and with its true tumour mask "
+        "(`true_mask`). Synthetic cases; every one has a lesion.",
+        "",
+        "| | grader | not gradable | macro AUC (graded) | macro AUC (not gradable = prior) | label counts |",
+        "|---|---|---|---|---|---|",
+    ]
+    for way in ("localized", "true_mask"):
+        w = s[way]
+        auc = "-" if w["macro_auc_graded"] is None else f"{w['macro_auc_graded']:.3f}"
+        prior = (
+            "-"
+            if w["macro_auc_prior_for_not_gradable"] is None
+            else f"{w['macro_auc_prior_for_not_gradable']:.3f}"
+        )
+        lines.append(
+            f"| {way} | {w['model']} | {w['not_gradable']} ({w['not_gradable_share']:.1%}) {w['reasons']} | "
+            f"{auc} | {prior} | {w['label_counts']} |"
+        )
+    for way in ("localized", "true_mask"):
+        counts = s[way]["confusion_matrix"]["counts"]
+        lines += ["", f"Confusion matrix, {way} (rows: true grade; columns: answered):", ""]
+        lines += ["| | " + " | ".join(CLASSES) + " |", "|---" * (len(CLASSES) + 1) + "|"]
+        lines += [
+            f"| {c} | " + " | ".join(str(v) for v in row) + " |"
+            for c, row in zip(CLASSES, counts, strict=True)
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cases", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=40)
+    parser.add_argument("--model-dir", type=Path, default=Path("app/demo_models"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--data", type=Path, help="an existing cohort folder (default: generated in a temp folder)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("reports/pipeline-hcc"))
+    args = parser.parse_args()
+
+    import csv
+
+    from training.data.synth_hcc import write_hcc_cohort
+
+    root = args.data or Path(tempfile.mkdtemp(prefix="reactkd-cohort-"))
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        write_hcc_cohort(root, args.cases, seed=args.seed, workers=args.workers)
+    rows = list(csv.DictReader(manifest.open()))[: args.cases]
+    chunks = [rows[i :: args.workers] for i in range(args.workers)]
+    # spawn: each worker starts its own ONNX Runtime and torch thread pools.
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = [
+            r
+            for part in pool.map(_post_cases, [(str(args.model_dir), c, str(root)) for c in chunks])
+            for r in part
+        ]
+    report = {
+        "seed": args.seed,
+        "model_dir": str(args.model_dir),
+        "summary": summarize(results),
+        "cases": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pipeline.json").write_text(json.dumps(report, indent=2))
+    (args.out / "report.md").write_text(_markdown(report))
+    print(json.dumps(report["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""bench.pipeline's arithmetic: AUC over graded cases and with the prior for the others,
+label counts, the not-gradable share and the confusion matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.pipeline import CLASSES, summarize
+
+
+def _answer(label: str | None, reasons: tuple[str, ...] = ()) -> dict[str, Any]:
+    probabilities = {c: (0.4 if c == label else 0.3) for c in CLASSES} if label else None
+    return {
+        "status": 200,
+        "gradable": label is not None,
+        "label": label,
+        "probabilities": probabilities,
+        "reasons": list(reasons),
+        "mask": None,
+        "model": "grader",
+    }
+
+
+def test_a_perfect_grader_with_one_case_not_graded() -> None:
+    grades = ["well", "moderate", "poor", "well", "moderate", "poor"]
+    rows = [
+        {"case_id": str(i), "grade": g, "localized": _answer(g), "true_mask": _answer(g)}
+        for i, g in enumerate(grades)
+    ]
+    rows[0]["localized"] = _answer(None, ("no-lesion",))
+    summary = summarize(rows)
+    localized, true_mask = summary["localized"], summary["true_mask"]
+    assert localized["not_gradable"] == 1 and localized["reasons"] == {"no-lesion": 1}
+    assert localized["macro_auc_graded"] == pytest.approx(1.0)
+    # The prior (moderate 0.45) outranks the true moderate cases (0.4): counted, it costs AUC.
+    assert localized["macro_auc_prior_for_not_gradable"] < 1.0
+    assert localized["label_counts"] == {"None": 1, "moderate": 2, "poor": 2, "well": 1}
+    assert localized["confusion_matrix"]["counts"] == [[1, 0, 0], [0, 2, 0], [0, 0, 2]]
+    assert true_mask["macro_auc_graded"] == pytest.approx(1.0) and true_mask["largest_label_share"] == 2 / 6
+
+
+def test_one_label_for_every_case_is_seen() -> None:
+    rows = [
+        {"case_id": str(i), "grade": g, "localized": _answer("moderate"), "true_mask": _answer("moderate")}
+        for i, g in enumerate(["well", "moderate", "poor"])
+    ]
+    assert summarize(rows)["localized"]["largest_label_share"] == 1.0
