@@ -221,11 +221,18 @@ class ModelRegistry:
             models.append(
                 ServedModel(name=str(card.get("name", card_path.stem)), card=card, folder=card_path.parent)
             )
-        segmenters = _choose(
-            [m for m in models if m.is_segmenter],
-            settings.served_segmenters,
-            lambda m: str(m.card.get("created", "")),
-        )
+        # A segmenter changes what every study of its task gets (a mask, perhaps no grade), so
+        # it serves only when named: the shipped one does not yet meet the bars of issue #33
+        # (reports/segmenter/), and the whole-abdomen grader stays the default until it does.
+        named = []
+        for model in (m for m in models if m.is_segmenter):
+            if settings.served_segmenters.get(model.task_name) == model.name:
+                named.append(model)
+            else:
+                model.status = "not_served"
+                wanted = json.dumps({model.task_name: model.name})
+                model.reason = f"serves when named: REACTKD_SERVED_SEGMENTERS='{wanted}'"
+        segmenters = _choose(named, settings.served_segmenters, lambda m: str(m.card.get("created", "")))
 
         def grader_rank(model: ServedModel) -> tuple[bool, bool, str]:
             # A model reading a lesion crop needs a mask with every study: the task's segmenter

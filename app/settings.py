@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     model_dir: Path = DEFAULT_MODEL_DIR
     # Which model serves a task when the folder holds several: {"hcc": "hcc_lesion_student"}.
     served_models: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
-    # Which segmenter localizes a task's studies when the folder holds several (newest by default).
+    # Which segmenter localizes a task's studies: {"hcc": "hcc_segmenter"}. None serves unless
+    # named here (app.runtime.ModelRegistry.from_folder says why).
     served_segmenters: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     store_dir: Path = Path("var/store")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -38,8 +39,8 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(default=3600.0, gt=0)
     # When a study is not gradable (README: *Not gradable*); chosen from the segmenter's
     # measurements in reports/segmenter/ (docs/segmenter.md).
-    min_liver_ml: float = Field(default=150.0, ge=0)
-    min_cut_liver_ml: float = Field(default=500.0, ge=0)
+    min_liver_ml: float = Field(default=500.0, ge=0)
+    min_cut_liver_ml: float = Field(default=800.0, ge=0)
     min_lesion_ml: float = Field(default=0.5, ge=0)
     intra_op_threads: int = Field(default=1, ge=0)
     inter_op_threads: int = Field(default=1, ge=0)

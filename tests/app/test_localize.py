@@ -44,7 +44,14 @@ def pipeline_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCl
     folder = tmp_path_factory.mktemp("pipeline_models")
     export_student("hcc_student", "hcc", folder, grid="lesion")
     export_band_segmenter(folder)
-    settings = make_settings(folder, tmp_path_factory.mktemp("store"))
+    # The phantom's liver holds 0.4 L (a child's): the thresholds of an adult liver are lowered.
+    settings = make_settings(
+        folder,
+        tmp_path_factory.mktemp("store"),
+        served_segmenters={"hcc": "hcc_band_segmenter"},
+        min_liver_ml=150.0,
+        min_cut_liver_ml=400.0,
+    )
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -180,3 +187,18 @@ def test_a_head_ct_is_not_graded(pipeline_client: TestClient, tmp_path: Path) ->
     affine = np.diag([6.0, 6.0, 8.0, 1.0])
     body = post_ct(pipeline_client, Volume(array.astype(np.float32), affine))
     assert not body["gradable"] and body["not_gradable"][0]["code"] == "no-liver"
+
+
+def test_a_segmenter_serves_only_when_named(tmp_path: Path) -> None:
+    """In the folder but not named in `served_segmenters`: listed as not served, with the
+    setting that would serve it; the CT is graded by the grader alone."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    export_student("hcc_student", "hcc", folder)
+    export_band_segmenter(folder)
+    with TestClient(create_app(make_settings(folder, tmp_path / "store"))) as client:
+        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        assert models["hcc_band_segmenter"]["status"] == "not_served"
+        assert "REACTKD_SERVED_SEGMENTERS" in models["hcc_band_segmenter"]["reason"]
+        body = post_ct(client, ct_volume())
+        assert body["gradable"] and body["mask"] is None and body["model"]["name"] == "hcc_test"

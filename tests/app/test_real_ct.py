@@ -36,7 +36,13 @@ def reference() -> Path:
 
 @pytest.fixture(scope="module")
 def demo_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = make_settings(DEFAULT_MODEL_DIR, tmp_path_factory.mktemp("store"), warmup=False)
+    settings = make_settings(
+        DEFAULT_MODEL_DIR,
+        tmp_path_factory.mktemp("store"),
+        warmup=False,
+        served_segmenters={"hcc": "hcc_segmenter"},
+        served_models={"hcc": "hcc_lesion_student"},
+    )
     with TestClient(create_app(settings)) as client:
         yield client
 
