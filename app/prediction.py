@@ -115,7 +115,7 @@ def localize(
         )
     else:
         return Localization(None, None, None, None)
-    localization.reasons = gradability(localization.summary, settings)
+    localization.reasons = gradability(localization.summary, settings, localization.source == "model")
     return localization
 
 
@@ -126,15 +126,18 @@ def _spec_of(task: TaskSpec) -> SegmenterSpec | None:
         return None
 
 
-def gradability(summary: MaskSummary | None, settings: Settings) -> list[NotGradable]:
+def gradability(summary: MaskSummary | None, settings: Settings, segmented: bool = True) -> list[NotGradable]:
     """Why a mask does not allow a grade, by the thresholds of `settings` (README: *Not gradable*).
 
-    A binary mask (the lesion alone) says nothing of the liver, so only the lesion is judged.
+    The liver's volume is judged only in the segmenter's masks (`segmented`): its thresholds
+    were chosen from what the segmenter calls liver in scans without one, and a liver a
+    client drew is the client's to judge. A binary mask (the lesion alone) says nothing of
+    the liver either. The lesion is judged in every mask.
     """
     if summary is None:
         return []
     reasons = []
-    liver = summary.organ_ml
+    liver = summary.organ_ml if segmented else None
     if liver is not None and liver < settings.min_liver_ml:
         return [
             NotGradable(
