@@ -11,6 +11,10 @@ folder, as a hospital would send it, CT alone:
 - ``true_mask``: the CT with the cohort's tumour mask as ``mask``: the same grader on the
   crop the true lesion places.
 
+The service reads its settings from the environment as `reactkd serve` does: the
+localize-then-grade pipeline is measured with
+``REACTKD_SERVED_SEGMENTERS='{"hcc": "hcc_segmenter"}'``; without it, the default grader.
+
 Reported: macro AUC of each (for ``localized`` over the graded cases, and with the cases
 answered ``gradable: false`` counted as the class prior), the share not gradable and why,
 the label counts (a model that gives one label to nearly every case is a defect whatever

@@ -56,7 +56,7 @@ from models.segmenter import (
 )
 from training.data.readers import CaseRecord, load_case, read_hcc_manifest
 from training.data.synth_hcc import run_jobs
-from training.train import Distributed, git_commit, resolve_device, seed_everything
+from training.train import Distributed, git_commit, resolve_device, seed_everything, write_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -378,9 +378,7 @@ def save_checkpoint(path: Path, net: torch.nn.Module, cfg: SegmenterConfig, **ex
         "git_commit": git_commit(),
         **extra,
     }
-    temp = path.with_suffix(".tmp")
-    torch.save(state, temp)
-    temp.replace(path)
+    write_checkpoint(path, state)
 
 
 def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False) -> Path:

@@ -382,9 +382,15 @@ def save_checkpoint(path: Path, net: nn.Module, cfg: TrainConfig, **extra: Any) 
         "git_commit": git_commit(),
         **extra,
     }
+    write_checkpoint(path, state)
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """`torch.save` through a temporary file: a crash mid-write never leaves a truncated
+    checkpoint behind."""
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
-    tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint behind
+    tmp.replace(path)
 
 
 def batches(loader: DataLoader, epoch: int, show: bool, desc: str) -> Iterator[dict[str, Any]]:
