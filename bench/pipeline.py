@@ -106,8 +106,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for truth, label in zip(labels, predicted, strict=True):
             if label is not None:
                 confusion[truth, CLASSES.index(label)] += 1
+        segmenters = Counter(((a["mask"] or {}).get("model") or {}).get("name") for a in answers)
         summary[way] = {
             "model": Counter(a["model"] for a in answers).most_common(1)[0][0],
+            "segmenter": segmenters.most_common(1)[0][0],
             "statuses": dict(Counter(str(a["status"]) for a in answers)),
             "not_gradable": int((~graded).sum()),
             "not_gradable_share": float((~graded).mean()),
@@ -123,15 +125,18 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
+    segmenter = s["localized"]["segmenter"]
+    env = f'REACTKD_SERVED_SEGMENTERS=\'{{"hcc": "{segmenter}"}}\' ' if segmenter else ""
     lines = [
-        "# The served HCC default on a fresh cohort, CT alone",
+        "# The served HCC pipeline on a fresh cohort, CT alone",
         "",
-        f"`python -m bench.pipeline --cases {s['cases']} --seed {report['seed']}`, "
+        f"`{env}python -m bench.pipeline --cases {s['cases']} --seed {report['seed']}`, "
         f"models `{report['model_dir']}`: "
         "every case posted to the service as CT alone (`localized`) and with its true tumour mask "
         "(`true_mask`). Synthetic cases; every one has a lesion.",
         "",
-        "| | grader | not gradable | macro AUC (graded) | macro AUC (not gradable = prior) | label counts |",
+        "| | grader (segmenter) | not gradable | macro AUC (graded) | macro AUC (not gradable = prior) "
+        "| label counts |",
         "|---|---|---|---|---|---|",
     ]
     for way in ("localized", "true_mask"):
@@ -143,7 +148,8 @@ def _markdown(report: dict[str, Any]) -> str:
             else f"{w['macro_auc_prior_for_not_gradable']:.3f}"
         )
         lines.append(
-            f"| {way} | {w['model']} | {w['not_gradable']} ({w['not_gradable_share']:.1%}) {w['reasons']} | "
+            f"| {way} | {w['model']} ({w['segmenter'] or 'none'}) | "
+            f"{w['not_gradable']} ({w['not_gradable_share']:.1%}) {w['reasons']} | "
             f"{auc} | {prior} | {w['label_counts']} |"
         )
     for way in ("localized", "true_mask"):
