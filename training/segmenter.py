@@ -16,7 +16,6 @@ lesion Dice is kept as ``best.pt``.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from dataclasses import replace
@@ -56,7 +55,14 @@ from models.segmenter import (
 )
 from training.data.readers import CaseRecord, load_case, read_hcc_manifest
 from training.data.synth_hcc import run_jobs
-from training.train import Distributed, git_commit, resolve_device, seed_everything, write_checkpoint
+from training.train import (
+    Distributed,
+    append_row,
+    git_commit,
+    resolve_device,
+    seed_everything,
+    write_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -452,7 +458,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False) -> Path:
             }
             row.update(validate(net, val_paths, spec, stage, device))
             running = []
-            _log_row(run_dir / "metrics.csv", row)
+            append_row(run_dir / "metrics.csv", row)
             bar.set_postfix(
                 loss=f"{row['train_loss']:.3f}",
                 organ=f"{row['val_organ_dice']:.3f}",
@@ -473,12 +479,3 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False) -> Path:
             )
     bar.close()
     return best_path
-
-
-def _log_row(path: Path, row: dict[str, float]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            out.writeheader()
-        out.writerow(row)

@@ -517,13 +517,18 @@ def _tensorboard(run_dir: Path):  # type: ignore[no-untyped-def]
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-def _log_metrics(path: Path, row: dict[str, float], writer, epoch: int) -> None:  # type: ignore[no-untyped-def]
+def append_row(path: Path, row: dict[str, float]) -> None:
+    """One row of a run's metrics.csv (its header written with the first)."""
     new = not path.exists()
     with path.open("a", newline="") as f:
         out = csv.DictWriter(f, fieldnames=list(row))
         if new:
             out.writeheader()
         out.writerow(row)
+
+
+def _log_metrics(path: Path, row: dict[str, float], writer, epoch: int) -> None:  # type: ignore[no-untyped-def]
+    append_row(path, row)
     if writer is not None:
         for key, value in row.items():
             if key != "epoch":
