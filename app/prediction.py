@@ -1,4 +1,5 @@
-"""The prediction pipeline: study -> localized mask -> model input -> ONNX outputs -> response + files.
+"""The prediction pipeline: uploads -> study -> localized mask -> model input -> ONNX outputs
+-> response + files, kept (`predict_study`, the one function the route calls).
 
 Localize, then grade (DESIGN.md). A study comes as volumes and, perhaps, a mask (the
 client's, or a SEG kept with the study). Where the task has a segmenter and no mask came,
@@ -6,18 +7,21 @@ the segmenter makes one (`models.segmenter.segment`). The mask is judged before 
 no liver, a liver cut off by the scan, no lesion or a lesion the scan cuts make the study
 not gradable, answered 200 with the reasons and the segmentation, and no grade at all.
 A gradable study is graded on the crop and regions that mask gives.
+
+Each stage that computes runs through the inference gate (bounded concurrency, a deadline)
+and is timed in the metrics under its name: ingest, localize, preprocess, inference, checks,
+outcome, save.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
+import asyncio
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Literal
 
 import numpy as np
+from fastapi.concurrency import run_in_threadpool
 
 from app.errors import (
     InvalidStudyError,
@@ -25,13 +29,17 @@ from app.errors import (
     MissingModalityError,
     NonFiniteVoxelsError,
     NotAVolumeProblem,
+    TimeoutProblem,
 )
-from app.ingest.study import Study, Upload
+from app.ingest.archive import ZipLimits
+from app.ingest.study import IngestLimits, Study, Upload, build_study
+from app.metrics import Metrics
+from app.outcome import Graded, Outcome, build_outcome, link_dicom_outputs
 from app.quality import input_warnings
-from app.runtime import ServedModel
-from app.schemas import MaskInfo, Modalities, ModelRef, NotGradable, Prediction, SeriesAssignment, StudyInfo
+from app.runtime import InferenceGate, ModelRegistry, ServedModel
+from app.schemas import NotGradable
 from app.settings import Settings
-from app.store import npz_bytes
+from app.store import Store, new_id
 from models.contract import (
     ContractError,
     ModelInput,
@@ -195,203 +203,105 @@ def preprocess(study: Study, task: TaskSpec, mask: Volume | None = None) -> Mode
         raise InvalidStudyError(exc.reason, field=exc.field) from None
 
 
-def input_digest(model_input: ModelInput) -> str:
-    """sha256 of what the model was fed: `present`, the grid, and every present channel.
-
-    Absent channels are zeros by construction (`prepare_input`), so they are not hashed.
-    An explanation that rebuilds the input from the stored upload checks it against this.
-    """
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(model_input.present, dtype=np.float32).tobytes())
-    digest.update(np.ascontiguousarray(model_input.grid.affine, dtype=np.float64).tobytes())
-    digest.update(np.asarray(model_input.grid.shape, dtype=np.int64).tobytes())
-    for channel in np.flatnonzero(model_input.present):
-        values = np.ascontiguousarray(model_input.image[channel], dtype=np.float32)
-        digest.update(values.data)
-    return digest.hexdigest()
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max()
-    exp = np.exp(shifted)
-    return exp / exp.sum()
-
-
 def infer(model: ServedModel, model_input: ModelInput) -> dict[str, np.ndarray]:
     outputs = model.run(model_input.image[None], model_input.present[None])
     return {key: value[0] for key, value in outputs.items()}
 
 
-def links(prediction_id: str, graded: bool = True) -> dict[str, str]:
-    base = f"/v1/explain/{prediction_id}"
-    out = {"self": f"/v1/predictions/{prediction_id}", "explanations": base}
-    if graded:
-        out.update(
-            attention=f"{base}/attention?format=png",
-            attention_nifti=f"{base}/attention?format=nifti",
-            attention_dicom=f"{base}/attention?format=dicom",
-            gradcam=f"{base}/attribution?method=gradcam",
-            integrated_gradients=f"{base}/attribution?method=integrated_gradients",
-            occlusion=f"{base}/attribution?method=occlusion",
-            graph=f"{base}/graph",
-        )
-    return out
-
-
-def segmentation_links(prediction_id: str) -> dict[str, str]:
-    base = f"/v1/explain/{prediction_id}/segmentation"
-    return {"segmentation": f"{base}?format=nifti", "segmentation_dicom": f"{base}?format=dicom"}
-
-
-@dataclass
-class Outcome:
-    response: Prediction
-    files: dict[str, bytes]
-
-
-@dataclass
-class Graded:
-    """What the grader saw and said (None for a study that is not gradable)."""
-
-    model_input: ModelInput
-    outputs: dict[str, np.ndarray]
-
-
-def mask_info(localization: Localization, segmenter: ServedModel | None) -> MaskInfo | None:
-    summary = localization.summary
-    if summary is None or localization.source is None:
-        return None
-    return MaskInfo(
-        source=localization.source,
-        liver_ml=None if summary.organ_ml is None else round(summary.organ_ml, 1),
-        lesion_ml=round(summary.lesion_ml, 2),
-        lesions=summary.lesions,
-        lesions_ml=[round(v, 2) for v in summary.lesions_ml],
-        lesion_center_mm=None
-        if summary.lesion_center_mm is None
-        else [round(v, 1) for v in summary.lesion_center_mm],
-        cut=list(summary.organ_cut),
-        model=ModelRef(name=segmenter.name, version=segmenter.version, sha256=segmenter.sha256)
-        if localization.source == "model" and segmenter is not None
-        else None,
+def ingest_limits(settings: Settings) -> IngestLimits:
+    return IngestLimits(
+        zip=ZipLimits(settings.max_files, settings.max_uncompressed_bytes, settings.max_compression_ratio),
+        max_image_bytes=settings.max_uncompressed_bytes,
     )
 
 
-def build_outcome(
-    prediction_id: str,
-    task: TaskSpec,
-    model: ServedModel,
-    study: Study,
-    localization: Localization,
-    graded: Graded | None,
-    uploads: dict[str, list[Upload]],
-    checks: list[str] | None = None,
-    segmenter: ServedModel | None = None,
+@dataclass(frozen=True)
+class Service:
+    """What a prediction runs on: the served models, the gate, the store, the settings."""
+
+    settings: Settings
+    models: ModelRegistry
+    gate: InferenceGate
+    store: Store
+    metrics: Metrics
+
+
+async def predict_study(
+    service: Service, task_name: str, uploads: dict[str, list[Upload]], fetched: bool
 ) -> Outcome:
-    """The response and the files to keep; `checks` are `input_warnings` if already computed."""
-    if checks is None:
-        checks = input_warnings(study.volumes, task)
-    probabilities = softmax(graded.outputs["logits"].astype(np.float64)) if graded is not None else None
-    used = list(graded.model_input.used) if graded else [m for m in task.modalities if m in study.volumes]
-    response = Prediction(
-        id=prediction_id,
-        task=task.name,
-        gradable=graded is not None,
-        label=task.classes[int(np.argmax(probabilities))] if probabilities is not None else None,
-        probabilities=(
-            {c: float(p) for c, p in zip(task.classes, probabilities, strict=True)}
-            if probabilities is not None
-            else None
-        ),
-        not_gradable=localization.reasons,
-        mask=mask_info(localization, segmenter),
-        modalities=Modalities(used=used, missing=[m for m in task.modalities if m not in used]),
-        model=ModelRef(name=model.name, version=model.version, sha256=model.sha256),
-        warnings=[*study.warnings, *checks],
-        study=StudyInfo(
-            study_uid=study.study_uid,
-            series_uids=study.series_uids,
-            assignments=[
-                SeriesAssignment(
-                    modality=s.modality,
-                    kind=s.kind,
-                    reason=s.reason,
-                    series_uid=s.series_uid,
-                    instances=s.instances,
-                    filename=s.filename,
-                )
-                for s in study.all_sources
-            ],
-            ignored=study.ignored,
-        ),
-        links={
-            **links(prediction_id, graded is not None),
-            **(segmentation_links(prediction_id) if localization.mask is not None else {}),
-        },
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    files = _files(task, study, localization, graded, probabilities, uploads)
-    return Outcome(response, files)
+    """One study, uploaded (or `fetched` from the PACS), through the whole pipeline: ingest,
+    refuse what is not a volume, localize, judge gradability, crop, grade, build the
+    response and commit it to the store. Raises the service's typed problems."""
+    settings, metrics, gate = service.settings, service.metrics, service.gate
+    deadline = time.monotonic() + settings.request_timeout_s
+    model = service.models.for_task(task_name)
+    task = model.task  # on the grid the served model was trained on
 
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutProblem(f"the request exceeded {settings.request_timeout_s:.0f} s")
+        return left
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name.rsplit("/", 1)[-1])[:100] or "upload"
+    def ingest() -> Study:
+        with metrics.stage("ingest"):
+            study = build_study(uploads, task, ingest_limits(settings))
+            check_volumes(study, task)
+            return study
 
+    study = await gate.run(ingest, timeout=remaining())
+    # Localize, then grade: the client's mask (or the study's SEG) wins over the segmenter's.
+    models = service.models
+    segmenter = models.segmenter_for(task_name) if study.mask is None else models.segmenters.get(task_name)
 
-def _files(
-    task: TaskSpec,
-    study: Study,
-    localization: Localization,
-    graded: Graded | None,
-    probabilities: np.ndarray | None,
-    uploads: dict[str, list[Upload]],
-) -> dict[str, bytes]:
-    """Everything explanations need, kept once: they never ingest the upload again."""
-    reference = reference_modality(task, set(study.volumes))
-    volume = study.volumes[reference]
-    meta = {
-        "reference": reference,
-        "reference_kind": study.sources[reference].kind,
-        "classes": list(task.classes),
-        "grid": task.grid,
-        "gradable": graded is not None,
-        "mask_source": localization.source,
-    }
-    files = {
-        # Only the geometry: maps go back onto the sent image's voxels; its values are in uploads/.
-        "reference.npz": npz_bytes(shape=np.asarray(volume.array.shape), affine=volume.affine),
-    }
-    if graded is not None:
-        model_input = graded.model_input
-        meta.update(used=list(model_input.used), input_digest=input_digest(model_input))
-        # Float maps barely compress: stored as they are (compressing cost more than writing).
-        files["outputs.npz"] = npz_bytes(compress=False, probabilities=probabilities, **graded.outputs)  # type: ignore[arg-type]
-        files["input.npz"] = npz_bytes(
-            image=model_input.image,
-            present=model_input.present,
-            grid_affine=model_input.grid.affine,
-            grid_shape=np.asarray(model_input.grid.shape),
-        )
-    files["meta.json"] = json.dumps(meta).encode()
-    headers = study.sources[reference].headers
-    if headers:
-        files["headers.json"] = json.dumps([h.to_json_dict() for h in headers]).encode()
-    if localization.mask is not None:
-        files["mask.npz"] = npz_bytes(array=localization.mask.array, affine=localization.mask.affine)
-    if localization.overview is not None:
-        overview = localization.overview
-        # The overview is for pictures: 8 bits of the segmenter's [0, 1] intensities suffice.
-        files["overview.npz"] = npz_bytes(
-            image=np.rint(overview.image[0] * 255).astype(np.uint8), affine=overview.grid.affine
-        )
-    if localization.segmentation is not None:
-        seg = localization.segmentation
-        files["segmentation.npz"] = npz_bytes(
-            labels=seg.labels,
-            probabilities=np.rint(seg.probabilities * 255).astype(np.uint8),
-            affine=seg.grid.affine,
-        )
-    for field_name, items in uploads.items():
-        for index, upload in enumerate(items):
-            files[f"uploads/{_safe_name(field_name)}/{index:05d}-{_safe_name(upload.filename)}"] = upload.data
-    return files
+    def localize_and_prepare() -> tuple[Localization, ModelInput | None]:
+        with metrics.stage("localize"):
+            localization = localize(study, task, segmenter, fetched, settings)
+        if not localization.gradable:
+            return localization, None
+        with metrics.stage("preprocess"):
+            return localization, preprocess(study, task, localization.mask)
+
+    localization, model_input = await gate.run(localize_and_prepare, timeout=remaining())
+
+    def timed_checks() -> list[str]:
+        with metrics.stage("checks"):
+            return input_warnings(study.volumes, task)
+
+    def timed_infer() -> Graded | None:
+        if model_input is None:
+            return None
+        with metrics.stage("inference"):
+            return Graded(model_input, infer(model, model_input))
+
+    # The input checks (CT noise, liver coverage) need only the study: they run beside the
+    # network, on another core when there is one (ONNX Runtime uses `intra_op_threads`).
+    checks = asyncio.ensure_future(run_in_threadpool(timed_checks))
+    try:
+        graded = await gate.run(timed_infer, timeout=remaining())
+    finally:
+        warnings = await checks
+    prediction_id = new_id()
+    # A fetched study stays in the PACS: the store keeps no second copy of its files.
+    kept = {} if fetched else uploads
+
+    def outcome_and_save() -> Outcome:
+        # Off the event loop: building the response and encoding files are CPU work.
+        with metrics.stage("outcome"):
+            outcome = build_outcome(
+                prediction_id, task, model, study, localization, graded, kept, warnings, segmenter
+            )
+            reference = study.sources[reference_modality(task, set(study.volumes))]
+            link_dicom_outputs(outcome.response.links, prediction_id, reference)
+        with metrics.stage("save"):
+            # Committed (files, then the row) before the answer leaves: nothing accepted is lost.
+            service.store.save(
+                prediction_id,
+                task=task_name,
+                model=model.name,
+                response=outcome.response.model_dump(mode="json"),
+                files=outcome.files,
+            )
+        return outcome
+
+    return await run_in_threadpool(outcome_and_save)

@@ -83,7 +83,7 @@ def blurred(image: np.ndarray) -> np.ndarray:
 
 
 def occlusion(model: ServedModel, case: Case) -> np.ndarray:
-    from app.prediction import softmax
+    from app.outcome import softmax
 
     target = case.class_index
     base = float(case.outputs["probabilities"][target])

@@ -21,7 +21,8 @@ from pydicom.dataset import Dataset
 from app.errors import NotAvailableError, ProblemError
 from app.ingest.archive import ZipLimits
 from app.ingest.study import IngestLimits, Upload, build_study
-from app.prediction import input_digest, preprocess
+from app.outcome import input_digest
+from app.prediction import preprocess
 from app.store import Store, StoredPrediction, npz_bytes
 from models.contract import Grid, Volume, from_tensor_layout
 from models.tasks import TaskSpec, get_task

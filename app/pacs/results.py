@@ -19,7 +19,6 @@ from typing import Literal
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
 from app.errors import NotAvailableError
 from app.explain import dicom_out
@@ -27,6 +26,7 @@ from app.explain.case import Case, Localized, load_case
 from app.explain.graph import case_regions, node_name
 from app.explain.segmentation import mask_seg
 from app.explain.views import case_view, view_png
+from app.pacs.references import missing_reference
 from app.store import Store
 from models.contract import Volume, map_to_grid
 
@@ -41,9 +41,6 @@ DESCRIPTIONS: dict[Kind, str] = {
     "capture": "RGB Secondary Capture: attention overlay burned in",
     "mask": "Segmentation: the liver and the lesion the grade used (the segmenter's or the client's)",
 }
-# What the results copy from, or reference in, every source instance. A series lacking one is
-# still graded (pixels and geometry are all the model needs) but can have no DICOM results.
-REFERENCED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
 
 
 @dataclass(frozen=True)
@@ -148,15 +145,6 @@ def _build(localized: Localized, store: Store, headers: list[Dataset]) -> dict[K
     )
     objects["capture"] = dicom_out.rgb_capture(png, headers[len(headers) // 2], made_by)
     return objects
-
-
-def missing_reference(headers: Sequence[Dataset]) -> str | None:
-    """The first attribute of `REFERENCED` that some source header lacks, leaves empty or
-    holds as no valid UID (a PACS refuses results that reference one)."""
-    for keyword in REFERENCED:
-        if any(not UID(str(header.get(keyword, "") or "").strip()).is_valid for header in headers):
-            return keyword
-    return None
 
 
 def require_references(headers: Sequence[Dataset]) -> None:

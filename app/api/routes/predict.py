@@ -6,11 +6,9 @@ field without files) and fetched from the configured DICOMweb server.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
-import time
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -22,44 +20,23 @@ from app.errors import (
     ConflictingInputError,
     InvalidStudyError,
     ProblemError,
-    TimeoutProblem,
     UnknownTaskError,
     UnsupportedMediaError,
 )
 from app.explain.case import load_localized
-from app.ingest.archive import ZipLimits
-from app.ingest.study import STUDY_FIELD, IngestLimits, SeriesSource, Study, Upload, build_study
+from app.ingest.study import STUDY_FIELD, Upload
 from app.ingest.uploads import read_uploads, task_name
 from app.pacs.dicomweb import source_client
 from app.pacs.publish import publish
-from app.pacs.results import missing_reference
 from app.pacs.schemas import StudyRequest
-from app.prediction import (
-    Graded,
-    Localization,
-    Outcome,
-    build_outcome,
-    check_volumes,
-    infer,
-    localize,
-    preprocess,
-)
-from app.quality import input_warnings
+from app.prediction import Service, predict_study
 from app.schemas import Prediction
 from app.settings import Settings
-from app.store import Store, new_id
-from models.contract import ModelInput, reference_modality
+from app.store import Store
 from models.tasks import TASKS
 
 router = APIRouter(tags=["predict"])
 log = logging.getLogger("app.predict")
-
-
-def _limits(settings: SettingsDep) -> IngestLimits:
-    return IngestLimits(
-        zip=ZipLimits(settings.max_files, settings.max_uncompressed_bytes, settings.max_compression_ratio),
-        max_image_bytes=settings.max_uncompressed_bytes,
-    )
 
 
 def _study_request(body: bytes) -> StudyRequest:
@@ -156,24 +133,6 @@ def _auto_store(prediction_id: str, store: Store, settings: Settings) -> str | N
     return None
 
 
-def _link_dicom_outputs(links: dict[str, str], prediction_id: str, reference: SeriesSource) -> None:
-    """Link the DICOM results of a DICOM source; unlink DICOM attention that cannot be made.
-
-    A series lacking a UID the results reference is graded, but its DICOM outputs answer 409.
-    """
-    if reference.kind != "dicom":
-        # NIfTI: no results, and DICOM attention is a capture in a study of its own; a SEG
-        # needs source images to lie on.
-        links.pop("segmentation_dicom", None)
-        return
-    if missing_reference(reference.headers) is not None:
-        links.pop("attention_dicom", None)
-        links.pop("segmentation_dicom", None)
-        return
-    base = f"/v1/explain/{prediction_id}"
-    links.update({"dicom_results": f"{base}/dicom", "store": f"{base}/store"})
-
-
 @router.post("/predict", response_model=Prediction, status_code=200)
 async def predict(
     request: Request,
@@ -184,85 +143,19 @@ async def predict(
     metrics: MetricsDep,
 ) -> Prediction:
     """Grade one study: multipart files (`task`, a field per modality or `study`, `mask`) or `study_uid`."""
-    deadline = time.monotonic() + settings.request_timeout_s
     with metrics.stage("receive"):
         name, uploads, fetched = await _read_request(request, settings)
     if name not in TASKS:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}", field="task")
-    model = models.for_task(name)
-    task = model.task  # on the grid the served model was trained on
-
-    def remaining() -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutProblem(f"the request exceeded {settings.request_timeout_s:.0f} s")
-        return left
-
-    def ingest() -> Study:
-        with metrics.stage("ingest"):
-            study = build_study(uploads, task, _limits(settings))
-            check_volumes(study, task)
-            return study
-
-    study = await gate.run(ingest, timeout=remaining())
-    # Localize, then grade: the client's mask (or the study's SEG) wins over the segmenter's.
-    segmenter = models.segmenter_for(name) if study.mask is None else models.segmenters.get(name)
-
-    def localize_and_prepare() -> tuple[Localization, ModelInput | None]:
-        with metrics.stage("localize"):
-            localization = localize(study, task, segmenter, fetched, settings)
-        if not localization.gradable:
-            return localization, None
-        with metrics.stage("preprocess"):
-            return localization, preprocess(study, task, localization.mask)
-
-    localization, model_input = await gate.run(localize_and_prepare, timeout=remaining())
-
-    def timed_checks() -> list[str]:
-        with metrics.stage("checks"):
-            return input_warnings(study.volumes, task)
-
-    def timed_infer() -> Graded | None:
-        if model_input is None:
-            return None
-        with metrics.stage("inference"):
-            return Graded(model_input, infer(model, model_input))
-
-    # The input checks (CT noise, liver coverage) need only the study: they run beside the
-    # network, on another core when there is one (ONNX Runtime uses `intra_op_threads`).
-    checks = asyncio.ensure_future(run_in_threadpool(timed_checks))
-    try:
-        graded = await gate.run(timed_infer, timeout=remaining())
-    finally:
-        warnings = await checks
-    prediction_id = new_id()
-    # A fetched study stays in the PACS: the store keeps no second copy of its files.
-    kept = {} if fetched else uploads
-
-    def outcome_and_save() -> Outcome:
-        # Off the event loop: building the response and encoding files are CPU work.
-        with metrics.stage("outcome"):
-            outcome = build_outcome(
-                prediction_id, task, model, study, localization, graded, kept, warnings, segmenter
-            )
-            reference = study.sources[reference_modality(task, set(study.volumes))]
-            _link_dicom_outputs(outcome.response.links, prediction_id, reference)
-        with metrics.stage("save"):
-            # Committed (files, then the row) before the answer leaves: nothing accepted is lost.
-            store.save(
-                prediction_id,
-                task=name,
-                model=model.name,
-                response=outcome.response.model_dump(mode="json"),
-                files=outcome.files,
-            )
-        return outcome
-
-    outcome = await run_in_threadpool(outcome_and_save)
+    service = Service(settings, models, gate, store, metrics)
+    outcome = await predict_study(service, name, uploads, fetched)
     if settings.dicomweb_auto_store:
-        warning = await run_in_threadpool(_auto_store, prediction_id, store, settings)
+        warning = await run_in_threadpool(_auto_store, outcome.response.id, store, settings)
         if warning:
             outcome.response.warnings.append(warning)
     metrics.predictions.labels(task=name, label=outcome.response.label or "not-gradable").inc()
-    log.info("prediction", extra={"prediction_id": prediction_id, "task": name, "model": model.name})
+    log.info(
+        "prediction",
+        extra={"prediction_id": outcome.response.id, "task": name, "model": outcome.response.model.name},
+    )
     return outcome.response
