@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -183,11 +184,14 @@ def gradability(summary: MaskSummary | None, settings: Settings, segmented: bool
     return reasons
 
 
-def preprocess(study: Study, task: TaskSpec, mask: Volume | None = None) -> ModelInput:
-    """`prepare_input` on the study (its lesion located by `mask`, else the study's own),
-    with its contract errors turned into typed problems."""
+def preprocess(
+    study: Study, task: TaskSpec, mask: Volume | None = None, reads: Collection[str] | None = None
+) -> ModelInput:
+    """`prepare_input` on the study's modalities the model `reads` (None: all), its lesion
+    located by `mask` (else the study's own), with contract errors turned into typed problems."""
+    volumes = {name: v for name, v in study.volumes.items() if reads is None or name in reads}
     try:
-        return prepare_input(study.volumes, task, lesion=mask if mask is not None else study.mask)
+        return prepare_input(volumes, task, lesion=mask if mask is not None else study.mask)
     except ContractError as exc:
         if "NaN" in exc.reason:
             raise NonFiniteVoxelsError(exc.reason, field=exc.field) from None
@@ -201,6 +205,16 @@ def preprocess(study: Study, task: TaskSpec, mask: Volume | None = None) -> Mode
                 ) from None
             raise MissingModalityError(exc.reason, field=exc.field) from None
         raise InvalidStudyError(exc.reason, field=exc.field) from None
+
+
+def unread_warnings(study: Study, model: ServedModel) -> list[str]:
+    """A warning for each modality sent that the model was not trained to read (not used)."""
+    return [
+        f"{name} was sent but {model.name} was trained on {'+'.join(model.reads_modalities)} alone: "
+        f"{name} was not used"
+        for name in study.volumes
+        if name not in model.reads_modalities
+    ]
 
 
 def infer(model: ServedModel, model_input: ModelInput) -> dict[str, np.ndarray]:
@@ -260,13 +274,13 @@ async def predict_study(
         if not localization.gradable:
             return localization, None
         with metrics.stage("preprocess"):
-            return localization, preprocess(study, task, localization.mask)
+            return localization, preprocess(study, task, localization.mask, model.reads_modalities)
 
     localization, model_input = await gate.run(localize_and_prepare, timeout=remaining())
 
     def timed_checks() -> list[str]:
         with metrics.stage("checks"):
-            return input_warnings(study.volumes, task)
+            return [*unread_warnings(study, model), *input_warnings(study.volumes, task)]
 
     def timed_infer() -> Graded | None:
         if model_input is None:

@@ -32,6 +32,8 @@ from models.tasks import TASKS, TaskSpec, task_of_card
 
 log = logging.getLogger("app.runtime")
 T = TypeVar("T")
+NO_SEGMENTER = "none"
+"""`served_segmenters` value that serves no segmenter for a task."""
 
 
 def sha256_of(path: Path) -> str:
@@ -75,6 +77,12 @@ class ServedModel:
     @property
     def task_name(self) -> str:
         return str(self.card.get("task"))
+
+    @property
+    def reads_modalities(self) -> list[str]:
+        """The modalities the network was trained on (cards before this key: all the task's)."""
+        reads = self.card.get("reads_modalities") or self.card.get("modalities") or []
+        return [str(m) for m in reads]
 
     @property
     def is_segmenter(self) -> bool:
@@ -221,18 +229,19 @@ class ModelRegistry:
             models.append(
                 ServedModel(name=str(card.get("name", card_path.stem)), card=card, folder=card_path.parent)
             )
-        # A segmenter changes what every study of its task gets (a mask, perhaps no grade), so
-        # it serves only when named: the shipped one does not yet meet the bars of issue #33
-        # (reports/segmenter/), and the whole-abdomen grader stays the default until it does.
-        named = []
-        for model in (m for m in models if m.is_segmenter):
-            if settings.served_segmenters.get(model.task_name) == model.name:
-                named.append(model)
-            else:
-                model.status = "not_served"
-                wanted = json.dumps({model.task_name: model.name})
-                model.reason = f"serves when named: REACTKD_SERVED_SEGMENTERS='{wanted}'"
-        segmenters = _choose(named, settings.served_segmenters, lambda m: str(m.card.get("created", "")))
+        # Localize, then grade: a task's segmenter serves by default (the one named in
+        # `served_segmenters`, else the newest); naming "none" turns localization off, and the
+        # task's studies then need the client's mask or a whole-scan grader.
+        off = {task for task, name in settings.served_segmenters.items() if name == NO_SEGMENTER}
+        for model in (m for m in models if m.is_segmenter and m.task_name in off):
+            model.status = "not_served"
+            model.reason = f"localization is off: REACTKD_SERVED_SEGMENTERS names {NO_SEGMENTER!r}"
+        wanted = {task: name for task, name in settings.served_segmenters.items() if task not in off}
+        segmenters = _choose(
+            [m for m in models if m.is_segmenter and m.task_name not in off],
+            wanted,
+            lambda m: str(m.card.get("created", "")),
+        )
 
         def grader_rank(model: ServedModel) -> tuple[bool, bool, str]:
             # A model reading a lesion crop needs a mask with every study: the task's segmenter

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("networks", "predict", "concurrency", "ingest", "train_step", "synth", "difficulty")
+BENCHMARKS = ("networks", "predict", "localize", "concurrency", "ingest", "train_step", "synth", "difficulty")
 QUICK_ARGS = {"predict": ["--repeats", "2"]}
 """Arguments of a benchmark's short version, where it is not `--quick`."""
 TIMEOUT_S = {"full": 3600, "quick": 300}
@@ -130,6 +130,27 @@ def md_predict(r: dict[str, Any]) -> str:
     )
 
 
+def md_localize(r: dict[str, Any]) -> str:
+    rows = [
+        [
+            name,
+            "x".join(map(str, x["shape"])),
+            x["segment_ms"],
+            x["grade_ms"],
+            f"{100 * x['segment_share_of_predict']:.0f} %",
+            x["mask_on_scan_ms"],
+        ]
+        for name, x in r["scans"].items()
+    ]
+    return "\n".join(
+        [
+            f"Localize, then grade: the segmenter beside the grader, {r['threads']} thread, median of "
+            f"{r['repeats']}; the mask back on the scan's grid is paid by `/v1/explain`:\n",
+            table(["scan", "voxels", "segment ms", "grade ms", "segmenter's share", "mask on scan ms"], rows),
+        ]
+    )
+
+
 def md_concurrency(r: dict[str, Any]) -> str:
     rows = [
         [
@@ -227,6 +248,7 @@ def md_difficulty(r: dict[str, Any]) -> str:
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "networks": ("Student against teachers; ONNX Runtime against PyTorch", md_networks),
     "predict": ("`/v1/predict`, one request at a time", md_predict),
+    "localize": ("The segmenter's share of a prediction", md_localize),
     "concurrency": ("`/v1/predict` under concurrent clients; peak memory", md_concurrency),
     "ingest": ("DICOM ingestion", md_ingest),
     "train_step": ("Training step per network", md_train_step),

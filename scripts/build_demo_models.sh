@@ -10,6 +10,7 @@ WORK=${WORK:-build/demo}
 OUT=${OUT:-app/demo_models}
 SEED=${SEED:-7}
 HCC_CASES=${HCC_CASES:-200}
+LESION_CASES=${LESION_CASES:-500}  # the CT-only lesion grader needs more cases than 200 (docs/segmenter.md)
 TORSO_CASES=${TORSO_CASES:-150}
 BRATS_CASES=${BRATS_CASES:-240}
 BRATS_GRID=${BRATS_GRID:-"--shape 96 96 64 --spacing 2.5"}
@@ -23,18 +24,18 @@ card() {  # training-data note for a model card
 }
 
 hcc() {  # two teachers, then the distilled CT student; `hcc lesion`: all three on the lesion grid
-local grid=${1:-whole} suffix="" run=""
-[ "$grid" = whole ] || { suffix="_$grid"; run="$grid-"; }
-[ -f "$WORK/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases "$HCC_CASES" --seed "$SEED"
-HCC="$WORK/hcc/manifest.csv"
+local grid=${1:-whole} suffix="" run="" cases=$HCC_CASES cohort="$WORK/hcc"
+[ "$grid" = whole ] || { suffix="_$grid"; run="$grid-"; cases=$LESION_CASES; cohort="$WORK/hcc-$grid"; }
+[ -f "$cohort/manifest.csv" ] || $BIN/reactkd synth hcc --out "$cohort" --cases "$cases" --seed "$SEED"
+HCC="$cohort/manifest.csv"
 teacher "configs/demo/hcc${suffix}_teacher_sf.yaml" "$HCC" "hcc-${run}structure-function"
 teacher "configs/demo/hcc${suffix}_teacher_dose.yaml" "$HCC" "hcc-${run}dose-aware"
 $BIN/reactkd train student --config "configs/demo/hcc${suffix}_student.yaml" --data "$HCC" --out "$RUNS" --seed "$SEED" \
   --teachers "$RUNS/hcc-${run}structure-function-s$SEED/best.pt" "$RUNS/hcc-${run}dose-aware-s$SEED/best.pt"
 $BIN/reactkd export "$RUNS/hcc-${run}student-s$SEED/best.pt" --out "$OUT/hcc${suffix}_student.onnx" --data "$HCC" --calibrate \
-  --training-data "$(card "Synthetic HCC benchmark of this project (docs/benchmark.md): reactkd synth hcc --cases $HCC_CASES --seed $SEED; trained on its train split, selected on val, metrics on test. Not real patients.")"
+  --training-data "$(card "Synthetic HCC benchmark of this project (docs/benchmark.md): reactkd synth hcc --cases $cases --seed $SEED; trained on its train split, selected on val, metrics on test. Not real patients.")"
 }
-hcc_lesion() { hcc lesion; }  # served only with the lesion's mask (REACTKD_SERVED_MODELS)
+hcc_lesion() { hcc lesion; }  # the default HCC grader, behind the segmenter (localize, then grade)
 
 hcc_segmenter() {  # liver and lesion, both stages side by side (one core each), then judged on fresh cohorts
 [ -f "$WORK/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/hcc" --cases "$HCC_CASES" --seed "$SEED"

@@ -16,6 +16,7 @@ with no extra node or checkpoint key to keep in step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,11 @@ def fold_into_head(model: nn.Module, calibration: Calibration) -> None:
         )
 
 
-def calibrate_on_validation(model: nn.Module, task: TaskSpec, data: Path) -> dict[str, Any]:
-    """Fit on the `val` split of cohort `data`, fold into `model`; what the model card records."""
+def calibrate_on_validation(
+    model: nn.Module, task: TaskSpec, data: Path, modalities: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Fit on the `val` split of cohort `data`, given `modalities` (None: all), fold into
+    `model`; what the model card records."""
     from training.data.readers import read_records
     from training.evaluate import Predictor, predict_records
 
@@ -108,13 +112,13 @@ def calibrate_on_validation(model: nn.Module, task: TaskSpec, data: Path) -> dic
         raise ValueError(
             f"calibration needs every class in the val split of {data}; it has {len(records)} cases"
         )
-    labels, probs = predict_records(Predictor.for_network(model, task, "calibration"), records)
+    labels, probs = predict_records(Predictor.for_network(model, task, "calibration"), records, modalities)
     log_probs = np.log(np.clip(probs, 1e-30, None))  # the same fit as on logits (a per-row shift)
     calibration = fit_calibration(log_probs, labels)
     fold_into_head(model, calibration)
     return {
         "method": "vector scaling (temperature and per-class bias), folded into the last layer",
-        "fitted_on": f"val split, {len(records)} cases",
+        "fitted_on": f"val split, {len(records)} cases, given {'+'.join(modalities or task.modalities)}",
         "temperature": calibration.temperature,
         "bias": dict(zip(task.classes, calibration.bias, strict=True)),
         **calibration_report(log_probs, labels, calibration),

@@ -122,13 +122,14 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, task: TaskSpec
 
 
 def cohort_evidence(
-    onnx_path: Path, task: TaskSpec, data: Path, max_train: int = 120
+    onnx_path: Path, task: TaskSpec, data: Path, max_train: int = 120, modalities: Sequence[str] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """What a model card reports from a cohort: test-split metrics and class prototypes.
 
-    Metrics are those of `classification_metrics` on the test split with every modality
-    given, plus the macro AUC under each allowed modality subset; prototypes are GW
-    barycenters of supervoxel region graphs of (up to `max_train`) training cases.
+    Metrics are those of `classification_metrics` on the test split given every modality the
+    model reads (`modalities`, None: all), plus the macro AUC under each allowed modality
+    subset of those; prototypes are GW barycenters of supervoxel region graphs of (up to
+    `max_train`) training cases.
     """
     from models.topology import case_graph
     from training.data.readers import read_records
@@ -139,15 +140,16 @@ def cohort_evidence(
     test = [r for r in records if r.split == "test" and r.label is not None]
     train = [r for r in records if r.split == "train" and r.label is not None][:max_train]
 
-    labels, probs = predict_records(predictor, test)
+    read = set(modalities or task.modalities)
+    labels, probs = predict_records(predictor, test, modalities)
     metrics: dict[str, Any] = {"test": classification_metrics(labels, probs, task), "by_subset": {}}
-    for subset in task.allowed_subsets():
+    for subset in (s for s in task.allowed_subsets() if set(s) <= read):
         y, p = predict_records(predictor, test, subset)
         metrics["by_subset"]["+".join(subset)] = macro_auc(y, p)
 
     graphs, graph_labels = [], []
     for record in tqdm(train, desc="prototype graphs", leave=False):
-        prepared = prepare_case(load_case(record), task)
+        prepared = prepare_case(load_case(record), task, modalities)
         features = predictor.session.run(
             ["features"], {"image": prepared.image[None], "present": prepared.present[None]}
         )[0][0]

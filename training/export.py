@@ -122,6 +122,9 @@ def export_model(
     )
     model = model_from_checkpoint(state)
     task = task_of_card(state)
+    # A student trained on a subset (`input_modalities`, e.g. CT alone) is judged, calibrated
+    # and served on that subset: given PET it never saw, its answer would mean nothing.
+    reads = state.get("config", {}).get("input_modalities") or None
     out = Path(out)
     if out.suffix != ".onnx":
         raise ValueError(f"output must end in .onnx, got {out}")
@@ -133,7 +136,7 @@ def export_model(
             raise ValueError("calibration is fitted on the val split of a cohort: give `data`")
         from training.calibration import calibrate_on_validation
 
-        calibration = calibrate_on_validation(model, task, data)
+        calibration = calibrate_on_validation(model, task, data, reads)
         state = {**state, "state_dict": model.state_dict()}
     write_onnx(model, task, out)
     diff = parity(model, task, out)
@@ -145,7 +148,7 @@ def export_model(
     if data is not None:
         from training.evaluate import cohort_evidence
 
-        metrics, prototypes = cohort_evidence(out, task, data)
+        metrics, prototypes = cohort_evidence(out, task, data, modalities=reads)
     quantization = quantize_int8(out, task, data, float_metrics=metrics) if int8 else None
     weights = out.with_suffix(".pt")
     torch.save(
@@ -274,6 +277,8 @@ def model_card(
         "classes": list(task.classes),
         "modalities": list(task.modalities),
         "required_modalities": list(task.required),
+        # The modalities the network was trained on (the others are zero channels for it).
+        "reads_modalities": list(config.get("input_modalities") or task.modalities),
         "input": {
             "layout": "image [N, M, D, H, W] float32; present [N, M] float32 (1 = modality given)",
             "spacing_mm": list(task.spacing_mm),

@@ -104,7 +104,7 @@ def _rebuild_input(
         raise NotAvailableError("the model input of this prediction was not kept", field="id")
     try:
         study = build_study(uploads, task, _STORED_LIMITS)
-        model_input = preprocess(study, task)
+        model_input = preprocess(study, task, reads=meta.get("used"))
     except ProblemError as exc:
         # Accepted then, refused by today's input checks: the prediction stands, but the
         # input cannot be rebuilt; a 4xx about the upload would blame this GET's request.

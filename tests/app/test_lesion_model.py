@@ -21,6 +21,7 @@ from app_helpers import (
     liver_lesion_mask,
     make_settings,
     nifti_bytes,
+    pet_volume,
     seg_bytes,
     zip_bytes,
 )
@@ -32,6 +33,8 @@ from app.main import create_app
 from app.runtime import ModelRegistry
 from models.contract import Volume
 from models.dicom import series_from_volume
+from tests.common import random_checkpoint
+from training.export import export_model
 
 NII = "application/gzip"
 
@@ -223,3 +226,24 @@ def test_a_newer_seg_that_is_no_mask_is_passed_over_for_an_older_one(
     assert prediction["probabilities"] == pytest.approx(with_nifti["probabilities"], abs=1e-5)
     (ignored,) = prediction["study"]["ignored"]
     assert ignored["series_uid"] == unplaced.SeriesInstanceUID and "no mask" in ignored["reason"]
+
+
+def test_a_ct_only_student_is_not_given_the_pet_it_never_saw(tmp_path: Path) -> None:
+    """A student trained on CT alone (`input_modalities: [ct]`): its card says so, and a PET
+    sent with the CT is left out of its input, with a warning, instead of being fed to a
+    network that never learned what it means."""
+    folder = tmp_path / "models"
+    checkpoint = {
+        **random_checkpoint("hcc_student", "hcc"),
+        "grid": "lesion",
+        "config": {"input_modalities": ["ct"]},
+    }
+    card = export_model(checkpoint, folder / "hcc_ct_only.onnx")
+    assert card["reads_modalities"] == ["ct"]
+    ct = ct_volume()
+    mask, _ = liver_lesion_mask(ct)
+    sent = [*files(ct, mask), ("pet_fdg", ("fdg.nii.gz", nifti_bytes(pet_volume()), NII))]
+    with TestClient(create_app(make_settings(folder, tmp_path / "store"))) as client:
+        body = client.post("/v1/predict", data={"task": "hcc"}, files=sent).json()
+    assert body["modalities"]["used"] == ["ct"]
+    assert any("pet_fdg was sent" in w and "not used" in w for w in body["warnings"]), body["warnings"]

@@ -189,16 +189,25 @@ def test_a_head_ct_is_not_graded(pipeline_client: TestClient, tmp_path: Path) ->
     assert not body["gradable"] and body["not_gradable"][0]["code"] == "no-liver"
 
 
-def test_a_segmenter_serves_only_when_named(tmp_path: Path) -> None:
-    """In the folder but not named in `served_segmenters`: listed as not served, with the
-    setting that would serve it; the CT is graded by the grader alone."""
+def test_a_segmenter_serves_by_default_and_none_turns_it_off(tmp_path: Path) -> None:
+    """In the folder and named nowhere, the segmenter localizes every CT (its mask comes
+    back); `served_segmenters={"hcc": "none"}` lists it as not served, with the reason, and
+    the CT is graded by the grader alone."""
     folder = tmp_path / "models"
     folder.mkdir()
     export_student("hcc_student", "hcc", folder)
     export_band_segmenter(folder)
-    with TestClient(create_app(make_settings(folder, tmp_path / "store"))) as client:
+    settings = make_settings(folder, tmp_path / "store", min_liver_ml=150.0, min_cut_liver_ml=400.0)
+    with TestClient(create_app(settings)) as client:
+        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        assert models["hcc_band_segmenter"]["status"] == "ready"
+        body = post_ct(client, ct_volume())
+        assert body["mask"]["source"] == "model"
+        assert body["mask"]["model"]["name"] == "hcc_band_segmenter"
+    off = make_settings(folder, tmp_path / "store2", served_segmenters={"hcc": "none"})
+    with TestClient(create_app(off)) as client:
         models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
         assert models["hcc_band_segmenter"]["status"] == "not_served"
-        assert "REACTKD_SERVED_SEGMENTERS" in models["hcc_band_segmenter"]["reason"]
+        assert "none" in models["hcc_band_segmenter"]["reason"]
         body = post_ct(client, ct_volume())
         assert body["gradable"] and body["mask"] is None and body["model"]["name"] == "hcc_test"

@@ -33,6 +33,11 @@ EXPECTED: dict[str, list[tuple[str, ...]]] = {
         ("ratio_nifti_p50_to_bare_p50",),
         ("server_rss_mib", "after_run"),
     ],
+    "localize": [
+        ("scans", scan, key)
+        for scan in ("benchmark_series", "128x128x64")
+        for key in ("segment_ms", "grade_ms", "segment_share_of_predict", "mask_on_scan_ms")
+    ],
     "concurrency": [
         *(("levels", n, key) for n in LEVELS for key in ("p50_ms", "p95_ms", "p99_ms", "throughput_rps")),
         ("server_memory_mib", "peak_rss"),
