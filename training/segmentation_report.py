@@ -77,23 +77,53 @@ def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
     return 2.0 * float(np.logical_and(predicted, truth).sum()) / total if total else float("nan")
 
 
+_CONNECTED = ndimage.generate_binary_structure(3, 3)
+
+
+def lesion_conspicuity(ct: np.ndarray, lesion: np.ndarray, organ: np.ndarray) -> tuple[float, float]:
+    """How far a lesion stands out of the organ around it: (contrast in HU, contrast-to-noise).
+
+    Contrast: the median of a 3-voxel organ shell around the lesion minus the median of the
+    lesion's core (positive: darker than the organ, as HCC is in portal-venous CT). Noise:
+    the shell's standard deviation (texture, vessels and noise together, as a reader sees
+    them).
+    """
+    shell = ndimage.binary_dilation(lesion, _CONNECTED, iterations=3) & organ & ~lesion
+    core = ndimage.binary_erosion(lesion, _CONNECTED)
+    core = core if core.sum() >= 5 else lesion
+    if not shell.any():
+        return float("nan"), float("nan")
+    contrast = float(np.median(ct[shell]) - np.median(ct[core]))
+    noise = float(np.std(ct[shell]))
+    return contrast, contrast / noise if noise > 0 else float("nan")
+
+
 def score_case(
-    predicted: np.ndarray, liver: np.ndarray | None, tumor: np.ndarray | None, grid: Grid, spec: SegmenterSpec
+    predicted: np.ndarray,
+    liver: np.ndarray | None,
+    tumor: np.ndarray | None,
+    grid: Grid,
+    spec: SegmenterSpec,
+    ct: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """One case's numbers, predicted and true labels on the same (the scan's) grid."""
+    """One case's numbers, predicted and true labels on the same (the scan's) grid; with the
+    scan's `ct`, also how conspicuous the dominant lesion is (`lesion_conspicuity`)."""
     lesion_label = spec.label("lesion")
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
     true_organ = liver > 0 if liver is not None else np.zeros(predicted.shape, dtype=bool)
     true_lesion = tumor > 0 if tumor is not None else np.zeros(predicted.shape, dtype=bool)
     true_organ |= true_lesion
     pred_organ, pred_lesion = predicted > 0, predicted == lesion_label
-    structure = ndimage.generate_binary_structure(3, 3)
-    truth_parts, n_true = ndimage.label(true_lesion, structure)
-    pred_parts, n_pred = ndimage.label(pred_lesion, structure)
-    found, center_error = None, None
+    truth_parts, n_true = ndimage.label(true_lesion, _CONNECTED)
+    pred_parts, n_pred = ndimage.label(pred_lesion, _CONNECTED)
+    found, center_error, contrast, cnr, dominant_ml = None, None, None, None, None
     if n_true:
         largest = int(np.argmax(np.bincount(truth_parts.ravel())[1:])) + 1
-        found = bool(np.any(pred_lesion[truth_parts == largest]))
+        dominant = truth_parts == largest
+        found = bool(np.any(pred_lesion[dominant]))
+        dominant_ml = float(dominant.sum()) * voxel_ml
+        if ct is not None:
+            contrast, cnr = lesion_conspicuity(ct, dominant, true_organ)
         if n_pred:  # where the grader's crop goes (largest predicted) against where it should
             predicted_largest = int(np.argmax(np.bincount(pred_parts.ravel())[1:])) + 1
             centres = [
@@ -106,6 +136,9 @@ def score_case(
         "organ_dice": dice(pred_organ, true_organ) if true_organ.any() else float("nan"),
         "lesion_dice": dice(pred_lesion, true_lesion) if n_true else float("nan"),
         "dominant_found": found,
+        "dominant_ml": dominant_ml,
+        "dominant_contrast_hu": contrast,
+        "dominant_cnr": cnr,
         "center_error_mm": center_error,
         "false_lesions": n_pred - len(touching),
         "true_lesions": n_true,
@@ -139,6 +172,7 @@ def _evaluate_one(job: tuple[str, CaseRecord, str]) -> dict[str, Any]:
         tumor.array if tumor is not None else None,
         target,
         runner.spec,
+        ct.array,
     )
     row.update(cohort=cohort, case_id=record.case_id, **{k: v for k, v in record.meta.items() if k in _META})
     return row
@@ -183,6 +217,13 @@ def summarize_cohort(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ),
         "false_lesions_per_case": float(np.mean([r["false_lesions"] for r in rows])) if rows else None,
         "crop_centre_error_mm": median_ci([r["center_error_mm"] for r in with_lesion]),
+        "dominant_found_vs_missed": {
+            outcome: {
+                key: median_ci([r[key] for r in with_lesion if bool(r["dominant_found"]) == hit])
+                for key in ("dominant_ml", "dominant_contrast_hu", "dominant_cnr")
+            }
+            for outcome, hit in (("found", True), ("missed", False))
+        },
         "organ_free_cases": len(organ_free),
         "organ_free_predicted_ml_max": max((r["predicted_organ_ml"] for r in organ_free), default=None),
     }
@@ -211,6 +252,7 @@ def evaluate_segmenter(
         "summary": {name: summarize_cohort([r for r in rows if r["cohort"] == name]) for name in cohorts},
         "by_field": _by_key(rows, "field"),
         "by_phase": _by_key(rows, "phase"),
+        "by_grade": _by_key(rows, "grade"),
         "cases": rows,
     }
     from training.export import json_safe
@@ -255,8 +297,24 @@ def _markdown(report: dict[str, Any]) -> str:
             organ_free,
         ]
         lines.append(f"| {name} | {s['cases']} | " + " | ".join(cells) + " |")
-    for title, key in (("field of view", "by_field"), ("contrast phase", "by_phase")):
-        if report[key]:
+    lines += [
+        "",
+        "The dominant lesion, found or missed (medians: its volume, its contrast to the liver "
+        "around it, and that contrast over the liver's standard deviation there):",
+        "",
+        "| cohort | dominant lesion | cases | ml | contrast HU | contrast-to-noise |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in report["summary"].items():
+        for outcome, m in s["dominant_found_vs_missed"].items():
+            cells = [_fmt(m[key], "median").split(", n=")[0] for key in m]
+            lines.append(f"| {name} | {outcome} | {m['dominant_ml']['n']} | " + " | ".join(cells) + " |")
+    for title, key in (
+        ("field of view", "by_field"),
+        ("contrast phase", "by_phase"),
+        ("grade", "by_grade"),
+    ):
+        if report.get(key):
             lines += [
                 "",
                 f"By {title}:",

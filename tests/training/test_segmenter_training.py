@@ -134,6 +134,21 @@ def test_scoring_knows_found_missed_and_false_lesions() -> None:
     )
 
 
+def test_conspicuity_is_the_lesion_contrast_over_the_liver_noise() -> None:
+    """A lesion 20 HU darker than a liver of 10 HU standard deviation: contrast 20, CNR 2."""
+    shape = (40, 40, 40)
+    grid = Grid(shape=shape, affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    liver = _ball(shape, (20, 20, 20), 15)
+    tumor = _ball(shape, (20, 20, 20), 5)
+    rng = np.random.default_rng(0)
+    ct = np.where(liver, 100.0, -100.0) + rng.normal(0, 10, shape)
+    ct[tumor] -= 20.0
+    labels = liver.astype(np.uint8)
+    row = score_case(labels, liver.astype(np.uint8), tumor.astype(np.uint8), grid, SPEC, ct)
+    assert abs(row["dominant_contrast_hu"] - 20) < 2 and abs(row["dominant_cnr"] - 2) < 0.25
+    assert row["dominant_found"] is False and row["dominant_ml"] == tumor.sum() * 8 / 1000
+
+
 def test_intervals_hold_their_estimate() -> None:
     entry = median_ci([0.9, 0.92, 0.95, 0.97, float("nan"), 0.99])
     assert entry["n"] == 5 and entry["ci95"][0] <= entry["median"] == 0.95 <= entry["ci95"][1]
