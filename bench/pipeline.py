@@ -11,9 +11,9 @@ folder, as a hospital would send it, CT alone:
 - ``true_mask``: the CT with the cohort's tumour mask as ``mask``: the same grader on the
   crop the true lesion places.
 
-The service reads its settings from the environment as `reactkd serve` does: the
-localize-then-grade pipeline is measured with
-``REACTKD_SERVED_SEGMENTERS='{"hcc": "hcc_segmenter"}'``; without it, the default grader.
+The service reads its settings from the environment as `reactkd serve` does: by default
+the localize-then-grade pipeline (segmenter, then the lesion grader);
+``REACTKD_SERVED_SEGMENTERS='{"hcc": "none"}'`` measures a grader without localization.
 
 Reported: macro AUC of each (for ``localized`` over the graded cases, and with the cases
 answered ``gradable: false`` counted as the class prior), the share not gradable and why,
@@ -126,7 +126,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
     segmenter = s["localized"]["segmenter"]
-    env = f'REACTKD_SERVED_SEGMENTERS=\'{{"hcc": "{segmenter}"}}\' ' if segmenter else ""
+    env = "" if segmenter else 'REACTKD_SERVED_SEGMENTERS=\'{"hcc": "none"}\' '
     lines = [
         "# The served HCC pipeline on a fresh cohort, CT alone",
         "",

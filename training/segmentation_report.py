@@ -38,6 +38,7 @@ from models.segmenter import (
     labels_on_grid,
     segment,
 )
+from models.tasks import HCC
 from training.data.readers import CaseRecord, load_case, read_hcc_manifest
 from training.data.synth_hcc import run_jobs
 from training.metrics import bootstrap_interval
@@ -175,10 +176,12 @@ def _evaluate_one(job: tuple[str, CaseRecord, str]) -> dict[str, Any]:
         ct.array,
     )
     row.update(cohort=cohort, case_id=record.case_id, **{k: v for k, v in record.meta.items() if k in _META})
+    if record.label is not None:
+        row["grade"] = HCC.classes[record.label]
     return row
 
 
-_META = ("field", "phase", "dose", "spacing_x", "spacing_z", "grade")
+_META = ("field", "phase", "dose", "spacing_x", "spacing_z")
 
 
 def median_ci(values: Sequence[float], seed: int = 0) -> dict[str, Any]:
