@@ -4,34 +4,53 @@ The grading benchmark (`training.data.synth_hcc`) draws one kind of scan: a 192 
 portal-venous abdomen on 3 mm voxels. A segmenter trained on it alone would meet its first
 real CT unprepared: another contrast phase, lungs and heart above the liver, a pelvis below,
 0.7 mm pixels, 5 mm slices, a liver cut by the field of view, or no liver at all. This
-generator is broad on purpose (docs/segmenter.md says why each axis varies):
+generator is broad on purpose (docs/segmenter.md says why each axis varies).
 
-* Anatomy along the whole trunk, in the patient's own frame: lungs and heart above the
-  diaphragm domes, a liver shaped as a wedge under the right dome (a large right lobe
-  tapering to a thin left lobe across the midline, its surfaces warped by smooth noise),
-  gallbladder, stomach, spleen, pancreas, kidneys, aorta, IVC and portal vein, vertebrae
-  with discs, ribs, bowel, pelvic bones and bladder; or a head and neck (no liver at all).
-* Field of view: the abdomen, the liver cut at its top or bottom, the chest only, the
-  pelvis only, chest to pelvis, a narrow in-plane field that cuts the body's sides.
-* Acquisition: pixels 0.6-3.5 mm, slices 0.6-5 mm (thicker ones blur along z), noise
-  5-45 HU per voxel (dose, slice thickness and kernel together), a patient table, padding
-  outside the scan circle.
-* Contrast timing: unenhanced, arterial, portal-venous or delayed, each organ's HU drawn
-  from its range for that phase, then every soft tissue shifted by one case-wide offset.
-* Lesions: none (a quarter of the torsos), or one to five anywhere in the liver, the dominant
-  one drawn by the grading benchmark's rules (`synth_hcc._lesion_params`), hypo- or
-  hyper-attenuating as the phase makes them, some with a necrotic core or an enhancing rim.
+Following SynthSeg (Billot et al. 2023), a case is drawn in two steps: first a **label map**
+of the anatomy, one integer of `LABELS` per tissue, then the **image drawn from the label
+map**. Shapes and intensities are thus varied apart, and the masks are exact by construction.
+
+1. Label map (`paint_labels`, then the lesions, then `smooth_deformation`):
+
+   * Anatomy along the whole trunk, in the patient's own frame: lungs and heart above the
+     diaphragm domes, a liver shaped as a wedge under the right dome (a large right lobe
+     tapering to a thin left lobe across the midline, its surfaces warped by smooth noise),
+     gallbladder, stomach, spleen, pancreas, kidneys (cortex and medulla), aorta, IVC and
+     portal vein, vertebrae with discs, ribs, bowel (wall, fluid, gas, oral contrast),
+     pelvic bones and bladder, a patient table; or a head and neck (no liver at all).
+   * Field of view: the abdomen, the liver cut at its top or bottom, the chest only, the
+     pelvis only, chest to pelvis, a narrow in-plane field that cuts the body's sides.
+   * Lesions: none (a quarter of the torsos), or one to five anywhere in the liver, each its
+     own label, the dominant one drawn by the grading benchmark's rules
+     (`synth_hcc._lesion_params`), some with a necrotic core or an enhancing rim.
+   * The whole map is then warped by a smooth random displacement of a few mm (nearest
+     neighbour: labels move, none is invented).
+
+2. Image (`draw_image`, then `_acquire`):
+
+   * Contrast timing: unenhanced, arterial, portal-venous or delayed; each label's mean HU
+     drawn from its tissue's range for that phase (`_HU`; fat, air, lung, bone and fluids
+     from fixed ranges), every soft tissue shifted by one case-wide offset. Lesions are
+     hypo- or hyper-attenuating relative to the liver as the phase makes them
+     (`_LESION_DELTA`).
+   * Texture inside each label (smooth noise: lung parenchyma, liver patchiness and
+     steatosis, lesion heterogeneity), and partial volume at the boundaries (a blur of
+     under a voxel).
+   * Acquisition: pixels 0.6-3.5 mm, slices 0.6-5 mm (thicker ones blur along z), noise
+     5-45 HU per voxel (dose, slice thickness and kernel together), padding outside the
+     scan circle.
 
 Cases are written as the HCC manifest layout (`ct`, `liver_mask` including the lesions,
 `tumor_mask`; `grade` of the dominant lesion, empty without one), so the segmenter reads
-them through the same reader as real cohorts. Case i is drawn from
-``SeedSequence(seed, spawn_key=(2, i))``: the same whatever the number of cases or workers.
+them through the same reader as real cohorts; each case folder also holds its label map
+(``labels.nii.gz``). Case i is drawn from ``SeedSequence(seed, spawn_key=(2, i))``: the same
+whatever the number of cases or workers.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +81,52 @@ FIELDS = (
     ("head", 0.10),
 )
 MAX_VOXELS = 24_000_000  # a case's stored grid; finer pixels get a smaller field or thicker slices
+
+# One integer per tissue of the label map: every tissue the image draws apart gets its own.
+LABELS: dict[str, int] = {
+    "background": 0,  # air around the body
+    "fat": 1,  # subcutaneous
+    "skin": 2,
+    "muscle": 3,  # body wall, diaphragm, paraspinal, psoas, neck
+    "visceral_fat": 4,
+    "lung": 5,
+    "lung_vessel": 6,
+    "mediastinum": 7,
+    "myocardium": 8,
+    "blood": 9,  # heart chambers, aorta, IVC
+    "portal_vein": 10,
+    "liver": 11,
+    "liver_vessel": 12,  # veins inside the liver (and an intrahepatic IVC): part of the liver mask
+    "gallbladder": 13,
+    "stomach_wall": 14,
+    "stomach_contents": 15,
+    "bowel_wall": 16,
+    "bowel_fluid": 17,
+    "bowel_contrast": 18,  # oral contrast in some loops
+    "gas": 19,  # stomach, bowel, sinuses
+    "spleen": 20,
+    "pancreas": 21,
+    "kidney_cortex": 22,
+    "kidney_medulla": 23,
+    "bone_cortex": 24,  # vertebral shells and arches, ribs, pelvic bones
+    "bone_marrow": 25,
+    "disc": 26,
+    "csf": 27,  # spinal canal, ventricles
+    "bladder": 28,
+    "brain": 29,
+    "skull": 30,
+    "table": 31,
+    "lesion_1": 32,  # the dominant lesion
+    "lesion_2": 33,
+    "lesion_3": 34,
+    "lesion_4": 35,
+    "lesion_5": 36,
+    "necrosis": 37,  # the dominant lesion's necrotic core
+    "lesion_rim": 38,  # an enhancing rim, of any lesion
+}
+LESION_LABELS = tuple(LABELS[f"lesion_{k}"] for k in range(1, 6))
+TUMOR_LABELS = (*LESION_LABELS, LABELS["necrosis"], LABELS["lesion_rim"])
+LIVER_LABELS = (LABELS["liver"], LABELS["liver_vessel"], *TUMOR_LABELS)
 
 # HU of each tissue per phase: (low, high) of the case's draw.
 _HU: dict[str, dict[str, tuple[float, float]]] = {
@@ -118,6 +183,8 @@ _HU: dict[str, dict[str, tuple[float, float]]] = {
         "muscle": (48, 62),
     },
 }
+SHIFT_HU = 15.0  # bound of the case-wide soft-tissue offset (scanner calibration, patient size)
+_STEATOSIS_HU = (15.0, 40.0)  # a fatty liver (15 % of cases) reads this much lower
 # Lesion attenuation relative to liver, per phase: the share of hyper-attenuating lesions
 # (arterial-phase HCC), and the (low, high) difference in HU of either kind.
 _LESION_DELTA = {
@@ -126,6 +193,59 @@ _LESION_DELTA = {
     "portal": (0.0, (12.0, 50.0)),
     "delayed": (0.0, (12.0, 40.0)),
 }
+
+
+@dataclass(frozen=True)
+class _Tone:
+    """Where a label's mean HU comes from: its tissue's draw in `_HU` (None: no enhancement,
+    no shift) plus a uniform draw in (low, high)."""
+
+    tissue: str | None
+    low: float
+    high: float
+
+
+# Mean HU of every label but the lesions (drawn relative to the liver, `_LESION_DELTA`).
+_LABEL_HU: dict[str, _Tone] = {
+    "background": _Tone(None, -1000, -1000),
+    "fat": _Tone(None, -115, -85),
+    "skin": _Tone("muscle", -10, -10),
+    "muscle": _Tone("muscle", 0, 0),
+    "visceral_fat": _Tone(None, -105, -80),
+    "lung": _Tone(None, -880, -820),
+    "lung_vessel": _Tone(None, -200, 40),  # vessels and partial volume of the smaller ones
+    "mediastinum": _Tone(None, -90, 20),
+    "myocardium": _Tone("myocardium", 0, 0),
+    "blood": _Tone("blood", 0, 0),
+    "portal_vein": _Tone("portal", 0, 0),
+    "liver": _Tone("liver", 0, 0),  # minus the steatosis of a fatty liver
+    "liver_vessel": _Tone("portal", -10, 10),
+    "gallbladder": _Tone(None, 0, 22),
+    "stomach_wall": _Tone("stomach_wall", 0, 0),
+    "stomach_contents": _Tone(None, 5, 30),
+    "bowel_wall": _Tone("bowel_wall", 0, 0),
+    "bowel_fluid": _Tone(None, 5, 35),
+    "bowel_contrast": _Tone(None, 180, 450),
+    "gas": _Tone(None, -920, -830),
+    "spleen": _Tone("spleen", 0, 0),
+    "pancreas": _Tone("pancreas", 0, 0),
+    "kidney_cortex": _Tone("kidney", 0, 0),
+    "kidney_medulla": _Tone("medulla", 0, 0),
+    "bone_cortex": _Tone(None, 600, 1100),
+    "bone_marrow": _Tone(None, 140, 280),
+    "disc": _Tone(None, 75, 95),
+    "csf": _Tone(None, 2, 20),
+    "bladder": _Tone(None, 3, 15),
+    "brain": _Tone(None, 28, 40),
+    "skull": _Tone(None, 900, 1500),
+    "table": _Tone(None, 150, 500),
+}
+# Texture inside a label: HU std of smooth noise about 8 mm across. Lung parenchyma, a mottled
+# spleen, liver grain and trabecular bone vary most; every other tissue a little, so no organ
+# is flat. Air outside the body and the table are left flat.
+_TEXTURE_HU = {"background": 0.0, "table": 0.0, "lung": 25.0, "spleen": 5.0, "liver": 4.0, "brain": 3.0}
+_TEXTURE_HU |= {"fat": 4.0, "bone_marrow": 25.0, "bone_cortex": 60.0, "skull": 80.0, "gas": 15.0}
+_DEFAULT_TEXTURE_HU = 2.0
 
 
 @dataclass
@@ -139,10 +259,19 @@ class TorsoCase:
     tumor: np.ndarray  # uint8
     grade: str  # of the dominant lesion; "" without a lesion
     params: dict[str, float | str] = field(default_factory=dict)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), dtype=np.uint8))
+    # ^ the uint8 label map (values of `LABELS`) the ct was drawn from, on the ct's grid
 
 
 def torso_seed(seed: int, case_index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(int(seed), spawn_key=(_COHORT_KEY, int(case_index)))
+
+
+def _substream(case_seed: np.random.SeedSequence, key: int) -> np.random.Generator:
+    """An independent generator of the case, keyed below its own seed."""
+    return np.random.default_rng(
+        np.random.SeedSequence(case_seed.entropy, spawn_key=(*case_seed.spawn_key, key))
+    )
 
 
 class _Canvas:
@@ -171,10 +300,24 @@ class _Canvas:
         return smooth_noise(rng, self.grid, scale_mm)
 
 
-def _draw_hu(rng: np.random.Generator, phase: str) -> dict[str, float]:
-    hu = {name: float(rng.uniform(*bounds)) for name, bounds in _HU[phase].items()}
-    shift = float(rng.normal(0.0, 6.0))  # scanner calibration and patient size
-    return {name: value + shift for name, value in hu.items()}
+@dataclass
+class _Trunk:
+    """What the trunk's painters share: the label map being painted and the body's frame."""
+
+    canvas: _Canvas
+    labels: np.ndarray
+    a: np.ndarray  # left-right semi-axis of the body outline per slice (mm)
+    b: np.ndarray  # antero-posterior semi-axis
+    fat_mm: float
+    body: np.ndarray
+    chest: np.ndarray  # the cavity above the diaphragm
+    abdomen: np.ndarray  # the cavity below it
+    diaphragm: np.ndarray  # height of the diaphragm (mm) over the axial plane
+    spine_v: np.ndarray  # antero-posterior centre of the vertebral bodies per slice (mm)
+    bone: np.ndarray | None = None
+
+    def paint(self, mask: np.ndarray, name: str) -> None:
+        self.labels[mask] = LABELS[name]
 
 
 def _body_semi_axes(canvas: _Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -187,24 +330,52 @@ def _body_semi_axes(canvas: _Canvas, rng: np.random.Generator) -> tuple[np.ndarr
     return (size * a * rng.uniform(0.92, 1.08)).astype(np.float32), (size * b).astype(np.float32)
 
 
-def _paint_torso(canvas: _Canvas, rng: np.random.Generator, phase: str) -> dict[str, np.ndarray]:
-    """Paint a trunk into a new HU array; returns it with the liver mask and tissue maps."""
+def paint_labels(grid: GridSpec, origin: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
+    """The anatomy's label map (values of `LABELS`, uint8) on `grid`, for a field of view
+    `kind` of `FIELDS`; `origin` is the right diaphragm dome (RAS+ mm), see `_Canvas`.
+    Lesions are added by the caller; a patient table is under half the bodies."""
+    canvas = _Canvas(grid, origin)
+    labels = np.zeros(canvas.shape, dtype=np.uint8)
+    if kind == "head":
+        _paint_head(canvas, rng, labels)
+    else:
+        _paint_torso(canvas, rng, labels)
+    if rng.random() < 0.5:
+        _paint_table(canvas, labels)
+    return labels
+
+
+def _paint_table(canvas: _Canvas, labels: np.ndarray) -> None:
+    """A flat table 12 mm behind the body's back, outside the body."""
+    body = labels != LABELS["background"]
+    rows = np.flatnonzero(body.any(axis=(0, 2)))
+    if rows.size:
+        back = float(canvas.v[0, rows, 0].min()) - 12
+        labels[(np.abs(canvas.v - back) < 3) & ~body] = LABELS["table"]
+
+
+def _paint_torso(canvas: _Canvas, rng: np.random.Generator, labels: np.ndarray) -> None:
+    """A trunk, painted back to front: each tissue overwrites what it lies in."""
+    trunk = _paint_wall(canvas, rng, labels)
+    _paint_spine_and_ribs(trunk, rng)
+    _paint_chest(trunk, rng)
+    _paint_abdomen(trunk, rng)
+
+
+def _paint_wall(canvas: _Canvas, rng: np.random.Generator, labels: np.ndarray) -> _Trunk:
+    """Skin, subcutaneous fat, the muscular wall, the cavity's fat and the diaphragm."""
     u, v, w = canvas.u, canvas.v, canvas.w
-    hu = np.full(canvas.shape, -1000.0, dtype=np.float32)
-    tone = _draw_hu(rng, phase)
     a, b = _body_semi_axes(canvas, rng)
     fat_mm = rng.uniform(6, 38)
     wall_mm = rng.uniform(7, 13)
     body_r = np.sqrt((u / a) ** 2 + (v / b) ** 2)
-    cavity_r = np.sqrt((u / (a - fat_mm - wall_mm)) ** 2 + (v / (b - fat_mm - wall_mm)) ** 2)
     body = body_r < 1 + 0.015 * canvas.noise(rng, 60)
-    hu[body] = rng.uniform(-115, -85)  # subcutaneous fat
-    hu[body & (body_r > 0.985)] = tone["muscle"] - 10  # skin
-    wall = body & (np.sqrt((u / (a - fat_mm)) ** 2 + (v / (b - fat_mm)) ** 2) < 1)
-    hu[wall] = tone["muscle"]
-    cavity = cavity_r < 1
-    hu[cavity] = rng.uniform(-105, -80)  # visceral fat, filled by organs below
-
+    labels[body] = LABELS["fat"]
+    labels[body & (body_r > 0.985)] = LABELS["skin"]
+    labels[body & (np.sqrt((u / (a - fat_mm)) ** 2 + (v / (b - fat_mm)) ** 2) < 1)] = LABELS["muscle"]
+    inner_a, inner_b = a - fat_mm - wall_mm, b - fat_mm - wall_mm
+    cavity = np.sqrt((u / inner_a) ** 2 + (v / inner_b) ** 2) < 1
+    labels[cavity] = LABELS["visceral_fat"]  # filled by organs below
     # Diaphragm: two domes; the right one is the origin, the left one lower.
     left_drop = rng.uniform(8, 30)
     curvature = rng.uniform(130, 190)
@@ -212,170 +383,337 @@ def _paint_torso(canvas: _Canvas, rng: np.random.Generator, phase: str) -> dict[
     dome_l = -left_drop - ((u + 75) ** 2 + (v + 5) ** 2) / (2 * curvature)
     diaphragm = np.maximum(dome_r, dome_l)
     chest = cavity & (w > diaphragm)
-    abdomen = cavity & ~chest
-    hu[cavity & (np.abs(w - diaphragm) < 3.5)] = tone["muscle"]  # the diaphragm itself
+    labels[cavity & (np.abs(w - diaphragm) < 3.5)] = LABELS["muscle"]  # the diaphragm itself
+    spine_v = -inner_b + rng.uniform(26, 34)  # per slice: the spine follows the back
+    return _Trunk(canvas, labels, a, b, fat_mm, body, chest, cavity & ~chest, diaphragm, spine_v)
 
-    # Spine, its canal and the posterior elements along the whole trunk.
-    spine_v = -(b - fat_mm - wall_mm) + rng.uniform(26, 34)
-    vertebra = np.sqrt((u / 21) ** 2 + ((v - spine_v) / 17) ** 2) < 1
+
+def _paint_spine_and_ribs(t: _Trunk, rng: np.random.Generator) -> None:
+    """Vertebrae with discs, canal and arches, paraspinal muscles, ribs; sets ``t.bone``."""
+    u, v, w = t.canvas.u, t.canvas.v, t.canvas.w
+    spine_v = t.spine_v
+    vertebra_r = np.sqrt((u / 21) ** 2 + ((v - spine_v) / 17) ** 2)
+    vertebra = vertebra_r < 1
     disc = np.cos(2 * np.pi * (w - rng.uniform(0, 32)) / 32.0) > 0.72
     canal = np.sqrt((u / 9) ** 2 + ((v - spine_v + 27) / 8) ** 2) < 1
     posterior = (np.sqrt((u / 16) ** 2 + ((v - spine_v + 30) / 13) ** 2) < 1) & ~canal
-    marrow_hu, cortex_hu = rng.uniform(140, 280), rng.uniform(600, 1100)
-    hu[vertebra] = np.where(disc[vertebra], 85.0, marrow_hu)
-    shell = vertebra & (np.sqrt((u / 21) ** 2 + ((v - spine_v) / 17) ** 2) > 0.82) & ~disc
-    hu[shell] = cortex_hu
-    hu[posterior] = cortex_hu
-    hu[canal] = rng.uniform(5, 20)
-    paraspinal = (np.sqrt(((np.abs(u) - 32) / 22) ** 2 + ((v - spine_v + 18) / 20) ** 2) < 1) & body
-    hu[paraspinal & ~canal & ~posterior & ~vertebra] = tone["muscle"]
-    bone = vertebra | posterior
-
+    paraspinal = (np.sqrt(((np.abs(u) - 32) / 22) ** 2 + ((v - spine_v + 18) / 20) ** 2) < 1) & t.body
+    t.paint(paraspinal & ~canal & ~posterior & ~vertebra, "muscle")
+    t.paint(vertebra, "bone_marrow")
+    t.paint(vertebra & disc, "disc")
+    t.paint(vertebra & (vertebra_r > 0.82) & ~disc, "bone_cortex")  # the vertebral body's shell
+    t.paint(posterior, "bone_cortex")
+    t.paint(canal, "csf")
     # Ribs: thin bony arcs just inside the wall from the chest down to the upper abdomen.
+    a, b, fat_mm = t.a, t.b, t.fat_mm
     ring = np.abs(np.sqrt((u / (a - fat_mm - 4)) ** 2 + (v / (b - fat_mm - 4)) ** 2) - 1) < 0.04
     angle = np.arctan2(v / b, u / a)
     ribs = ring & (np.cos(2 * np.pi * (w + 18 * np.sin(angle)) / 26.0) > 0.55) & (w > -170) & (w < 260)
     ribs &= np.sin(angle) < 0.7  # costal cartilage, not bone, in front
-    hu[ribs] = cortex_hu * rng.uniform(0.8, 1.0)
-    bone |= ribs
+    t.paint(ribs, "bone_cortex")
+    t.bone = vertebra | posterior | ribs
 
-    # Lungs, heart, great vessels above the domes.
-    mediastinum = np.sqrt(((u + 8) / rng.uniform(32, 42)) ** 2 + ((v - spine_v - 70) / 78) ** 2) < 1
+
+def _paint_chest(t: _Trunk, rng: np.random.Generator) -> None:
+    """Lungs with their vessels, mediastinum and heart above the domes."""
+    u, v, w = t.canvas.u, t.canvas.v, t.canvas.w
+    assert t.bone is not None
+    mediastinum = np.sqrt(((u + 8) / rng.uniform(32, 42)) ** 2 + ((v - t.spine_v - 70) / 78) ** 2) < 1
     heart_c = (rng.uniform(-35, -15), rng.uniform(15, 35), rng.uniform(55, 75))
     heart_s = (rng.uniform(55, 70), rng.uniform(45, 58), rng.uniform(50, 62))
-    heart_r = canvas.radius(heart_c, heart_s)
-    heart = (heart_r < 1) & chest
-    lungs = chest & ~mediastinum & ~heart & ~bone & (w > diaphragm + 3)
-    lung_texture = canvas.noise(rng, 12)
-    hu[lungs] = rng.uniform(-880, -820) + 25 * lung_texture[lungs]
-    lung_vessels = lungs & (np.abs(canvas.noise(rng, 25)) < 0.05)
-    hu[lung_vessels] = rng.uniform(-200, 40)
-    hu[chest & mediastinum & ~heart & ~bone] = rng.uniform(-90, 20)
-    hu[heart] = tone["myocardium"]
-    hu[heart & (heart_r < 0.78)] = tone["blood"]
+    heart_r = t.canvas.radius(heart_c, heart_s)
+    heart = (heart_r < 1) & t.chest
+    lungs = t.chest & ~mediastinum & ~heart & ~t.bone & (w > t.diaphragm + 3)
+    t.paint(lungs, "lung")
+    t.paint(lungs & (np.abs(t.canvas.noise(rng, 25)) < 0.05), "lung_vessel")
+    t.paint(t.chest & mediastinum & ~heart & ~t.bone, "mediastinum")
+    t.paint(heart, "myocardium")
+    t.paint(heart & (heart_r < 0.78), "blood")  # the chambers
+
+
+def _paint_abdomen(t: _Trunk, rng: np.random.Generator) -> None:
+    """Liver and the organs around it, bowel and pelvis; bone is painted back last."""
+    assert t.bone is not None
+    u, v, w = t.canvas.u, t.canvas.v, t.canvas.w
+    spine_v = t.spine_v
     aorta = (np.sqrt(((u + 14) / 12) ** 2 + ((v - spine_v - 28) / 12) ** 2) < 1) & (w < 120) & (w > -300)
     ivc = (np.sqrt(((u - 22) / 12) ** 2 + ((v - spine_v - 36) / 10) ** 2) < 1) & (w < 10) & (w > -320)
-    blood = aorta | ivc
+    liver = _liver_region(t, rng) & ~aorta
+    organs = _upper_organs(t, rng, liver)
+    for name in ("gallbladder", "kidney", "stomach", "spleen"):  # each carved out of the liver
+        liver &= ~organs[name]
+    liver &= ~ivc if rng.random() < 0.5 else ~(ivc & (w < -60))  # intrahepatic IVC or not
+    occupied = liver | t.bone
+    for organ in organs.values():
+        occupied |= organ
+    pelvic_bone = _paint_bowel_and_pelvis(t, rng, occupied)
+    saved = t.labels.copy()  # bone goes back last: no organ may cover a rib or a vertebra
+    bone = t.bone | pelvic_bone
+    _paint_upper_organs(t, rng, organs, liver)
+    t.paint(liver, "liver")
+    vessel_fields = t.canvas.noise(rng, 40), t.canvas.noise(rng, 40)
+    t.paint(liver & (np.abs(vessel_fields[0]) < 0.1) & (np.abs(vessel_fields[1]) < 0.1), "liver_vessel")
+    portal = (np.sqrt(((u - 25 + 0.6 * (w + 80)) / 7) ** 2 + ((v - spine_v - 50) / 7) ** 2) < 1) & (
+        (w > -95) & (w < -55)
+    )
+    # A vessel inside the liver is labelled as the liver's own: the liver mask keeps it.
+    for vessel, name in ((aorta | ivc, "blood"), (portal, "portal_vein")):
+        t.paint(vessel & ~liver, name)
+        t.paint(vessel & liver, "liver_vessel")
+    t.labels[bone] = saved[bone]
 
-    # Liver: a wedge under the right dome (see the module notes), its surfaces warped.
-    warp = 12 * canvas.noise(rng, 55)
+
+def _liver_region(t: _Trunk, rng: np.random.Generator) -> np.ndarray:
+    """A wedge under the right dome (see the module notes), its surfaces warped."""
+    assert t.bone is not None
+    u, v, w = t.canvas.u, t.canvas.v, t.canvas.w
+    warp = 12 * t.canvas.noise(rng, 55)
     lobe_height = rng.uniform(140, 200)
     left_reach = rng.uniform(20, 90)
     taper = rng.uniform(0.55, 0.85)
     inferior = -lobe_height + taper * np.maximum(120 - u, 0)
-    liver = abdomen & (w < diaphragm - 4 + 0.3 * warp) & (w > inferior + warp)
-    liver &= u > -left_reach + 0.4 * np.maximum(spine_v + 60 - v, 0) + 0.5 * warp
-    liver &= v > spine_v + 6 + 0.25 * np.maximum(u - 40, 0) * (w < -60)  # lower right lobe behind
-    liver &= ~bone & ~aorta
+    liver = t.abdomen & (w < t.diaphragm - 4 + 0.3 * warp) & (w > inferior + warp)
+    liver &= u > -left_reach + 0.4 * np.maximum(t.spine_v + 60 - v, 0) + 0.5 * warp
+    liver &= v > t.spine_v + 6 + 0.25 * np.maximum(u - 40, 0) * (w < -60)  # lower right lobe behind
+    return liver & ~t.bone
 
-    # Organs around it, each carved out of the liver it would overlap.
+
+def _upper_organs(t: _Trunk, rng: np.random.Generator, liver: np.ndarray) -> dict[str, np.ndarray]:
+    """Masks of the organs around the liver (stomach content and kidney medulla included)."""
+    canvas, abdomen, spine_v = t.canvas, t.abdomen, t.spine_v
+    u, v, w = canvas.u, canvas.v, canvas.w
     gb_c = (rng.uniform(35, 60), rng.uniform(25, 55), rng.uniform(-110, -70))
     gallbladder = (canvas.radius(gb_c, (14, 14, rng.uniform(25, 40))) < 1) & abdomen
     stomach_c = (rng.uniform(-75, -45), rng.uniform(0, 30), rng.uniform(-70, -35))
     stomach_r = canvas.radius(stomach_c, (rng.uniform(35, 55), rng.uniform(30, 45), rng.uniform(40, 65)))
     stomach = (stomach_r < 1 + 0.08 * canvas.noise(rng, 40)) & abdomen & ~liver
+    gastric = stomach & (stomach_r < 0.85)
+    gastric_gas = gastric & (v > stomach_c[1] + rng.uniform(0.0, 0.7) * 30)  # gas rises to the front
     spleen_c = (rng.uniform(-110, -85), spine_v + rng.uniform(20, 45), rng.uniform(-70, -30))
     spleen_r = canvas.radius(spleen_c, (rng.uniform(22, 34), rng.uniform(35, 55), rng.uniform(40, 60)))
     spleen = (spleen_r < 1 + 0.1 * canvas.noise(rng, 35)) & abdomen & ~stomach
-    kidneys = np.zeros(canvas.shape, dtype=bool)
+    kidney = np.zeros(canvas.shape, dtype=bool)
     medulla = np.zeros(canvas.shape, dtype=bool)
     for side, drop in ((1, rng.uniform(-150, -120)), (-1, rng.uniform(-140, -105))):
         kc = (side * rng.uniform(60, 78), spine_v + rng.uniform(8, 22), drop)
         kr = canvas.radius(kc, (rng.uniform(24, 30), rng.uniform(20, 26), rng.uniform(45, 60)))
-        kidneys |= (kr < 1) & abdomen
+        kidney |= (kr < 1) & abdomen
         medulla |= (kr < 0.6) & abdomen
     pancreas_axis = np.sqrt(((v - spine_v - rng.uniform(45, 60)) / 11) ** 2 + ((w + 95) / 13) ** 2)
     pancreas = (pancreas_axis < 1 + 0.2 * canvas.noise(rng, 20)) & (u > -85) & (u < 35) & abdomen
-    portal = (np.sqrt(((u - 25 + 0.6 * (w + 80)) / 7) ** 2 + ((v - spine_v - 50) / 7) ** 2) < 1) & (
-        (w > -95) & (w < -55)
-    )
-    for organ in (gallbladder, kidneys, stomach, spleen):
-        liver &= ~organ
-    liver &= ~ivc if rng.random() < 0.5 else ~(ivc & (w < -60))  # intrahepatic IVC or not
+    return {
+        "gallbladder": gallbladder,
+        "stomach": stomach,
+        "gastric": gastric,
+        "gastric_gas": gastric_gas,
+        "spleen": spleen,
+        "kidney": kidney,
+        "medulla": medulla,
+        "pancreas": pancreas,
+    }
 
-    # Bowel fills the rest of the abdomen below the upper organs; the pelvis below it.
-    lower = abdomen & ~liver & ~stomach & ~spleen & ~kidneys & ~pancreas & ~gallbladder & ~bone
-    lower &= w < -60
+
+def _paint_upper_organs(
+    t: _Trunk, rng: np.random.Generator, organs: dict[str, np.ndarray], liver: np.ndarray
+) -> None:
+    """Organs around the liver, in the order they overlap (the later one on top)."""
+    t.paint(organs["kidney"], "kidney_cortex")
+    t.paint(organs["medulla"], "kidney_medulla")
+    t.paint(organs["spleen"], "spleen")
+    t.paint(organs["pancreas"] & ~liver, "pancreas")
+    t.paint(organs["stomach"], "stomach_wall")
+    t.paint(organs["gastric"], "stomach_contents")
+    t.paint(organs["gastric_gas"], "gas")
+    t.paint(organs["gallbladder"], "gallbladder")
+
+
+def _paint_bowel_and_pelvis(t: _Trunk, rng: np.random.Generator, occupied: np.ndarray) -> np.ndarray:
+    """Bowel loops below the upper organs, psoas, pelvic bones and bladder; returns the bone."""
+    canvas, spine_v = t.canvas, t.spine_v
+    u, v, w = canvas.u, canvas.v, canvas.w
+    lower = t.abdomen & ~occupied & (w < -60)
     loops = canvas.noise(rng, rng.uniform(18, 30))
     content = canvas.noise(rng, 10)
-    mesentery = loops > rng.uniform(0.3, 0.8)
-    bowel = lower & ~mesentery
-    hu[bowel] = tone["bowel_wall"]
+    bowel = lower & ~(loops > rng.uniform(0.3, 0.8))  # the rest is mesentery (visceral fat)
+    t.paint(bowel, "bowel_wall")
     lumen = bowel & (np.abs(loops) < 0.35)
-    hu[lumen] = np.where(content[lumen] > 0.6, -850.0, rng.uniform(5, 35))
+    t.paint(lumen, "bowel_fluid")
+    t.paint(lumen & (content > 0.6), "gas")
     if rng.random() < 0.25:  # oral contrast in some loops
-        hu[lumen & (content > -0.4) & (content < 0.2)] = rng.uniform(180, 450)
-    psoas = (
-        (
-            np.sqrt(
-                ((np.abs(u) - 38 - 0.08 * np.maximum(-w - 150, 0)) / 16) ** 2 + ((v - spine_v - 10) / 16) ** 2
-            )
-            < 1
-        )
-        & (w < -150)
-        & abdomen
+        t.paint(lumen & (content > -0.4) & (content < 0.2), "bowel_contrast")
+    psoas_u = np.abs(u) - 38 - 0.08 * np.maximum(-w - 150, 0)
+    psoas = (np.sqrt((psoas_u / 16) ** 2 + ((v - spine_v - 10) / 16) ** 2) < 1) & (w < -150) & t.abdomen
+    t.paint(psoas, "muscle")
+    # Pelvis: iliac wings, femoral heads (a cortical shell around marrow), bladder.
+    iliac_r = np.sqrt(((np.abs(u) - 20) / 105) ** 2 + ((v - spine_v - 25) / 60) ** 2)
+    iliac = (np.abs(iliac_r - 1) < 0.06) & (w < -290) & (w > -420) & (v < spine_v + 50) & (np.abs(u) > 35)
+    femoral_r = np.minimum(
+        canvas.radius((95, spine_v + 70, -440), (24, 24, 24)),
+        canvas.radius((-95, spine_v + 70, -440), (24, 24, 24)),
     )
-    hu[psoas] = tone["muscle"]
-
-    # Pelvis: iliac wings, sacrum, femoral heads, bladder.
-    iliac = (np.abs(np.sqrt(((np.abs(u) - 20) / 105) ** 2 + ((v - spine_v - 25) / 60) ** 2) - 1) < 0.06) & (
-        (w < -290) & (w > -420) & (v < spine_v + 50) & (np.abs(u) > 35)
-    )
-    femoral = canvas.radius((95, spine_v + 70, -440), (24, 24, 24)) < 1
-    femoral |= canvas.radius((-95, spine_v + 70, -440), (24, 24, 24)) < 1
-    bladder = (canvas.radius((0, spine_v + 110, -425), (rng.uniform(30, 55), 35, 35)) < 1) & abdomen
-    pelvic_bone = (iliac | femoral) & body
-    hu[pelvic_bone] = cortex_hu * rng.uniform(0.6, 0.9)
-    hu[bladder & ~pelvic_bone] = rng.uniform(3, 15)
-    bone |= pelvic_bone
-
-    bone_hu = hu.copy()
-    hu[kidneys] = tone["kidney"]
-    hu[medulla] = tone["medulla"]
-    hu[spleen] = tone["spleen"] + 5 * canvas.noise(rng, 15)[spleen]
-    hu[pancreas & ~liver] = tone["pancreas"]
-    hu[stomach] = tone["stomach_wall"]
-    gastric = stomach & (stomach_r < 0.85)
-    air_level = rng.uniform(0.0, 0.7)
-    hu[gastric] = np.where(v[gastric] > stomach_c[1] + air_level * 30, -900.0, rng.uniform(5, 30))
-    hu[gallbladder] = rng.uniform(0, 22)
-    # Parenchyma is not uniform: perfusion and fat vary over centimetres (real livers spread
-    # 10-20 HU before noise), and a fatty liver reads below the spleen. A lesion has to be
-    # told from that, not from a flat organ.
-    steatosis = rng.uniform(15, 40) if rng.random() < 0.15 else 0.0
-    patchiness = rng.uniform(2, 8) * canvas.noise(rng, rng.uniform(30, 60))
-    hu[liver] = tone["liver"] - steatosis + (4 * canvas.noise(rng, 8) + patchiness)[liver]
-    vessel_fields = canvas.noise(rng, 40), canvas.noise(rng, 40)
-    vessels = liver & (np.abs(vessel_fields[0]) < 0.1) & (np.abs(vessel_fields[1]) < 0.1)
-    hu[vessels] = tone["portal"] + rng.uniform(-10, 10)
-    hu[blood] = tone["blood"]
-    hu[portal] = tone["portal"]
-    # Bone goes last: organs painted after it must not cover a rib or a vertebra.
-    hu[bone] = bone_hu[bone]
-    return {"hu": hu, "liver": liver & ~bone, "body": body, "bone": bone}
+    bladder = (canvas.radius((0, spine_v + 110, -425), (rng.uniform(30, 55), 35, 35)) < 1) & t.abdomen
+    pelvic_bone = (iliac | (femoral_r < 1)) & t.body
+    t.paint(bladder & ~pelvic_bone, "bladder")
+    t.paint(pelvic_bone, "bone_cortex")
+    t.paint(pelvic_bone & (femoral_r < 0.75), "bone_marrow")
+    return pelvic_bone
 
 
-def _paint_head(canvas: _Canvas, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A head and neck: skull, brain, ventricles, neck muscles and spine; no liver."""
+def _paint_head(canvas: _Canvas, rng: np.random.Generator, labels: np.ndarray) -> None:
+    """A head and neck: scalp, skull, brain, ventricles, sinus, neck muscles and spine; no liver."""
     u, v, w = canvas.u, canvas.v, canvas.w
-    hu = np.full(canvas.shape, -1000.0, dtype=np.float32)
     semi = (rng.uniform(66, 78), rng.uniform(85, 100), rng.uniform(75, 90))
     head_r = canvas.radius((0, 0, 0), semi)
-    scalp = head_r < 1
-    skull = head_r < 0.97
-    brain = head_r < 0.9
-    hu[scalp] = rng.uniform(20, 45)
-    hu[skull] = rng.uniform(900, 1500)
-    hu[brain] = rng.uniform(28, 40) + 3 * canvas.noise(rng, 10)[brain]
-    ventricles = (canvas.radius((0, 5, 10), (12, 30, 18)) < 1) & brain
-    hu[ventricles] = rng.uniform(2, 12)
-    sinus = canvas.radius((0, 70, -45), (22, 18, 20)) < 1
-    hu[sinus & skull] = -900.0
+    scalp, skull, brain = head_r < 1, head_r < 0.97, head_r < 0.9
+    labels[scalp] = LABELS["skin"]
+    labels[skull] = LABELS["skull"]
+    labels[brain] = LABELS["brain"]
+    labels[(canvas.radius((0, 5, 10), (12, 30, 18)) < 1) & brain] = LABELS["csf"]  # ventricles
+    labels[(canvas.radius((0, 70, -45), (22, 18, 20)) < 1) & skull] = LABELS["gas"]  # a sinus
     neck = (np.sqrt((u / 55) ** 2 + ((v + 10) / 60) ** 2) < 1) & (w < -50)
-    hu[neck & ~scalp] = rng.uniform(45, 60)
-    cervical = (np.sqrt((u / 12) ** 2 + ((v + 20) / 12) ** 2) < 1) & (w < -40)
-    hu[cervical] = rng.uniform(300, 700)
-    return {"hu": hu, "liver": np.zeros(canvas.shape, dtype=bool), "body": scalp | neck, "bone": skull}
+    labels[neck & ~scalp] = LABELS["muscle"]
+    cervical_r = np.sqrt((u / 12) ** 2 + ((v + 20) / 12) ** 2)
+    cervical = (cervical_r < 1) & (w < -40)
+    labels[cervical] = LABELS["bone_cortex"]
+    labels[cervical & (cervical_r < 0.7)] = LABELS["bone_marrow"]
+
+
+def _paint_lesions(
+    canvas: _Canvas, rng: np.random.Generator, labels: np.ndarray, phase: str
+) -> tuple[str, dict[str, float], dict[int, float]]:
+    """Paint none or 1-5 lesions into the liver's labels, each its own label so the image
+    can give each its own attenuation. Returns the grade of the dominant one, what was drawn,
+    and each lesion label's heterogeneity (HU, for `draw_image`)."""
+    liver = np.isin(labels, LIVER_LABELS)
+    if rng.random() < 1 / 4 or liver.sum() < 50:
+        return "", {"lesions": 0}, {}
+    grade = int(rng.choice(3, p=GRADE_PROBABILITIES))
+    params = _lesion_params(rng, grade)
+    count = 1 + int(rng.choice(5, p=[0.55, 0.2, 0.12, 0.08, 0.05]))
+    sites = np.argwhere(liver[::2, ::2, ::2]) * 2
+    radii = [params["radius_mm"]] + [float(rng.uniform(4, 20)) for _ in range(count - 1)]
+    heterogeneity: dict[int, float] = {}
+    for index, radius in enumerate(radii):
+        ijk = sites[rng.integers(len(sites))]
+        center = (float(canvas.u[ijk[0], 0, 0]), float(canvas.v[0, ijk[1], 0]), float(canvas.w[0, 0, ijk[2]]))
+        irregular = params["irregularity"] if index == 0 else rng.uniform(0.0, 0.15)
+        r = canvas.radius(center, (radius, radius * rng.uniform(0.8, 1.2), radius * rng.uniform(0.8, 1.2)))
+        near = r < 1.6
+        shape = np.zeros(canvas.shape, dtype=bool)
+        distortion = canvas.noise(rng, max(radius * 0.8, 8.0))
+        shape[near] = r[near] < 1 + irregular * distortion[near]
+        lesion = shape & liver  # a later lesion may cover an earlier one: both stay tumour
+        if not lesion.any():
+            continue
+        label = LESION_LABELS[index]
+        labels[lesion] = label
+        heterogeneity[label] = params["heterogeneity_hu"] if index == 0 else rng.uniform(2, 10)
+        if index == 0 and params["necrosis_fraction"] > 0:
+            labels[lesion & (r < params["necrosis_fraction"])] = LABELS["necrosis"]
+        if rng.random() < 0.2 and phase in ("arterial", "portal"):  # an enhancing rim
+            labels[lesion & (r > 0.8)] = LABELS["lesion_rim"]
+    return GRADES[grade], {"lesions": float(count), "radius_mm": params["radius_mm"]}, heterogeneity
+
+
+def smooth_deformation(
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    max_mm: float = 5.0,
+    scale_mm: float = 60.0,
+) -> np.ndarray:
+    """Warp a label map by a smooth random displacement of at most `max_mm` (SynthSeg's
+    shape variation): each voxel takes the label found up to `max_mm` away, by nearest
+    neighbour, so no label value is invented. A label too thin to survive the warp anywhere
+    is put back where it was, so every label of the input stays in the output."""
+    grid = GridSpec(labels.shape, spacing, (0.0, 0.0, 0.0))  # type: ignore[arg-type]
+    fields = [smooth_noise(rng, grid, scale_mm) for _ in range(3)]
+    # Scale the field so that its longest displacement is a random share of the bound.
+    longest = float(np.sqrt(fields[0] ** 2 + fields[1] ** 2 + fields[2] ** 2).max())
+    gain = rng.uniform(0.5, 1.0) * max_mm / max(longest, 1e-6)
+    warped = np.empty_like(labels)
+    nx, ny, nz = labels.shape
+    chunk = max(1, 2_000_000 // max(nx * ny, 1))  # a few slices at a time bounds the memory
+    for z0 in range(0, nz, chunk):
+        z1 = min(z0 + chunk, nz)
+        index = np.meshgrid(np.arange(nx), np.arange(ny), np.arange(z0, z1), indexing="ij")
+        coords = [
+            i + f[:, :, z0:z1] * np.float32(gain / s) for i, f, s in zip(index, fields, spacing, strict=True)
+        ]
+        warped[:, :, z0:z1] = ndimage.map_coordinates(labels, coords, order=0, mode="nearest")
+    before = np.bincount(labels.ravel(), minlength=256) > 0
+    after = np.bincount(warped.ravel(), minlength=256) > 0
+    for value in np.flatnonzero(before & ~after):
+        warped[labels == value] = value
+    return warped
+
+
+def label_hu_ranges(phase: str) -> dict[str, tuple[float, float]]:
+    """The (low, high) of each label's mean HU in `phase`, before the case-wide shift (at most
+    `SHIFT_HU` either way, soft tissues only). Lesion labels are not listed: they are drawn
+    relative to the liver (`_LESION_DELTA`)."""
+    ranges = {}
+    for name, tone in _LABEL_HU.items():
+        low, high = _HU[phase][tone.tissue] if tone.tissue else (0.0, 0.0)
+        ranges[name] = (low + tone.low, high + tone.high)
+    low, high = ranges["liver"]
+    ranges["liver"] = (low - _STEATOSIS_HU[1], high)
+    return ranges
+
+
+def _label_means(rng: np.random.Generator, phase: str) -> np.ndarray:
+    """Mean HU of every label value (a lookup table of 256), drawn for one case."""
+    shift = float(np.clip(rng.normal(0.0, 6.0), -SHIFT_HU, SHIFT_HU))  # calibration, patient size
+    tone = {name: float(rng.uniform(*bounds)) + shift for name, bounds in _HU[phase].items()}
+    means = np.zeros(256, dtype=np.float32)
+    for name, rule in _LABEL_HU.items():
+        base = tone[rule.tissue] if rule.tissue else 0.0
+        means[LABELS[name]] = base + rng.uniform(rule.low, rule.high)
+    # A fatty liver reads below the spleen; lesions are seen against the liver as it is.
+    if rng.random() < 0.15:
+        means[LABELS["liver"]] -= rng.uniform(*_STEATOSIS_HU)
+    liver_hu = float(means[LABELS["liver"]])
+    brighter, (low, high) = _LESION_DELTA[phase]
+    for label in LESION_LABELS:
+        delta = rng.uniform(low, high) * (1.0 if rng.random() < brighter else -1.0)
+        means[label] = liver_hu + delta
+    means[LABELS["necrosis"]] = rng.uniform(10, 30)
+    means[LABELS["lesion_rim"]] = liver_hu + rng.uniform(10, 40)
+    return means
+
+
+def draw_image(
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    phase: str,
+    *,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    heterogeneity: Mapping[int, float] | None = None,
+) -> np.ndarray:
+    """The noise-free HU image (float32) of a label map: each label's mean HU drawn for
+    `phase`, smooth texture inside each label, partial volume at the boundaries.
+
+    `spacing` (mm) sizes the texture; `heterogeneity` (lesion label -> HU) is each lesion's
+    grain, as `_paint_lesions` drew it (else 2-10 HU).
+    """
+    means = _label_means(rng, phase)
+    fine = np.zeros(256, dtype=np.float32)
+    for name in LABELS:
+        fine[LABELS[name]] = _TEXTURE_HU.get(name, _DEFAULT_TEXTURE_HU)
+    # Parenchyma is not uniform: perfusion and fat vary over centimetres (real livers spread
+    # 10-20 HU before noise). A lesion has to be told from that, not from a flat organ.
+    patchy = np.zeros(256, dtype=np.float32)
+    patchy[LABELS["liver"]] = rng.uniform(2, 8)
+    grainy = np.zeros(256, dtype=np.float32)
+    for label in LESION_LABELS:
+        grainy[label] = (heterogeneity or {}).get(label, rng.uniform(2, 10))
+    grid = GridSpec(labels.shape, spacing, (0.0, 0.0, 0.0))  # type: ignore[arg-type]
+    hu = means[labels]
+    for table, scale_mm in ((fine, 8.0), (patchy, rng.uniform(30, 60)), (grainy, 6.0)):
+        hu += table[labels] * smooth_noise(rng, grid, scale_mm)
+    # Partial volume: a voxel averages the tissues it straddles (a blur under a voxel).
+    return ndimage.gaussian_filter(hu, rng.uniform(0.3, 0.6), mode="nearest").astype(np.float32)
 
 
 def _z_window(kind: str, rng: np.random.Generator) -> tuple[float, float]:
@@ -410,54 +748,13 @@ def _acquisition(
     return (pixel, pixel, thickness), fov
 
 
-def _lesions(
-    canvas: _Canvas,
-    rng: np.random.Generator,
-    hu: np.ndarray,
-    liver: np.ndarray,
-    liver_hu: float,
-    phase: str,
-) -> tuple[np.ndarray, str, dict[str, float]]:
-    """Paint none or 1-5 lesions into the liver; returns the lesion mask, its grade, params."""
-    tumor = np.zeros(canvas.shape, dtype=bool)
-    if rng.random() < 1 / 4 or liver.sum() < 50:
-        return tumor, "", {"lesions": 0}
-    grade = int(rng.choice(3, p=GRADE_PROBABILITIES))
-    params = _lesion_params(rng, grade)
-    count = 1 + int(rng.choice(5, p=[0.55, 0.2, 0.12, 0.08, 0.05]))
-    sites = np.argwhere(liver[::2, ::2, ::2]) * 2
-    radii = [params["radius_mm"]] + [float(rng.uniform(4, 20)) for _ in range(count - 1)]
-    for index, radius in enumerate(radii):
-        ijk = sites[rng.integers(len(sites))]
-        center = (float(canvas.u[ijk[0], 0, 0]), float(canvas.v[0, ijk[1], 0]), float(canvas.w[0, 0, ijk[2]]))
-        irregular = params["irregularity"] if index == 0 else rng.uniform(0.0, 0.15)
-        r = canvas.radius(center, (radius, radius * rng.uniform(0.8, 1.2), radius * rng.uniform(0.8, 1.2)))
-        near = r < 1.6
-        shape = np.zeros(canvas.shape, dtype=bool)
-        distortion = canvas.noise(rng, max(radius * 0.8, 8.0))
-        shape[near] = r[near] < 1 + irregular * distortion[near]
-        lesion = shape & liver
-        if not lesion.any():
-            continue
-        brighter, (low, high) = _LESION_DELTA[phase]
-        delta = rng.uniform(low, high) * (1.0 if rng.random() < brighter else -1.0)
-        heterogeneity = params["heterogeneity_hu"] if index == 0 else rng.uniform(2, 10)
-        grain = canvas.noise(rng, 6.0)
-        hu[lesion] = liver_hu + delta + heterogeneity * grain[lesion]
-        if index == 0 and params["necrosis_fraction"] > 0:
-            hu[lesion & (r < params["necrosis_fraction"])] = rng.uniform(10, 30)
-        if rng.random() < 0.2 and phase in ("arterial", "portal"):  # enhancing rim
-            hu[lesion & (r > 0.8)] = liver_hu + rng.uniform(10, 40)
-        tumor |= lesion
-    return tumor, GRADES[grade], {"lesions": float(count), "radius_mm": params["radius_mm"]}
-
-
 def generate_torso_case(seed: int, case_index: int, field_of_view: str | None = None) -> TorsoCase:
     """Draw one case (see the module notes); the same (seed, index) gives the same case.
 
     `field_of_view` (one of `FIELDS`) replaces the drawn one; the rest of the draw is kept.
     """
-    rng = np.random.default_rng(torso_seed(seed, case_index))
+    case_seed = torso_seed(seed, case_index)
+    rng = np.random.default_rng(case_seed)
     names = [name for name, _ in FIELDS]
     kind = str(rng.choice(names, p=[p for _, p in FIELDS]))
     if field_of_view is not None:
@@ -476,18 +773,15 @@ def generate_torso_case(seed: int, case_index: int, field_of_view: str | None = 
     center = origin + np.array([rng.uniform(-15, 15), rng.uniform(-10, 25), (bottom + top) / 2])
     grid = centered_grid(shape, spacing, tuple(center), flip_xy=bool(rng.random() < 0.5))  # type: ignore[arg-type]
     canvas = _Canvas(grid, origin)
-    painted = _paint_head(canvas, rng) if kind == "head" else _paint_torso(canvas, rng, phase)
-    hu, liver = painted["hu"], painted["liver"]
-    liver_hu = float(np.median(hu[liver])) if liver.any() else 0.0
-    tumor, grade, lesion_params = _lesions(canvas, rng, hu, liver, liver_hu, phase)
-    if rng.random() < 0.5:  # the patient table under the body
-        table = (
-            np.abs(
-                canvas.v - (canvas.v[0, :, 0][np.flatnonzero(painted["body"].any(axis=(0, 2)))].min() - 12)
-            )
-            < 3
-        )
-        hu[table & ~painted["body"]] = rng.uniform(150, 500)
+    # Shape and appearance draw from streams of their own: a change to the painters leaves a
+    # case's HU draws alone, and a label map can be drawn again with other intensities.
+    shape_rng, image_rng = (_substream(case_seed, key) for key in (1, 2))
+    # The label map first: anatomy, lesions, then one smooth warp of it all.
+    labels = paint_labels(grid, origin, shape_rng, kind)
+    grade, lesion_params, heterogeneity = _paint_lesions(canvas, shape_rng, labels, phase)
+    labels = smooth_deformation(labels, shape_rng, spacing=grid.spacing)
+    # Then the image drawn from it, and the scanner's view of that image.
+    hu = draw_image(labels, image_rng, phase, spacing=grid.spacing, heterogeneity=heterogeneity)
     ct = _acquire(hu, spacing, rng)
     if rng.random() < 0.4:  # padding outside the scan circle
         radius = np.sqrt(canvas.u**2 + (canvas.v - float(canvas.v[0, :, 0].mean())) ** 2)
@@ -495,7 +789,14 @@ def generate_torso_case(seed: int, case_index: int, field_of_view: str | None = 
     params: dict[str, float | str] = {"field": kind, "phase": phase, **lesion_params}
     params.update(spacing_x=spacing[0], spacing_z=spacing[2], fov_mm=fov)
     return TorsoCase(
-        case_index, ct, grid.affine, (liver | tumor).astype(np.uint8), tumor.astype(np.uint8), grade, params
+        case_index,
+        ct,
+        grid.affine,
+        liver=np.isin(labels, LIVER_LABELS).astype(np.uint8),
+        tumor=np.isin(labels, TUMOR_LABELS).astype(np.uint8),
+        grade=grade,
+        params=params,
+        labels=labels,
     )
 
 
@@ -522,6 +823,7 @@ def _write_case(job: tuple) -> dict[str, str]:
     write_nifti(folder / "ct.nii.gz", case.ct, case.affine)
     write_nifti(folder / "liver.nii.gz", case.liver, case.affine)
     write_nifti(folder / "tumor.nii.gz", case.tumor, case.affine)
+    write_nifti(folder / "labels.nii.gz", case.labels, case.affine)  # the map the ct was drawn from
     row = dict.fromkeys(MANIFEST_COLUMNS, "")
     row.update(
         case_id=cid,
