@@ -126,7 +126,7 @@ def build_outcome(
         id=prediction_id,
         task=task.name,
         gradable=graded is not None,
-        label=task.classes[int(np.argmax(probabilities))] if probabilities is not None else None,
+        label=task.classes[model.label_of(probabilities)] if probabilities is not None else None,
         probabilities=(
             {c: float(p) for c, p in zip(task.classes, probabilities, strict=True)}
             if probabilities is not None

@@ -84,6 +84,15 @@ class ServedModel:
         reads = self.card.get("reads_modalities") or self.card.get("modalities") or []
         return [str(m) for m in reads]
 
+    def label_of(self, probabilities: np.ndarray) -> int:
+        """The class answered: argmax of the probabilities times the card's decision weights
+        (chosen on validation for balanced accuracy; all 1 without a `decision`)."""
+        decision = self.card.get("decision") or {}
+        weights = decision.get("weights") or {}
+        classes = self.card.get("classes") or []
+        scale = np.array([float(weights.get(c, 1.0)) for c in classes]) if weights else 1.0
+        return int(np.argmax(probabilities * scale))
+
     @property
     def is_segmenter(self) -> bool:
         return self.card.get("role") == "segmenter"

@@ -87,6 +87,43 @@ def calibration_report(logits: np.ndarray, labels: np.ndarray, calibration: Cali
     }
 
 
+def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
+    """Mean recall over the classes present in `labels`."""
+    recalls = [float(np.mean(predicted[labels == c] == c)) for c in range(num_classes) if np.any(labels == c)]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+def fit_decision_weights(
+    probs: np.ndarray, labels: np.ndarray, passes: int = 3, grid: np.ndarray | None = None
+) -> list[float]:
+    """Per-class weights for the label rule ``argmax(probabilities * weights)`` that maximise
+    balanced accuracy on (`probs`, `labels`).
+
+    Argmax of calibrated probabilities is the likeliest class, which for a grader whose
+    classes overlap is the commonest one: the HCC student answered `moderate` for nearly
+    every well-differentiated case while ranking them apart (its AUC). Weighting is a
+    decision rule on top of the probabilities, which stay as they are. Coordinate ascent
+    over log-weights on `grid` (default -2..2), a few passes; among equal scores the
+    smallest change from plain argmax wins, so weights move only where they help.
+    """
+    grid = np.linspace(-2.0, 2.0, 41) if grid is None else grid
+    num_classes = probs.shape[1]
+    log_probs = np.log(np.clip(probs, 1e-12, None))
+    log_w = np.zeros(num_classes)
+
+    def score(candidate: np.ndarray) -> tuple[float, float]:
+        predicted = np.argmax(log_probs + candidate, axis=1)
+        return balanced_accuracy(labels, predicted, num_classes), -float(np.abs(candidate).sum())
+
+    for _ in range(passes):
+        for c in range(1, num_classes):  # class 0 fixed: only ratios matter
+            trials = [log_w.copy() for _ in grid]
+            for trial, value in zip(trials, grid, strict=True):
+                trial[c] = value
+            log_w = max(trials, key=score)
+    return [float(w) for w in np.exp(log_w)]
+
+
 def fold_into_head(model: nn.Module, calibration: Calibration) -> None:
     """Rewrite the last linear layer (`model.head.fc`) so its logits come out calibrated."""
     fc = getattr(getattr(model, "head", None), "fc", None)
@@ -116,7 +153,21 @@ def calibrate_on_validation(
     log_probs = np.log(np.clip(probs, 1e-30, None))  # the same fit as on logits (a per-row shift)
     calibration = fit_calibration(log_probs, labels)
     fold_into_head(model, calibration)
+    calibrated = torch.as_tensor(calibration.apply(log_probs)).softmax(dim=1).numpy()
+    weights = fit_decision_weights(calibrated, labels)
+    decision = {
+        "rule": "the label is argmax(probabilities x weights); probabilities are reported as they are",
+        "weights": dict(zip(task.classes, weights, strict=True)),
+        "fitted_on": f"val split, {len(records)} cases: balanced accuracy",
+        "val_balanced_accuracy_argmax": balanced_accuracy(
+            labels, np.argmax(calibrated, axis=1), task.num_classes
+        ),
+        "val_balanced_accuracy": balanced_accuracy(
+            labels, np.argmax(calibrated * np.asarray(weights), axis=1), task.num_classes
+        ),
+    }
     return {
+        "decision": decision,
         "method": "vector scaling (temperature and per-class bias), folded into the last layer",
         "fitted_on": f"val split, {len(records)} cases, given {'+'.join(modalities or task.modalities)}",
         "temperature": calibration.temperature,

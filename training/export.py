@@ -169,6 +169,7 @@ def export_model(
     if quantization is not None:
         card["int8"] = quantization
     if calibration is not None:
+        card["decision"] = calibration.pop("decision")
         card["calibration"] = calibration
     card = json_safe(card)
     out.with_suffix(".json").write_text(json.dumps(card, indent=2, allow_nan=False))

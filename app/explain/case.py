@@ -76,6 +76,11 @@ class Case(Localized):
 
     @property
     def class_index(self) -> int:
+        """The class the prediction answered (the model's decision rule may differ from the
+        argmax of its probabilities: `ServedModel.label_of`)."""
+        label = self.prediction.response.get("label")
+        if label in self.task.classes:
+            return self.task.classes.index(label)
         return int(np.argmax(self.outputs["probabilities"]))
 
     @property

@@ -1,9 +1,10 @@
-"""Settings, store, inference gate, series assignment and SUV conversion."""
+"""Settings, store, inference gate, decision rule, series assignment and SUV conversion."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from pydicom.tag import Tag
 from app.errors import BusyError, UnknownIdError
 from app.ingest.assign import ct_phase_rank, guess_modality
 from app.ingest.pet import suv_factor
-from app.runtime import InferenceGate
+from app.runtime import InferenceGate, ServedModel
 from app.settings import Settings
 from app.store import Store, new_id
 
@@ -161,3 +162,18 @@ def test_suv_factor_refuses_header_values_no_scan_has(keyword: str, value: str, 
     target[tag] = RawDataElement(tag, "DS", len(value), value.encode(), 0, True, True)
     factor, note = suv_factor(ds)
     assert factor is None and reason in note and "NOT converted" in note
+
+
+def test_the_answered_class_follows_the_cards_decision_weights(tmp_path: Path) -> None:
+    """argmax(p x w): a card without a decision answers the argmax; with weights chosen on
+    validation, a case whose probabilities lean to the common class can answer another."""
+    classes = ["well", "moderate", "poor"]
+    probabilities = np.array([0.35, 0.45, 0.20])
+    plain = ServedModel(name="m", card={"classes": classes}, folder=tmp_path)
+    assert plain.label_of(probabilities) == 1
+    weighted = ServedModel(
+        name="m",
+        card={"classes": classes, "decision": {"weights": {"well": 1.5, "moderate": 1.0, "poor": 1.2}}},
+        folder=tmp_path,
+    )
+    assert weighted.label_of(probabilities) == 0

@@ -46,7 +46,7 @@ def check_problem_5xx(response) -> None:  # type: ignore[no-untyped-def]
 def test_corrupt_model_is_named_by_readyz_and_the_other_task_still_predicts(tmp_path: Path) -> None:
     models = tmp_path / "models"
     shutil.copytree(DEMO_MODELS, models)
-    onnx = models / "hcc_student.onnx"
+    onnx = models / "hcc_lesion_student.onnx"  # the served HCC grader (behind the segmenter)
     onnx.write_bytes(onnx.read_bytes()[:1000])  # truncated mid-graph
     with TestClient(create_app(make_settings(models, tmp_path / "store"))) as client:
         ready = client.get("/readyz")

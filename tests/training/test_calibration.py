@@ -12,7 +12,13 @@ import torch
 
 from models import create_model
 from tests.common import random_checkpoint
-from training.calibration import Calibration, fit_calibration, fold_into_head
+from training.calibration import (
+    Calibration,
+    balanced_accuracy,
+    fit_calibration,
+    fit_decision_weights,
+    fold_into_head,
+)
 from training.export import export_model
 
 
@@ -62,3 +68,22 @@ def test_export_calibrates_on_the_val_split(tmp_path: Path, hcc_manifest: Path) 
     np.testing.assert_allclose(logits["cal"], expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="give `data`"):
         export_model(checkpoint, tmp_path / "x" / "m.onnx", calibrate=True)
+
+
+def test_decision_weights_give_the_minority_its_answers_back() -> None:
+    """Three overlapping classes, the middle one commonest: argmax answers it for most cases
+    and almost never the first; weights chosen for balanced accuracy raise it, and a label
+    rule that is already balanced is left alone (all weights 1)."""
+    rng = np.random.default_rng(0)
+    labels = rng.choice(3, size=3000, p=[0.25, 0.45, 0.30])
+    score = labels + rng.normal(0, 0.9, size=labels.size)  # one noisy axis: well < moderate < poor
+    centres = np.array([0.0, 1.0, 2.0])
+    log_like = -((score[:, None] - centres) ** 2) / (2 * 0.9**2) + np.log([0.25, 0.45, 0.30])
+    probs = np.exp(log_like) / np.exp(log_like).sum(axis=1, keepdims=True)
+    argmax = np.argmax(probs, axis=1)
+    weights = fit_decision_weights(probs, labels)
+    weighted = np.argmax(probs * np.asarray(weights), axis=1)
+    assert balanced_accuracy(labels, weighted, 3) > balanced_accuracy(labels, argmax, 3) + 0.02
+    assert np.mean(weighted == 0) > np.mean(argmax == 0)
+    perfect = np.eye(3)[labels] * 0.8 + 0.1
+    assert fit_decision_weights(perfect, labels) == [1.0, 1.0, 1.0]
