@@ -1,6 +1,6 @@
 """Run every benchmark of bench/ and write one JSON file and a markdown summary.
 
-    python -m bench [--out reports] [--only networks predict ...] [--quick]
+    python -m bench [--out reports] [--only networks predict ...] [--quick] [--merge]
 
 Each benchmark is its own module printing JSON (`python -m bench.NAME`); this runs them one
 after the other in subprocesses, so one's memory and threads do not colour the next, and
@@ -266,9 +266,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"{'**quick (CI) versions: not measurements of speed**' if report['quick'] else 'full versions'}. "
         "Everything each benchmark printed is in `bench.json`.\n",
         table(
-            ["benchmark", "command", "exit", "seconds"],
+            ["benchmark", "command", "exit", "seconds", "ran at (load average)"],
             [
-                [f"[{n}](#{n})", f"`{e['command']}`", e["exit_code"], e["seconds"]]
+                [
+                    f"[{n}](#{n})",
+                    f"`{e['command']}`",
+                    e["exit_code"],
+                    e["seconds"],
+                    f"{e['ran_at']} ({e['load_average']:.1f})" if "ran_at" in e else None,
+                ]
                 for n, e in report["benchmarks"].items()
             ],
         ),
@@ -286,6 +292,12 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge_into(previous: dict[str, Any], report: dict[str, Any], rerun: list[str]) -> dict[str, Any]:
+    """`report` (about to run `rerun`) keeping the other benchmarks of a `previous` report."""
+    kept = {name: entry for name, entry in previous["benchmarks"].items() if name not in rerun}
+    return {**report, "command": f"{previous['command']}; then {report['command']}", "benchmarks": kept}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -293,6 +305,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports"))
     parser.add_argument("--only", nargs="*", choices=BENCHMARKS, default=list(BENCHMARKS))
     parser.add_argument("--quick", action="store_true", help="the short CI version of each benchmark")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other benchmarks of OUT/bench.json; replace only those run (each entry "
+        "records when it ran and the load average then)",
+    )
     args = parser.parse_args()
     report: dict[str, Any] = {
         "command": " ".join(["python", "-m", "bench", *sys.argv[1:]]),
@@ -300,9 +318,14 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()},
         "benchmarks": {},
     }
+    previous = args.out / "bench.json"
+    if args.merge and previous.exists():
+        report = merge_into(json.loads(previous.read_text()), report, args.only)
     for name in args.only:
         print(f"running bench.{name} ...", file=sys.stderr, flush=True)
-        report["benchmarks"][name] = run(name, args.quick)
+        entry = run(name, args.quick)
+        entry.update(ran_at=time.strftime("%Y-%m-%d %H:%M"), load_average=os.getloadavg()[0])
+        report["benchmarks"][name] = entry
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
     (args.out / "bench.md").write_text(markdown(report))

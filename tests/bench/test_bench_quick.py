@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from bench.__main__ import merge_into
+
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = ("1", "4", "16")
 
@@ -139,3 +141,13 @@ def test_the_markdown_summary_has_a_table_per_benchmark(quick_report: tuple[dict
         "Server peak resident memory (VmHWM)",
     ):
         assert header in md, header
+
+
+def test_merge_keeps_the_benchmarks_not_rerun() -> None:
+    """`--merge`: a rerun of one benchmark replaces its entry and keeps the others."""
+    entries = {"synth": {"seconds": 1}, "localize": {"seconds": 2}}
+    previous = {"command": "python -m bench", "benchmarks": entries}
+    report = {"command": "python -m bench --only localize --merge", "benchmarks": {}}
+    merged = merge_into(previous, report, ["localize"])
+    assert merged["benchmarks"] == {"synth": {"seconds": 1}}
+    assert merged["command"] == "python -m bench; then python -m bench --only localize --merge"
