@@ -18,7 +18,6 @@ import numpy as np
 
 from app.ingest.study import SeriesSource, Study, Upload
 from app.pacs.references import missing_reference
-from app.quality import input_warnings
 from app.runtime import ServedModel
 from app.schemas import MaskInfo, Modalities, ModelRef, Prediction, SeriesAssignment, StudyInfo
 from app.store import npz_bytes
@@ -114,12 +113,10 @@ def build_outcome(
     localization: Localization,
     graded: Graded | None,
     uploads: dict[str, list[Upload]],
-    checks: list[str] | None = None,
+    checks: list[str],
     segmenter: ServedModel | None = None,
 ) -> Outcome:
-    """The response and the files to keep; `checks` are `input_warnings` if already computed."""
-    if checks is None:
-        checks = input_warnings(study.volumes, task)
+    """The response and the files to keep; `checks`: the study's warnings (`app.prediction`)."""
     probabilities = softmax(graded.outputs["logits"].astype(np.float64)) if graded is not None else None
     used = list(graded.model_input.used) if graded else [m for m in task.modalities if m in study.volumes]
     response = Prediction(

@@ -207,14 +207,21 @@ def preprocess(
         raise InvalidStudyError(exc.reason, field=exc.field) from None
 
 
-def unread_warnings(study: Study, model: ServedModel) -> list[str]:
-    """A warning for each modality sent that the model was not trained to read (not used)."""
-    return [
-        f"{name} was sent but {model.name} was trained on {'+'.join(model.reads_modalities)} alone: "
-        f"{name} was not used"
-        for name in study.volumes
-        if name not in model.reads_modalities
+def modality_warnings(study: Study, model: ServedModel) -> list[str]:
+    """What the model had to do without (a PET it reads, not sent), and what it was sent but
+    never learned to read (not used). A PET a CT-only model does not read is not missing."""
+    reads = model.reads_modalities
+    missing = [
+        f"{name} missing: answered from the other modalities, with less information"
+        for name in reads
+        if name not in study.volumes and model.task.kind_of(name) == "pet"
     ]
+    unread = [
+        f"{name} was sent but {model.name} was trained on {'+'.join(reads)} alone: {name} was not used"
+        for name in study.volumes
+        if name not in reads
+    ]
+    return missing + unread
 
 
 def infer(model: ServedModel, model_input: ModelInput) -> dict[str, np.ndarray]:
@@ -280,7 +287,7 @@ async def predict_study(
 
     def timed_checks() -> list[str]:
         with metrics.stage("checks"):
-            return [*unread_warnings(study, model), *input_warnings(study.volumes, task)]
+            return [*modality_warnings(study, model), *input_warnings(study.volumes, task)]
 
     def timed_infer() -> Graded | None:
         if model_input is None:

@@ -119,9 +119,6 @@ def liver_ml(volume: Volume) -> float:
 
 def input_warnings(volumes: dict[str, Volume], task: TaskSpec) -> list[str]:
     warnings = []
-    for name in task.modalities:
-        if name not in volumes and task.kind_of(name) == "pet":
-            warnings.append(f"{name} missing: answered from the other modalities, with less information")
     for name, volume in volumes.items():
         spacing = volume.spacing
         coarse = max(max(task.spacing_mm) * 1.5, ROUTINE_SPACING_MM[task.kind_of(name)])

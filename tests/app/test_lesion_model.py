@@ -247,3 +247,12 @@ def test_a_ct_only_student_is_not_given_the_pet_it_never_saw(tmp_path: Path) -> 
         body = client.post("/v1/predict", data={"task": "hcc"}, files=sent).json()
     assert body["modalities"]["used"] == ["ct"]
     assert any("pet_fdg was sent" in w and "not used" in w for w in body["warnings"]), body["warnings"]
+    # The acetate PET it does not read was not sent: nothing is missing for this model.
+    assert not any("missing" in w for w in body["warnings"]), body["warnings"]
+
+
+def test_a_model_that_reads_pet_says_which_pet_it_went_without(lesion_client: TestClient) -> None:
+    ct = ct_volume()
+    mask, _ = liver_lesion_mask(ct)
+    body = lesion_client.post("/v1/predict", data={"task": "hcc"}, files=files(ct, mask)).json()
+    assert {w.split(" ")[0] for w in body["warnings"] if "missing" in w} == {"pet_fdg", "pet_act"}
