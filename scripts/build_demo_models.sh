@@ -49,13 +49,17 @@ wait
 local coarse="$RUNS/hcc-segmenter-coarse-s$SEED/best.pt" fine="$RUNS/hcc-segmenter-fine-s$SEED/best.pt"
 local note="Synthetic only, not real patients (docs/segmenter.md): reactkd synth torso --cases $TORSO_CASES --seed 0 and reactkd synth hcc --cases $HCC_CASES --seed $SEED; trained on their train splits."
 $BIN/reactkd export "$coarse" --fine "$fine" --out "$OUT/hcc_segmenter.onnx" --training-data "$(card "$note")"
-# Judged on cohorts no training or selection used (seeds 31-33), every case of each.
-[ -f "$WORK/seg-torso/manifest.csv" ] || $BIN/reactkd synth torso --out "$WORK/seg-torso" --cases 60 --seed 31
-[ -f "$WORK/seg-hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/seg-hcc" --cases 60 --seed 32
-[ -f "$WORK/seg-ext/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/seg-ext" --cases 40 --seed 33 --external
+# Judged on cohorts no training or selection used (seeds 31-34), every case of each
+# (reports/segmenter/README.md), then on real CT (TotalSegmentator's reference scans).
+[ -f "$WORK/seg-torso/manifest.csv" ] || $BIN/reactkd synth torso --out "$WORK/seg-torso" --cases 40 --seed 31
+[ -f "$WORK/seg-hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/seg-hcc" --cases 40 --seed 32
+[ -f "$WORK/seg-ext/manifest.csv" ] || $BIN/reactkd synth hcc --out "$WORK/seg-ext" --cases 30 --seed 33 --external
+[ -f "$WORK/seg-noliver/manifest.csv" ] || $BIN/reactkd synth torso --out "$WORK/seg-noliver" --cases 24 --seed 34 \
+  --fields chest pelvis head
 $BIN/reactkd evaluate "$OUT/hcc_segmenter.onnx" --split all --out reports/segmenter \
   --cohort "torso=$WORK/seg-torso/manifest.csv" --cohort "benchmark=$WORK/seg-hcc/manifest.csv" \
-  --cohort "external=$WORK/seg-ext/manifest.csv"
+  --cohort "external=$WORK/seg-ext/manifest.csv" --cohort "no-liver=$WORK/seg-noliver/manifest.csv"
+$BIN/python -m training.real_ct --model "$OUT/hcc_segmenter.onnx" --out reports/segmenter/real-ct
 $BIN/reactkd export "$coarse" --fine "$fine" --out "$OUT/hcc_segmenter.onnx" --training-data "$(card "$note")" \
   --report reports/segmenter/report.json
 }

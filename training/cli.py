@@ -108,13 +108,14 @@ def _export(args: argparse.Namespace) -> None:
     import torch
 
     from training.export import export_model, export_segmenter
+    from training.segmentation_report import card_summary
 
     training_data = json.loads(args.training_data) if args.training_data else None
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     if state.get("role") == "segmenter":
         if args.fine is None:
             raise ValueError("a segmenter is exported with both stages: give the fine one as --fine FINE.pt")
-        report = json.loads(args.report.read_text())["summary"] if args.report else None
+        report = card_summary(args.report) if args.report else None
         card = export_segmenter(
             state, args.fine, args.out, version=args.version, training_data=training_data, report=report
         )

@@ -353,3 +353,15 @@ def _plot(rows: list[dict[str, Any]], cohorts: list[str], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def card_summary(path: Path) -> dict[str, Any]:
+    """The synthetic cohorts' summary of `path` (report.json), with the real-CT numbers of
+    ``real-ct/real-ct.json`` beside it when `python -m training.real_ct` wrote them there."""
+    report: dict[str, Any] = dict(json.loads(path.read_text())["summary"])
+    real = path.parent / "real-ct" / "real-ct.json"
+    if real.is_file():
+        scans = json.loads(real.read_text())["scans"]
+        keep = ("liver_dice", "predicted_liver_ml_whole_scan", "predicted_lesions_ml")
+        report["real_ct"] = {name: {k: scan[k] for k in keep if k in scan} for name, scan in scans.items()}
+    return report

@@ -16,7 +16,7 @@ import torch
 from models.contract import Grid
 from models.segmenter import get_segmenter_spec
 from training.export import export_segmenter
-from training.segmentation_report import evaluate_segmenter, median_ci, rate_ci, score_case
+from training.segmentation_report import card_summary, evaluate_segmenter, median_ci, rate_ci, score_case
 from training.segmenter import SegmenterConfig, load_segmenter_config, train_segmenter
 
 SPEC = get_segmenter_spec("hcc")
@@ -104,6 +104,15 @@ def test_evaluation_scores_every_case_and_writes_the_report(
     assert {"organ_dice", "lesion_dice", "dominant_lesion_found", "false_lesions_per_case"} <= set(summary)
     assert (tmp_path / "report" / "report.md").read_text().startswith("# Segmenter evaluation")
     assert (tmp_path / "report" / "dice.png").stat().st_size > 1000
+
+    # The card takes the synthetic summary, and the real-CT numbers where they were written.
+    card_report = card_summary(tmp_path / "report" / "report.json")
+    assert card_report == report["summary"]
+    real = {"slab": {"liver_dice": 0.9, "predicted_liver_ml_whole_scan": 1000.0, "_predicted": None}}
+    (tmp_path / "report" / "real-ct").mkdir()
+    (tmp_path / "report" / "real-ct" / "real-ct.json").write_text(json.dumps({"scans": real}))
+    card_report = card_summary(tmp_path / "report" / "report.json")
+    assert card_report["real_ct"] == {"slab": {"liver_dice": 0.9, "predicted_liver_ml_whole_scan": 1000.0}}
 
 
 def _ball(shape: tuple[int, int, int], centre: tuple[int, int, int], radius: float) -> np.ndarray:

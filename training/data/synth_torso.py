@@ -474,8 +474,13 @@ def _liver_region(t: _Trunk, rng: np.random.Generator) -> np.ndarray:
     inferior = -lobe_height + taper * np.maximum(120 - u, 0)
     liver = t.abdomen & (w < t.diaphragm - 4 + 0.3 * warp) & (w > inferior + warp)
     liver &= u > -left_reach + 0.4 * np.maximum(t.spine_v + 60 - v, 0) + 0.5 * warp
-    liver &= v > t.spine_v + 6 + 0.25 * np.maximum(u - 40, 0) * (w < -60)  # lower right lobe behind
-    return liver & ~t.bone
+    # The back of the right lobe (its bare area) lies against the posterior wall beside the
+    # spine, behind the vertebral body's front: a convex surface, not a plane through the
+    # spine. Lower down the right kidney takes that place (carved out by the caller).
+    bare_area = rng.uniform(20, 45) * np.clip((u - 30) / 30, 0, 1)
+    back = t.spine_v + 6 - bare_area + 0.25 * np.maximum(u - 40, 0) * (w < -60) + 0.3 * warp
+    liver &= v > back
+    return liver & ~t.bone & (t.labels != LABELS["muscle"])  # nor the paraspinal muscles
 
 
 def _upper_organs(t: _Trunk, rng: np.random.Generator, liver: np.ndarray) -> dict[str, np.ndarray]:
