@@ -27,7 +27,7 @@ import torch
 
 from app.errors import BusyError, ModelNotReadyError, TimeoutProblem, UnknownTaskError
 from app.settings import Settings
-from models.segmenter import STAGES, Predictor, SegmenterSpec, StageName, get_segmenter_spec
+from models.segmenter import STAGES, Predictor, SegmenterSpec, StageName, spec_of_card
 from models.tasks import TASKS, TaskSpec, task_of_card
 
 log = logging.getLogger("app.runtime")
@@ -99,7 +99,7 @@ class ServedModel:
 
     @property
     def segmenter_spec(self) -> SegmenterSpec:
-        return get_segmenter_spec(str(self.card.get("task")))
+        return spec_of_card(self.card)
 
     @property
     def needs_mask(self) -> bool:
@@ -131,6 +131,8 @@ class ServedModel:
 
     def _load(self, settings: Settings) -> None:
         task_of_card(self.card)  # a card of an unknown task or grid fails here, before the session
+        if self.is_segmenter:
+            spec_of_card(self.card)  # and a segmenter's card whose lesion threshold is no probability
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.intra_op_threads
         options.inter_op_num_threads = settings.inter_op_threads

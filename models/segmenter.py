@@ -27,8 +27,8 @@ No I/O here: arrays in, arrays out.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -85,6 +85,9 @@ class SegmenterSpec:
         intensity_knots: (value in the modality's units, network input) pairs of the
             piecewise linear intensity map; values beyond the ends are clipped.
         min_lesion_ml: lesion components smaller than this are dropped as specks.
+        lesion_threshold: the lesion's probability from which a voxel is lesion
+            (`weigh_lesion`); None: where the lesion is the argmax. A trained segmenter's
+            card sets it, chosen on validation: a faint lesion rarely wins the argmax.
     """
 
     task: str
@@ -94,6 +97,7 @@ class SegmenterSpec:
     fine: Stage
     intensity_knots: tuple[tuple[float, float], ...]
     min_lesion_ml: float
+    lesion_threshold: float | None = None
 
     @property
     def num_labels(self) -> int:
@@ -126,6 +130,18 @@ def get_segmenter_spec(task: str) -> SegmenterSpec:
         return SEGMENTERS[task]
     except KeyError:
         raise ValueError(f"no segmenter for task {task!r}; known: {sorted(SEGMENTERS)}") from None
+
+
+def spec_of_card(card: Mapping[str, Any]) -> SegmenterSpec:
+    """The spec a trained segmenter runs with: its task's, with the lesion threshold its
+    card names (`lesion_threshold`: a number, or absent for the argmax)."""
+    spec = get_segmenter_spec(str(card.get("task")))
+    threshold = card.get("lesion_threshold")
+    if threshold is None:
+        return spec
+    if not isinstance(threshold, int | float) or not 0.0 < threshold < 1.0:
+        raise ValueError(f"lesion_threshold must be a probability in (0, 1), got {threshold!r}")
+    return replace(spec, lesion_threshold=float(threshold))
 
 
 @register_segmenter
@@ -273,6 +289,22 @@ def sliding_window(predict: Predictor, image: np.ndarray, stage: Stage, overlap:
     return torch.softmax(logits[0].float(), dim=0).numpy()
 
 
+def weigh_lesion(probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
+    """(L, D, H, W) probabilities with the lesion's odds multiplied by (1 - t) / t and the
+    rest renormalised: a voxel whose lesion probability reaches `threshold` t now has it at
+    one half or more, so every rule downstream (the argmax, the cut at one half of
+    `labels_on_grid`) reads the threshold without knowing it. A prior shift (logit
+    adjustment); None or 0.5 leaves them as they are."""
+    if threshold is None or threshold == 0.5:
+        return probabilities
+    lesion = probabilities[-1]
+    weight = (1.0 - threshold) / threshold
+    scale = 1.0 / (1.0 + (weight - 1.0) * lesion)
+    out = probabilities * scale[None]
+    out[-1] *= weight
+    return out.astype(probabilities.dtype, copy=False)
+
+
 def labels_from_probabilities(probabilities: np.ndarray, spec: SegmenterSpec, grid: Grid) -> np.ndarray:
     """(D, H, W) uint8 labels: the argmax, cleaned.
 
@@ -340,7 +372,9 @@ def segment(predictors: Mapping[StageName, Predictor], volume: Volume, spec: Seg
             summarize(coarse_labels, overview.grid, volume, organ_labelled=True),
         )
     fine_input = segmenter_input(volume, spec, fine_grid(coarse_labels > 0, overview.grid, spec))
-    probabilities = sliding_window(predictors["fine"], fine_input.image, spec.fine)
+    probabilities = weigh_lesion(
+        sliding_window(predictors["fine"], fine_input.image, spec.fine), spec.lesion_threshold
+    )
     allowed = ndimage.binary_dilation(coarse_labels > 0, _CONNECTED)
     inside = mask_on_grid(
         Volume(from_tensor_layout(allowed.astype(np.uint8)), overview.grid.affine), fine_input.grid

@@ -4,7 +4,8 @@
     reactkd synth brats --out DIR --cases N --seed S
     reactkd synth torso --out DIR --cases N --seed S    (the segmenter's broad CT cohort)
     reactkd train segmenter --task hcc --stage coarse|fine --data A/manifest.csv B/manifest.csv
-    reactkd export-segmenter COARSE.pt FINE.pt --out DIR/NAME.onnx [--report REPORT.json]
+    reactkd export COARSE.pt --fine FINE.pt --out DIR/NAME.onnx [--report R.json] [--lesion-threshold T.json]
+    reactkd tune-segmenter DIR/NAME.onnx --data A/manifest.csv B/manifest.csv --out T.json
     reactkd train teacher --task hcc --kind structure-function --data DIR/manifest.csv
     reactkd train student --task hcc --teachers SF.pt DOSE.pt --data DIR/manifest.csv
     reactkd export runs/NAME/best.pt --out models/NAME.onnx [--data DIR/manifest.csv] [--calibrate] [--int8]
@@ -116,8 +117,15 @@ def _export(args: argparse.Namespace) -> None:
         if args.fine is None:
             raise ValueError("a segmenter is exported with both stages: give the fine one as --fine FINE.pt")
         report = card_summary(args.report) if args.report else None
+        tuning = json.loads(args.lesion_threshold.read_text()) if args.lesion_threshold else None
         card = export_segmenter(
-            state, args.fine, args.out, version=args.version, training_data=training_data, report=report
+            state,
+            args.fine,
+            args.out,
+            version=args.version,
+            training_data=training_data,
+            report=report,
+            lesion_threshold=tuning,
         )
         worst = max(stage["parity"]["max_abs_logit_diff"] for stage in card["stages"].values())
         print(f"wrote {args.out} and its fine stage (ONNX Runtime vs PyTorch {worst:.1e})")
@@ -133,6 +141,25 @@ def _export(args: argparse.Namespace) -> None:
     )
     diff = card["parity"]["max_abs_logit_diff"]
     print(f"wrote {args.out} (sha256 {card['onnx_sha256'][:12]}, ONNX Runtime vs PyTorch {diff:.1e})")
+
+
+def _tune_segmenter(args: argparse.Namespace) -> None:
+    from training.segmentation_report import tune_lesion_threshold
+
+    tuning = tune_lesion_threshold(args.model, args.data, split=args.split, workers=args.workers)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(tuning, indent=2))
+    card_path = args.model.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card.update(lesion_threshold=tuning["threshold"], lesion_threshold_tuning=tuning)
+    card_path.write_text(json.dumps(card, indent=2))
+    for row in tuning["table"]:
+        print(
+            f"threshold {row['threshold']:.2f}: lesion Dice {row['lesion_dice']:.3f}, dominant lesion "
+            f"found {row['dominant_found']:.0%}, false lesions a case {row['false_lesions_per_case']:.2f}"
+        )
+    chosen = f"chose {tuning['threshold']} on {tuning['cases']} {tuning['split']} cases"
+    print(f"{chosen}; wrote {args.out} and {card_path}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -276,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--version", default="0.1.0")
     export.add_argument("--fine", type=Path, help="a segmenter: the checkpoint of its fine stage")
     export.add_argument("--report", type=Path, help="a segmenter: its evaluation report.json, for the card")
+    export.add_argument(
+        "--lesion-threshold", type=Path, help="a segmenter: the tune-segmenter JSON whose threshold it takes"
+    )
     export.add_argument("--data", type=Path, help="cohort: test metrics and class prototypes for the card")
     export.add_argument(
         "--int8", action="store_true", help="also write NAME.int8.onnx and measure its accuracy"
@@ -287,6 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit a temperature and per-class biases on the val split of --data, folded into the last layer",
     )
     export.set_defaults(func=_export)
+
+    tune = commands.add_parser(
+        "tune-segmenter", help="choose an exported segmenter's lesion threshold on validation cases"
+    )
+    tune.add_argument("model", type=Path, help="NAME.onnx of a segmenter (its card is updated)")
+    tune.add_argument(
+        "--data", type=Path, nargs="+", required=True, help="manifests whose split cases it uses"
+    )
+    tune.add_argument("--split", default="val")
+    tune.add_argument("--out", type=Path, required=True, help="JSON of the choice and its table")
+    tune.add_argument("--workers", type=int, default=None)
+    tune.set_defaults(func=_tune_segmenter)
 
     evaluate = commands.add_parser("evaluate", help="metrics, plots and a report for a .pt or .onnx model")
     evaluate.add_argument("model", type=Path)

@@ -384,9 +384,13 @@ def export_segmenter(
     version: str = "0.1.0",
     training_data: Mapping[str, Any] | None = None,
     report: Mapping[str, Any] | None = None,
+    lesion_threshold: Mapping[str, Any] | None = None,
     tolerance: float = 5e-3,
 ) -> dict[str, Any]:
     """Write a segmenter's NAME.onnx (coarse stage), NAME.fine.onnx and NAME.json (its card).
+
+    `lesion_threshold` (`training.segmentation_report.tune_lesion_threshold`'s answer) puts
+    the chosen threshold and its validation table in the card; without it, the argmax.
 
     The tolerance bounds the largest of some 10 million logits (3 labels over four 96^3
     windows of each kind); float32 sums over 256-channel convolutions differ by about 1e-3
@@ -462,12 +466,15 @@ def export_segmenter(
             f"piecewise linear intensities {[list(k) for k in spec.intensity_knots]}"
         ),
         "postprocessing": (
-            "Gaussian-blended windows (overlap 0.25), softmax; labels_from_probabilities: the largest "
+            "Gaussian-blended windows (overlap 0.25), softmax; the fine stage's lesion odds weighed so that "
+            "lesion_threshold becomes one half (weigh_lesion); labels_from_probabilities: the largest "
             "26-connected organ, holes filled, lesions inside it, components under "
             f"{spec.min_lesion_ml} ml dropped; the fine organ kept within one coarse voxel of the coarse one"
         ),
         "training_data": dict(training_data or {"synthetic": None, "description": "not recorded"}),
         "metrics": dict(report or {}),
+        "lesion_threshold": lesion_threshold["threshold"] if lesion_threshold else None,
+        "lesion_threshold_tuning": dict(lesion_threshold or {}),
         # The coarse graph is the model's file for the generic checks (sha256 at load).
         "onnx_file": paths["coarse"].name,
         "onnx_sha256": stages["coarse"]["onnx_sha256"],

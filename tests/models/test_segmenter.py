@@ -16,7 +16,9 @@ from models.segmenter import (
     segment,
     segmenter_input,
     sliding_window,
+    spec_of_card,
     summarize,
+    weigh_lesion,
 )
 from tests.band_segmenter import band_checkpoints
 from tests.common import ct_volume
@@ -42,6 +44,32 @@ def test_cleaning_keeps_one_organ_and_only_lesions_inside_it() -> None:
     cleaned = labels_from_probabilities(one_hot(labels), SPEC, grid())
     assert not cleaned[17:, 17:, 17:].any() and cleaned[0, 19, 0] == 0 and cleaned[2, 2, 2] == 1
     assert (cleaned == 2).sum() == 64 and (cleaned > 0).sum() == 12**3
+
+
+def test_a_lesion_threshold_is_a_prior_shift_every_later_rule_reads_at_one_half() -> None:
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet([1.0, 1.0, 1.0], size=(8, 8, 8)).transpose(3, 0, 1, 2).astype(np.float32)
+    for threshold in (0.1, 0.3, 0.7):
+        weighed = weigh_lesion(probabilities, threshold)
+        assert np.allclose(weighed.sum(axis=0), 1.0, atol=1e-5)
+        assert np.array_equal(weighed[2] >= 0.5, probabilities[2] >= threshold)
+        # background and liver keep their ratio: only the lesion's odds moved
+        assert np.allclose(weighed[0] * probabilities[1], weighed[1] * probabilities[0], atol=1e-6)
+    assert weigh_lesion(probabilities, None) is probabilities
+    # A faint lesion (0.35 against the liver's 0.45) is lesion at a threshold of 0.3, not by argmax.
+    faint = one_hot(np.ones((20, 20, 20), np.uint8))
+    faint[:, 8:12, 8:12, 8:12] = np.array([0.2, 0.45, 0.35])[:, None, None, None]
+    assert not (labels_from_probabilities(faint, SPEC, grid()) == 2).any()
+    cleaned = labels_from_probabilities(weigh_lesion(faint, 0.3), SPEC, grid())
+    assert (cleaned == 2).sum() == 64
+
+
+def test_the_card_sets_the_lesion_threshold_and_refuses_what_is_no_probability() -> None:
+    assert spec_of_card({"task": "hcc"}).lesion_threshold is None
+    assert spec_of_card({"task": "hcc", "lesion_threshold": 0.3}).lesion_threshold == 0.3
+    for bad in (0.0, 1.5, "0.3"):
+        with pytest.raises(ValueError, match="lesion_threshold"):
+            spec_of_card({"task": "hcc", "lesion_threshold": bad})
 
 
 def test_a_summary_says_volumes_centre_and_where_the_scan_cuts_the_organ() -> None:

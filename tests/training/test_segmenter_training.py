@@ -15,8 +15,17 @@ import torch
 
 from models.contract import Grid
 from models.segmenter import get_segmenter_spec
+from training.cli import main
 from training.export import export_segmenter
-from training.segmentation_report import card_summary, evaluate_segmenter, median_ci, rate_ci, score_case
+from training.segmentation_report import (
+    LESION_THRESHOLDS,
+    SegmenterRunner,
+    card_summary,
+    evaluate_segmenter,
+    median_ci,
+    rate_ci,
+    score_case,
+)
 from training.segmenter import SegmenterConfig, load_segmenter_config, train_segmenter
 
 SPEC = get_segmenter_spec("hcc")
@@ -113,6 +122,26 @@ def test_evaluation_scores_every_case_and_writes_the_report(
     (tmp_path / "report" / "real-ct" / "real-ct.json").write_text(json.dumps({"scans": real}))
     card_report = card_summary(tmp_path / "report" / "report.json")
     assert card_report["real_ct"] == {"slab": {"liver_dice": 0.9, "predicted_liver_ml_whole_scan": 1000.0}}
+
+
+def test_the_lesion_threshold_is_chosen_on_validation_and_kept_by_the_card(
+    stages: dict[str, Path], hcc_manifest: Path, tmp_path: Path
+) -> None:
+    export_segmenter(stages["coarse"], stages["fine"], tmp_path / "seg.onnx")
+    out = tmp_path / "threshold.json"
+    assert main(["tune-segmenter", str(tmp_path / "seg.onnx"), "--data", str(hcc_manifest), "--split",
+                 "test", "--out", str(out), "--workers", "1"]) == 0  # fmt: skip
+    tuning = json.loads(out.read_text())
+    assert [row["threshold"] for row in tuning["table"]] == list(LESION_THRESHOLDS)
+    best = max(tuning["table"], key=lambda row: (row["lesion_dice"] or 0.0, row["threshold"]))
+    assert tuning["threshold"] == best["threshold"] and tuning["cases"] > 0
+    # The card was updated in place, and the runner (as the service) reads it.
+    assert SegmenterRunner(tmp_path / "seg.onnx").spec.lesion_threshold == tuning["threshold"]
+    # A later export carries the same choice.
+    card = export_segmenter(
+        stages["coarse"], stages["fine"], tmp_path / "again.onnx", lesion_threshold=tuning
+    )
+    assert card["lesion_threshold"] == tuning["threshold"] and card["lesion_threshold_tuning"] == tuning
 
 
 def _ball(shape: tuple[int, int, int], centre: tuple[int, int, int], radius: float) -> np.ndarray:
