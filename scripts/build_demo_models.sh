@@ -49,6 +49,8 @@ wait
 local coarse="$RUNS/hcc-segmenter-coarse-s$SEED/best.pt" fine="$RUNS/hcc-segmenter-fine-s$SEED/best.pt"
 local note="Synthetic only, not real patients (docs/segmenter.md): reactkd synth torso --cases $TORSO_CASES --seed 0 and reactkd synth hcc --cases $HCC_CASES --seed $SEED; trained on their train splits."
 $BIN/reactkd export "$coarse" --fine "$fine" --out "$OUT/hcc_segmenter.onnx" --training-data "$(card "$note")"
+# The lesion threshold, chosen on the training cohorts' validation cases (the card keeps it).
+$BIN/reactkd tune-segmenter "$OUT/hcc_segmenter.onnx" --data $data --out reports/segmenter/lesion-threshold.json
 # Judged on cohorts no training or selection used (seeds 31-34), every case of each
 # (reports/segmenter/README.md), then on real CT (TotalSegmentator's reference scans).
 [ -f "$WORK/seg-torso/manifest.csv" ] || $BIN/reactkd synth torso --out "$WORK/seg-torso" --cases 40 --seed 31
@@ -61,7 +63,7 @@ $BIN/reactkd evaluate "$OUT/hcc_segmenter.onnx" --split all --out reports/segmen
   --cohort "external=$WORK/seg-ext/manifest.csv" --cohort "no-liver=$WORK/seg-noliver/manifest.csv"
 $BIN/python -m training.real_ct --model "$OUT/hcc_segmenter.onnx" --out reports/segmenter/real-ct
 $BIN/reactkd export "$coarse" --fine "$fine" --out "$OUT/hcc_segmenter.onnx" --training-data "$(card "$note")" \
-  --report reports/segmenter/report.json
+  --report reports/segmenter/report.json --lesion-threshold reports/segmenter/lesion-threshold.json
 }
 
 brats() {  # hybrid CNN+ViT teacher, then the EfficientNet-style student

@@ -155,8 +155,9 @@ def _tune_segmenter(args: argparse.Namespace) -> None:
     card_path.write_text(json.dumps(card, indent=2))
     for row in tuning["table"]:
         print(
-            f"threshold {row['threshold']:.2f}: lesion Dice {row['lesion_dice']:.3f}, dominant lesion "
-            f"found {row['dominant_found']:.0%}, false lesions a case {row['false_lesions_per_case']:.2f}"
+            f"threshold {row['threshold']:.2f}: lesion F1 {row['lesion_f1']:.3f} (precision "
+            f"{row['lesion_precision']:.2f}, recall {row['lesion_recall']:.2f}), lesion Dice "
+            f"{row['lesion_dice']:.3f}, dominant lesion found {row['dominant_found']:.0%}"
         )
     chosen = f"chose {tuning['threshold']} on {tuning['cases']} {tuning['split']} cases"
     print(f"{chosen}; wrote {args.out} and {card_path}")

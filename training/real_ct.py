@@ -46,7 +46,7 @@ def _liver_truth_on(scan: Volume, labels: Volume) -> tuple[np.ndarray, np.ndarra
     return liver, covered
 
 
-def _labels_on_trunk(labels: Volume, slab: Volume, trunk: Volume) -> Volume:
+def labels_on_trunk(labels: Volume, slab: Volume, trunk: Volume) -> Volume:
     """The slab's labels placed on the trunk. The slab is slices z0.. of the trunk, but its
     header gives it the trunk's origin; z0 is found from the pixels themselves."""
     depth = slab.array.shape[2]
@@ -157,7 +157,7 @@ def real_ct_report(model: Path, out: Path, cache: Path | None = None) -> dict[st
     )
     scored = {
         "slab": (slab, score_scan(runner, slab, labels)),
-        "trunk": (trunk, score_scan(runner, trunk, _labels_on_trunk(labels, slab, trunk))),
+        "trunk": (trunk, score_scan(runner, trunk, labels_on_trunk(labels, slab, trunk))),
         "chest": (chest, score_scan(runner, chest, None)),
     }
     out.mkdir(parents=True, exist_ok=True)

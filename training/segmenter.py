@@ -290,13 +290,13 @@ class WindowDataset(Dataset):
         self._draws += 1
         rng = np.random.default_rng([self.seed, worker_seed, self._draws])
         case = self.case(index)
-        image, labels = case["image"][0].astype(np.float32), case["labels"]
+        image, labels = case["image"][0], case["labels"]
         centre = self._centre(case, rng)
         window = tuple(
             slice(int(c) - r // 2, int(c) - r // 2 + r) for c, r in zip(centre, self.roi, strict=True)
         )
-        item = {
-            "image": _crop(image, window, 0.0)[None],
+        item = {  # the window cast, not the case: a whole fine case to float32 took 0.1 s a step
+            "image": _crop(image, window, 0.0).astype(np.float32)[None],
             "label": _crop(labels, window, 0)[None].astype(np.float32),
         }
         out = self._augment(item)

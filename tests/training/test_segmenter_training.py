@@ -133,7 +133,10 @@ def test_the_lesion_threshold_is_chosen_on_validation_and_kept_by_the_card(
                  "test", "--out", str(out), "--workers", "1"]) == 0  # fmt: skip
     tuning = json.loads(out.read_text())
     assert [row["threshold"] for row in tuning["table"]] == list(LESION_THRESHOLDS)
-    best = max(tuning["table"], key=lambda row: (row["lesion_dice"] or 0.0, row["threshold"]))
+    best = max(tuning["table"], key=lambda row: (row["lesion_f1"], row["threshold"]))
+    for row in tuning["table"]:
+        p, r = row["lesion_precision"], row["lesion_recall"]
+        assert row["lesion_f1"] == pytest.approx(2 * p * r / (p + r) if p + r else 0.0)
     assert tuning["threshold"] == best["threshold"] and tuning["cases"] > 0
     # The card was updated in place, and the runner (as the service) reads it.
     assert SegmenterRunner(tmp_path / "seg.onnx").spec.lesion_threshold == tuning["threshold"]
@@ -159,12 +162,14 @@ def test_scoring_knows_found_missed_and_false_lesions() -> None:
     row = score_case(perfect, liver, tumor, grid, SPEC)
     assert row["organ_dice"] == 1.0 and row["lesion_dice"] == 1.0 and row["dominant_found"]
     assert row["false_lesions"] == 0 and row["true_lesions"] == 2 and row["center_error_mm"] == 0.0
+    assert row["found_lesions"] == 2
     # The dominant lesion missed, the satellite found, and one lesion where there is none.
     wrong = liver.copy()
     wrong[_ball(shape, (20, 20, 28), 2)] = 2
     wrong[_ball(shape, (12, 20, 20), 2)] = 2
     row = score_case(wrong, liver, tumor, grid, SPEC)
     assert row["dominant_found"] is False and row["false_lesions"] == 1 and row["predicted_lesions"] == 2
+    assert row["found_lesions"] == 1
     # A head: no organ to score, the predicted organ volume is what is reported.
     row = score_case(np.zeros(shape, np.uint8), None, None, grid, SPEC)
     assert (
