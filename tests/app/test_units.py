@@ -177,3 +177,10 @@ def test_the_answered_class_follows_the_cards_decision_weights(tmp_path: Path) -
         folder=tmp_path,
     )
     assert weighted.label_of(probabilities) == 0
+
+
+def test_a_segmenter_card_whose_lesion_threshold_is_no_probability_does_not_load(tmp_path: Path) -> None:
+    card = {"task": "hcc", "role": "segmenter", "lesion_threshold": 2.0, "stages": {}}
+    model = ServedModel(name="seg", card=card, folder=tmp_path)
+    model.load(Settings(model_dir=tmp_path, store_dir=tmp_path / "store", _env_file=None))  # type: ignore[call-arg]
+    assert model.status == "failed" and "lesion_threshold" in (model.reason or "")
