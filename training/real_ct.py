@@ -3,7 +3,7 @@
     python -m training.real_ct --model app/demo_models/hcc_segmenter.onnx --out reports/segmenter/real-ct
 
 Synthetic Dice says how well the segmenter learnt its phantoms; this says whether that
-carries over to a person. Two scans, both segmented whole as the service does:
+carries over to a person. Three scans, each segmented whole as the service does:
 
 - ``slab``: ``example_ct_sm.nii.gz`` (30 slices of 3 mm at liver level) against its liver
   label; a liver the slab cuts at both ends;
@@ -61,7 +61,8 @@ def labels_on_trunk(labels: Volume, slab: Volume, trunk: Volume) -> Volume:
 def raw_liver_components(runner: SegmenterRunner, scan: Volume, min_ml: float = 5.0) -> list[dict[str, Any]]:
     """The coarse stage's liver before the largest piece is kept: each 26-connected component
     over `min_ml`, largest first, with its RAS+ centre and its offset from the body's centre
-    (mm; +x is the patient's right, +z the head)."""
+    (mm; +x is the patient's right, +z the head). The coarse stage runs again here (`segment`
+    keeps only the cleaned labels): a second pass a report can afford and serving need not."""
     overview = segmenter_input(scan, runner.spec)
     coarse = sliding_window(runner.predictors["coarse"], overview.image, runner.spec.coarse)
     coarse = only_scanned(coarse, overview.scanned)
