@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -424,7 +425,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False) -> Path:
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / cfg.steps) ** 0.9)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-    step, best = 0, -math.inf
+    step, best, minutes_before = 0, -math.inf, 0.0
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if resume and last_path.exists():
         state = torch.load(last_path, map_location=device, weights_only=False)
@@ -432,9 +433,11 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, best = state["step"], state["best_score"]
+        minutes_before = float(state.get("metrics", {}).get("minutes", 0.0))
         log.info("resumed %s at step %d (best validation score %.3f)", cfg.name, step, best)
 
     # --- loop
+    started = time.monotonic()  # the card's minutes: training and validation, resumed runs summed
     net.train()
     running: list[float] = []
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, dynamic_ncols=True)
@@ -457,6 +460,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False) -> Path:
                 "lr": float(scheduler.get_last_lr()[0]),
             }
             row.update(validate(net, val_paths, spec, stage, device))
+            row["minutes"] = round(minutes_before + (time.monotonic() - started) / 60.0, 2)
             running = []
             append_row(run_dir / "metrics.csv", row)
             bar.set_postfix(

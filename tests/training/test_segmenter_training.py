@@ -72,6 +72,8 @@ def test_a_resumed_run_continues_at_its_step(hcc_manifest: Path, stages: dict[st
     train_segmenter(cfg, resume=True)
     rows = list(csv.DictReader((cfg.run_dir / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [2, 4]
+    # Minutes (for the card) count on from the first run's.
+    assert 0.0 < float(rows[0]["minutes"]) <= float(rows[1]["minutes"])
 
 
 def test_a_config_file_is_read_and_typos_refused(tmp_path: Path) -> None:
