@@ -176,3 +176,15 @@ def test_the_cohort_writes_each_label_map_beside_its_ct(tmp_path: Path) -> None:
     assert np.asarray(labels.dataobj).dtype == np.uint8
     assert np.allclose(labels.affine, liver.affine)
     assert np.array_equal(np.isin(np.asarray(labels.dataobj), LIVER), np.asarray(liver.dataobj) > 0)
+
+
+def test_the_bowel_is_a_thin_wall_around_its_content_not_a_solid_organ() -> None:
+    """A solid blob of bowel wall looks like a liver (issue #34: the segmenter called such
+    blobs liver in pelvis-only scans). Loops are a wall of a few mm around fluid and gas."""
+    grid = centered_grid((80, 64, 40), (3.0, 3.0, 3.0), (0.0, 10.0, -200.0))
+    labels = paint_labels(grid, np.zeros(3), np.random.default_rng(3), "abdomen")
+    wall = labels == LABELS["bowel_wall"]
+    lumen = np.isin(labels, [LABELS[n] for n in ("bowel_fluid", "bowel_contrast", "gas")])
+    assert wall.sum() > 1000 and lumen.sum() > wall.sum() / 4
+    depth_mm = ndimage.distance_transform_edt(wall, sampling=(3.0, 3.0, 3.0))
+    assert np.percentile(depth_mm[wall], 99) <= 9.0  # no wall deeper than three voxels

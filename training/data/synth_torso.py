@@ -16,8 +16,9 @@ map**. Shapes and intensities are thus varied apart, and the masks are exact by 
      diaphragm domes, a liver shaped as a wedge under the right dome (a large right lobe
      tapering to a thin left lobe across the midline, its surfaces warped by smooth noise),
      gallbladder, stomach, spleen, pancreas, kidneys (cortex and medulla), aorta, IVC and
-     portal vein, vertebrae with discs, ribs, bowel (wall, fluid, gas, oral contrast),
-     pelvic bones and bladder, a patient table; or a head and neck (no liver at all).
+     portal vein, vertebrae with discs, ribs, bowel (loops of a thin wall around fluid, gas
+     or oral contrast, fat between them), gluteal muscles, pelvic bones and bladder, a
+     patient table; or a head and neck (no liver at all).
    * Field of view: the abdomen, the liver cut at its top or bottom, the chest only, the
      pelvis only, chest to pelvis, a narrow in-plane field that cuts the body's sides.
    * Lesions: none (a quarter of the torsos), or one to five anywhere in the liver, each its
@@ -538,10 +539,18 @@ def _paint_bowel_and_pelvis(t: _Trunk, rng: np.random.Generator, occupied: np.nd
     u, v, w = canvas.u, canvas.v, canvas.w
     lower = t.abdomen & ~occupied & (w < -60)
     loops = canvas.noise(rng, rng.uniform(18, 30))
+    folds = canvas.noise(rng, rng.uniform(20, 30))
     content = canvas.noise(rng, 10)
-    bowel = lower & ~(loops > rng.uniform(0.3, 0.8))  # the rest is mesentery (visceral fat)
+    limit = rng.uniform(0.3, 0.8)
+    bowel = lower & (loops < limit)  # the rest is mesentery (visceral fat)
+    # Real bowel is a wall of 2-3 mm around gas, fluid or faeces, its loops apart by fat; a
+    # solid blob of wall would look like a liver. So the bowel is cut into loops along the
+    # sheets of `folds` (fat in the middle, wall on both sides), with a wall where it meets
+    # the mesentery, and the rest is lumen.
+    wall = bowel & ((np.abs(folds) < 0.16) | (loops > limit - 0.12))
     t.paint(bowel, "bowel_wall")
-    lumen = bowel & (np.abs(loops) < 0.35)
+    t.paint(bowel & (np.abs(folds) < 0.06), "visceral_fat")
+    lumen = bowel & ~wall
     t.paint(lumen, "bowel_fluid")
     t.paint(lumen & (content > 0.6), "gas")
     if rng.random() < 0.25:  # oral contrast in some loops
@@ -549,6 +558,10 @@ def _paint_bowel_and_pelvis(t: _Trunk, rng: np.random.Generator, occupied: np.nd
     psoas_u = np.abs(u) - 38 - 0.08 * np.maximum(-w - 150, 0)
     psoas = (np.sqrt((psoas_u / 16) ** 2 + ((v - spine_v - 10) / 16) ** 2) < 1) & (w < -150) & t.abdomen
     t.paint(psoas, "muscle")
+    # Gluteal muscles behind and beside the pelvis, below the iliac crests: large muscles a
+    # pelvis-only scan is full of, and which must not be taken for a liver.
+    gluteal_r = np.sqrt(((np.abs(u) - rng.uniform(60, 80)) / 48) ** 2 + ((v - spine_v + 25) / 38) ** 2)
+    t.paint((gluteal_r < 1) & (w < -320) & t.body, "muscle")
     # Pelvis: iliac wings, femoral heads (a cortical shell around marrow), bladder.
     iliac_r = np.sqrt(((np.abs(u) - 20) / 105) ** 2 + ((v - spine_v - 25) / 60) ** 2)
     iliac = (np.abs(iliac_r - 1) < 0.06) & (w < -290) & (w > -420) & (v < spine_v + 50) & (np.abs(u) > 35)
