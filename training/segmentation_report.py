@@ -240,6 +240,7 @@ def tune_lesion_threshold(
         hits = sum(r["predicted_lesions"] - r["false_lesions"] for r in at)  # components on a lesion
         precision, recall = hits / max(hits + false, 1), found / max(found + missed, 1)
         lesion_free = [r for r in at if r["true_lesions"] == 0 and r["true_organ_ml"] > 0]
+        dice_values = [r["lesion_dice"] for r in with_lesion]
         table.append(
             {
                 "threshold": threshold,
@@ -249,7 +250,7 @@ def tune_lesion_threshold(
                 "lesions_found": found,
                 "lesions_missed": missed,
                 "false_lesions": false,
-                "lesion_dice": median_ci([r["lesion_dice"] for r in with_lesion])["median"],
+                "lesion_dice": float(np.median(dice_values)) if dice_values else None,
                 "dominant_found": rate_ci(
                     sum(bool(r["dominant_found"]) for r in with_lesion), len(with_lesion)
                 )["rate"],
