@@ -216,8 +216,22 @@ def coarse_grid(volume: Volume, spec: SegmenterSpec) -> Grid:
 
 
 def fine_grid(organ: np.ndarray, grid: Grid, spec: SegmenterSpec) -> Grid:
-    """The fine stage's grid: over the box of `organ` ((D, H, W) bool on `grid`, non-empty)."""
-    low, high = _world_box(grid.affine, *_index_box(from_tensor_layout(organ)))
+    """The fine stage's grid: over the box of `organ` ((D, H, W) bool on `grid`, non-empty).
+
+    An organ longer than the fine grid can hold (`Stage.max_shape` with its margin) is not
+    one liver: the coarse stage joined it to a neighbour. Along such an axis the grid covers
+    the stretch that holds the most of the organ, rather than the box's middle, where the
+    bridge between the two lies.
+    """
+    organ_xyz = from_tensor_layout(organ)
+    lo, hi = _index_box(organ_xyz)
+    room_mm = np.asarray(spec.fine.max_shape) * np.asarray(spec.fine.spacing_mm) - 2 * spec.fine.margin_mm
+    room = np.maximum((room_mm / np.asarray(grid.spacing)).astype(int), 1)  # voxels of `grid`
+    for axis in np.flatnonzero(hi - lo + 1 > room):
+        profile = organ_xyz.sum(axis=tuple(a for a in range(3) if a != axis))
+        start = int(np.argmax(np.convolve(profile, np.ones(room[axis]), mode="valid")))
+        lo[axis], hi[axis] = start, start + room[axis] - 1
+    low, high = _world_box(grid.affine, lo, hi)
     return box_grid(low, high, spec.fine)
 
 

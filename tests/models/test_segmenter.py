@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.contract import Grid, Volume
+from models.contract import Grid, Volume, to_tensor_layout
 from models.registry import model_from_checkpoint
 from models.segmenter import (
     coarse_grid,
+    fine_grid,
     get_segmenter_spec,
     labels_from_probabilities,
     mask_on_grid,
@@ -115,6 +116,32 @@ def test_the_coarse_grid_covers_the_scan_at_the_stage_spacing() -> None:
         prepared.image.shape == (1, *g.shape[::-1]) and 0 <= prepared.image.min() <= prepared.image.max() <= 1
     )
     assert prepared.scanned.mean() > 0.5
+
+
+def test_the_fine_grid_covers_the_larger_part_of_an_organ_too_long_to_be_one() -> None:
+    # A 180 mm liver joined by a thin bridge to a smaller blob below: 360 mm in all, more
+    # than the fine grid holds (192 voxels of 1.5 mm less its margins).
+    organ = np.zeros((40, 40, 140), dtype=bool)  # (x, y, z) voxels of 3 mm
+    organ[5:35, 5:35, 70:130] = True  # the liver, on top
+    organ[18:22, 18:22, 40:70] = True  # the bridge
+    organ[12:28, 12:28, 10:40] = True  # the neighbour
+    coarse = grid((40, 40, 140))
+    fine = fine_grid(to_tensor_layout(organ), coarse, SPEC)
+    low, high = box_of(fine)
+    assert fine.shape[2] == SPEC.fine.max_shape[2]
+    assert low[2] <= 70 * 3 - 1.5 and high[2] >= 130 * 3 - 1.5  # the whole liver, to its top
+    assert low[0] <= 5 * 3 - 1.5 and high[0] >= 35 * 3 - 1.5
+    # An organ that fits is covered whole, centred on its box.
+    liver_only = np.where(np.arange(140) >= 70, organ, False)
+    low, high = box_of(fine_grid(to_tensor_layout(liver_only), coarse, SPEC))
+    assert (low[2] + high[2]) / 2 == pytest.approx((70 * 3 + 130 * 3) / 2 - 1.5, abs=1.0)
+
+
+def box_of(g: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest corner (mm) of an axis-aligned grid's voxels, edges included."""
+    spacing = np.diag(g.affine)[:3]
+    low = g.affine[:3, 3] - spacing / 2
+    return low, low + np.asarray(g.shape) * spacing
 
 
 def test_sliding_window_covers_a_grid_larger_than_its_window() -> None:

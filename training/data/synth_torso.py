@@ -73,11 +73,11 @@ PHASES = ("unenhanced", "arterial", "portal", "delayed")
 PHASE_PROBABILITIES = (0.2, 0.15, 0.5, 0.15)
 # Fields of view and their shares: (name, probability).
 FIELDS = (
-    ("abdomen", 0.42),
+    ("abdomen", 0.40),
     ("liver_cut_top", 0.1),
     ("liver_cut_bottom", 0.08),
     ("chest", 0.09),
-    ("pelvis", 0.08),
+    ("pelvis", 0.10),
     ("chest_abdomen_pelvis", 0.13),
     ("head", 0.10),
 )
