@@ -188,3 +188,20 @@ def test_the_bowel_is_a_thin_wall_around_its_content_not_a_solid_organ() -> None
     assert wall.sum() > 1000 and lumen.sum() > wall.sum() / 4
     depth_mm = ndimage.distance_transform_edt(wall, sampling=(3.0, 3.0, 3.0))
     assert np.percentile(depth_mm[wall], 99) <= 9.0  # no wall deeper than three voxels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_pelvis_holds_a_bladder_a_uterus_or_prostate_and_a_walled_colon(seed: int) -> None:
+    """What a pelvis-only scan is full of, beside the muscles: organs of a liver's tone in
+    enhanced phases, which the segmenter must learn are not a liver (issue #34)."""
+    grid = centered_grid((80, 64, 48), (3.0, 3.0, 3.0), (0.0, 10.0, -400.0))
+    labels = paint_labels(grid, np.zeros(3), np.random.default_rng(seed), "pelvis")
+    ml = {name: float((labels == LABELS[name]).sum()) * 27 / 1000 for name in ("bladder", "pelvic_organ")}
+    assert 10 <= ml["bladder"] <= 800 and 10 <= ml["pelvic_organ"] <= 400, ml
+    assert not np.isin(labels, LIVER).any()
+    content = np.isin(labels, [LABELS["faeces"], LABELS["bowel_fluid"], LABELS["gas"]])
+    assert content.any()
+    faeces = labels == LABELS["faeces"]
+    if faeces.any():  # faeces fill the colon only: a wall or gas around them, never fat
+        ring = ndimage.binary_dilation(faeces) & ~faeces
+        assert np.isin(labels[ring], [LABELS[n] for n in ("visceral_fat", "fat")]).mean() < 0.05

@@ -17,8 +17,9 @@ map**. Shapes and intensities are thus varied apart, and the masks are exact by 
      tapering to a thin left lobe across the midline, its surfaces warped by smooth noise),
      gallbladder, stomach, spleen, pancreas, kidneys (cortex and medulla), aorta, IVC and
      portal vein, vertebrae with discs, ribs, bowel (loops of a thin wall around fluid, gas
-     or oral contrast, fat between them), gluteal muscles, pelvic bones and bladder, a
-     patient table; or a head and neck (no liver at all).
+     or oral contrast, fat between them), the colon's frame around them (faeces mottled
+     with gas), gluteal and iliacus muscles, pelvic bones, the uterus or the prostate and
+     the bladder, a patient table; or a head and neck (no liver at all).
    * Field of view: the abdomen, the liver cut at its top or bottom, the chest only, the
      pelvis only, chest to pelvis, a narrow in-plane field that cuts the body's sides.
    * Lesions: none (a quarter of the torsos), or one to five anywhere in the liver, each its
@@ -124,6 +125,8 @@ LABELS: dict[str, int] = {
     "lesion_5": 36,
     "necrosis": 37,  # the dominant lesion's necrotic core
     "lesion_rim": 38,  # an enhancing rim, of any lesion
+    "faeces": 39,  # the colon's content: stool mottled with gas
+    "pelvic_organ": 40,  # uterus or prostate: enhancing soft tissue the size of a fist
 }
 LESION_LABELS = tuple(LABELS[f"lesion_{k}"] for k in range(1, 6))
 TUMOR_LABELS = (*LESION_LABELS, LABELS["necrosis"], LABELS["lesion_rim"])
@@ -240,12 +243,17 @@ _LABEL_HU: dict[str, _Tone] = {
     "brain": _Tone(None, 28, 40),
     "skull": _Tone(None, 900, 1500),
     "table": _Tone(None, 150, 500),
+    "faeces": _Tone(None, -70, 30),
+    # The myometrium and the prostate enhance like the bowel wall, a little more: in
+    # enhanced phases they read as bright as a liver.
+    "pelvic_organ": _Tone("bowel_wall", 5, 20),
 }
 # Texture inside a label: HU std of smooth noise about 8 mm across. Lung parenchyma, a mottled
 # spleen, liver grain and trabecular bone vary most; every other tissue a little, so no organ
 # is flat. Air outside the body and the table are left flat.
 _TEXTURE_HU = {"background": 0.0, "table": 0.0, "lung": 25.0, "spleen": 5.0, "liver": 4.0, "brain": 3.0}
 _TEXTURE_HU |= {"fat": 4.0, "bone_marrow": 25.0, "bone_cortex": 60.0, "skull": 80.0, "gas": 15.0}
+_TEXTURE_HU |= {"faeces": 35.0}
 _DEFAULT_TEXTURE_HU = 2.0
 
 
@@ -534,7 +542,8 @@ def _paint_upper_organs(
 
 
 def _paint_bowel_and_pelvis(t: _Trunk, rng: np.random.Generator, occupied: np.ndarray) -> np.ndarray:
-    """Bowel loops below the upper organs, psoas, pelvic bones and bladder; returns the bone."""
+    """Bowel loops and the colon below the upper organs, psoas, the pelvis and its organs;
+    returns the pelvic bone."""
     canvas, spine_v = t.canvas, t.spine_v
     u, v, w = canvas.u, canvas.v, canvas.w
     lower = t.abdomen & ~occupied & (w < -60)
@@ -555,6 +564,7 @@ def _paint_bowel_and_pelvis(t: _Trunk, rng: np.random.Generator, occupied: np.nd
     t.paint(lumen & (content > 0.6), "gas")
     if rng.random() < 0.25:  # oral contrast in some loops
         t.paint(lumen & (content > -0.4) & (content < 0.2), "bowel_contrast")
+    _paint_colon(t, rng, lower, content)
     psoas_u = np.abs(u) - 38 - 0.08 * np.maximum(-w - 150, 0)
     psoas = (np.sqrt((psoas_u / 16) ** 2 + ((v - spine_v - 10) / 16) ** 2) < 1) & (w < -150) & t.abdomen
     t.paint(psoas, "muscle")
@@ -562,19 +572,64 @@ def _paint_bowel_and_pelvis(t: _Trunk, rng: np.random.Generator, occupied: np.nd
     # pelvis-only scan is full of, and which must not be taken for a liver.
     gluteal_r = np.sqrt(((np.abs(u) - rng.uniform(60, 80)) / 48) ** 2 + ((v - spine_v + 25) / 38) ** 2)
     t.paint((gluteal_r < 1) & (w < -320) & t.body, "muscle")
-    # Pelvis: iliac wings, femoral heads (a cortical shell around marrow), bladder.
+    # Pelvis: iliac wings lined by the iliacus muscle, femoral heads (a cortical shell
+    # around marrow), the uterus or the prostate, the bladder (up to 700 ml).
     iliac_r = np.sqrt(((np.abs(u) - 20) / 105) ** 2 + ((v - spine_v - 25) / 60) ** 2)
-    iliac = (np.abs(iliac_r - 1) < 0.06) & (w < -290) & (w > -420) & (v < spine_v + 50) & (np.abs(u) > 35)
+    in_wings = (w < -290) & (w > -420) & (v < spine_v + 50) & (np.abs(u) > 35)
+    iliac = (np.abs(iliac_r - 1) < 0.06) & in_wings
+    t.paint((iliac_r < 0.94) & (iliac_r > 0.74) & in_wings & t.abdomen, "muscle")  # iliacus
     femoral_r = np.minimum(
         canvas.radius((95, spine_v + 70, -440), (24, 24, 24)),
         canvas.radius((-95, spine_v + 70, -440), (24, 24, 24)),
     )
-    bladder = (canvas.radius((0, spine_v + 110, -425), (rng.uniform(30, 55), 35, 35)) < 1) & t.abdomen
+    if rng.random() < 0.5:  # a uterus above and behind the bladder
+        centre = (rng.uniform(-15, 15), spine_v + rng.uniform(60, 80), rng.uniform(-410, -380))
+        semi = (rng.uniform(28, 45), rng.uniform(22, 35), rng.uniform(35, 55))
+    else:  # a prostate below it
+        centre, semi = (0.0, spine_v + rng.uniform(85, 100), -470.0), tuple(rng.uniform(16, 24, size=3))
+    pelvic_organ = (canvas.radius(centre, semi) < 1 + 0.08 * canvas.noise(rng, 30)) & t.abdomen
+    t.paint(pelvic_organ, "pelvic_organ")
+    bladder_semi = (rng.uniform(30, 65), rng.uniform(30, 50), rng.uniform(28, 50))
+    bladder = (canvas.radius((0, spine_v + 110, -425), bladder_semi) < 1) & t.abdomen
     pelvic_bone = (iliac | (femoral_r < 1)) & t.body
     t.paint(bladder & ~pelvic_bone, "bladder")
     t.paint(pelvic_bone, "bone_cortex")
     t.paint(pelvic_bone & (femoral_r < 0.75), "bone_marrow")
     return pelvic_bone
+
+
+def _paint_colon(t: _Trunk, rng: np.random.Generator, lower: np.ndarray, content: np.ndarray) -> None:
+    """The colon's frame: ascending on the right flank from the caecum to under the liver,
+    transverse across the front, descending on the left flank, then the rectum in front
+    of the sacrum. A tube of 20-30 mm radius, its course warped, a 3 mm wall around
+    faeces mottled with gas (or fluid), painted over the small bowel."""
+    canvas, spine_v = t.canvas, t.spine_v
+    u, v, w = canvas.u, canvas.v, canvas.w
+    warp = 10 * canvas.noise(rng, 60)
+    radius = rng.uniform(20, 30)
+    flank = float(np.median(t.a)) - t.fat_mm - rng.uniform(45, 60)  # the colon's distance from the midline
+    flexure = rng.uniform(-160, -120)  # height of the transverse colon
+    transverse_v = rng.uniform(10, 40)
+    sagging = flexure - rng.uniform(20, 60) * (1 - (u / flank) ** 2)  # lowest in the middle
+    rectum_u = rng.uniform(-20, 5)
+    far = np.float32(np.inf)
+    limbs = (
+        # ascending (the patient's right, u > 0) and descending (left) limbs
+        ((w < flexure) & (w > -330), np.hypot(u - flank + warp, v - spine_v - 35 + warp)),
+        ((w < flexure + 30) & (w > -340), np.hypot(u + flank + warp, v - spine_v - 30 + warp)),
+        # transverse, from one flank to the other, sagging in the middle
+        (np.abs(u) < flank, np.hypot(v - transverse_v + warp, w - sagging + warp)),
+        # sigmoid and rectum
+        (w < -300, np.hypot(u - rectum_u + warp, v - spine_v - 40 + warp)),
+    )
+    distance = np.full(canvas.shape, far, dtype=np.float32)
+    for where, limb in limbs:
+        np.minimum(distance, np.where(where, limb, far), out=distance)
+    colon = lower & (distance < radius) & (w > -480)
+    t.paint(colon, "bowel_wall")
+    lumen = colon & (distance < radius - 3)
+    t.paint(lumen, "faeces" if rng.random() < 0.8 else "bowel_fluid")
+    t.paint(lumen & (content > 0.3), "gas")
 
 
 def _paint_head(canvas: _Canvas, rng: np.random.Generator, labels: np.ndarray) -> None:
