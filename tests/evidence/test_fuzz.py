@@ -10,9 +10,10 @@ and 422s a schema alone leads to:
   documents (`task`, one binary field per modality, `study`, `mask`), so the fuzzer sends
   forms, and in a share of the examples swaps in a real CT (NIfTI or a zipped DICOM series).
 - Routes under `/v1/explain/{id}` and `/v1/predictions/{id}` take a random id in some
-  examples and, in the others, the id of a real prediction made before the run (from NIfTI
-  and from DICOM, so the DICOM result routes have something to serve), so slice indices,
-  planes, formats and methods are fuzzed on real data.
+  examples and, in the others, the id of a real prediction made before the run (graded on
+  the client's mask from NIfTI and from DICOM, so the DICOM result routes have something to
+  serve; and one localized by the segmenter), so slice indices, planes, formats and methods
+  are fuzzed on real data.
 
 The property is: no response is a 5xx, except a 503 that carries Retry-After (the
 concurrency gate) and the typed problems listed in `DELIBERATE_5XX`; every error is
@@ -52,7 +53,7 @@ from models.contract import Volume
 from models.tasks import TASKS
 
 from .evidence_helpers import DEMO_MODELS, make_settings
-from .server import ct_nifti
+from .server import ct_nifti, lesion_mask_nifti
 
 EXAMPLES = int(os.environ.get("REACTKD_FUZZ_EXAMPLES", "25"))
 """Generated examples per operation (the explicit schema examples come on top)."""
@@ -118,11 +119,17 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     app = create_app(make_settings(DEMO_MODELS, store, max_concurrent_inferences=2))
     nifti = ct_nifti()
     dicom = _dicom_zip(nifti)
+    mask = ("mask.nii.gz", lesion_mask_nifti())
     ids = []
     with TestClient(app) as client:
-        for name, data in (("ct.nii.gz", nifti), ("ct.zip", dicom)):
-            response = client.post("/v1/predict", data={"task": "hcc"}, files=[("ct", (name, data))])
+        # Graded with the client's mask (whatever the shipped segmenter makes of this toy CT),
+        # from NIfTI and from DICOM; and once as the segmenter sees it, graded or not.
+        seeds = (("ct.nii.gz", nifti, True), ("ct.zip", dicom, True), ("ct.nii.gz", nifti, False))
+        for name, data, with_mask in seeds:
+            files = [("ct", (name, data)), *([("mask", mask)] if with_mask else [])]
+            response = client.post("/v1/predict", data={"task": "hcc"}, files=files)
             assert response.status_code == 200, response.text[:500]
+            assert response.json()["gradable"] or not with_mask, response.text[:500]
             ids.append(response.json()["id"])
     # The store is on disk: the lifespan schemathesis starts over ASGI opens the same one.
     yield Seeded(app, ids, nifti, dicom)
