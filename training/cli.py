@@ -6,6 +6,7 @@
     reactkd train segmenter --task hcc --stage coarse|fine --data A/manifest.csv B/manifest.csv
     reactkd export COARSE.pt --fine FINE.pt --out DIR/NAME.onnx [--report R.json] [--lesion-threshold T.json]
     reactkd tune-segmenter DIR/NAME.onnx --data A/manifest.csv B/manifest.csv --out T.json
+    reactkd segment DIR/NAME.onnx --data A/manifest.csv --out B    (a grader trains on B/manifest.csv)
     reactkd train teacher --task hcc --kind structure-function --data DIR/manifest.csv
     reactkd train student --task hcc --teachers SF.pt DOSE.pt --data DIR/manifest.csv
     reactkd export runs/NAME/best.pt --out models/NAME.onnx [--data DIR/manifest.csv] [--calibrate] [--int8]
@@ -20,6 +21,7 @@ Every command prints what it wrote; long ones show progress bars.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
@@ -161,6 +163,18 @@ def _tune_segmenter(args: argparse.Namespace) -> None:
         )
     chosen = f"chose {tuning['threshold']} on {tuning['cases']} {tuning['split']} cases"
     print(f"{chosen}; wrote {args.out} and {card_path}")
+
+
+def _segment(args: argparse.Namespace) -> None:
+    from training.predicted_masks import segment_cohort
+
+    manifest = segment_cohort(args.model, args.data, args.out, workers=args.workers)
+    with manifest.open() as f:
+        sources = [row["mask_source"] for row in csv.DictReader(f)]
+    print(
+        f"wrote {manifest}: the segmenter's masks for {sources.count('model')} cases, the true ones "
+        f"for {sources.count('truth')} where it found no lesion"
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -330,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", type=Path, required=True, help="JSON of the choice and its table")
     tune.add_argument("--workers", type=int, default=None)
     tune.set_defaults(func=_tune_segmenter)
+
+    seg = commands.add_parser(
+        "segment", help="a cohort's masks as an exported segmenter draws them, as a new manifest"
+    )
+    seg.add_argument("model", type=Path, help="NAME.onnx of a segmenter")
+    seg.add_argument("--data", type=Path, required=True, help="HCC manifest.csv")
+    seg.add_argument("--out", type=Path, required=True, help="folder of the masks and their manifest.csv")
+    seg.add_argument("--workers", type=int, default=None)
+    seg.set_defaults(func=_segment)
 
     evaluate = commands.add_parser("evaluate", help="metrics, plots and a report for a .pt or .onnx model")
     evaluate.add_argument("model", type=Path)

@@ -200,3 +200,36 @@ def test_intervals_hold_their_estimate() -> None:
     rate = rate_ci(19, 20)
     assert rate["rate"] == 0.95 and rate["ci95"][0] < 0.95 < rate["ci95"][1] <= 1.0
     assert rate_ci(0, 0)["rate"] is None
+
+
+SHIPPED_SEGMENTER = Path(__file__).resolve().parents[2] / "app" / "demo_models" / "hcc_segmenter.onnx"
+
+
+def test_a_cohort_segmented_is_a_manifest_of_the_segmenters_masks(hcc_manifest: Path, tmp_path: Path) -> None:
+    from training.data.readers import load_case, read_hcc_manifest
+
+    rows = list(csv.DictReader(hcc_manifest.open()))[:3]
+    subset = hcc_manifest.parent / "three.csv"
+    with subset.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "predicted"
+    assert main(["segment", str(SHIPPED_SEGMENTER), "--data", str(subset), "--out", str(out),
+                 "--workers", "1"]) == 0  # fmt: skip
+    written = list(csv.DictReader((out / "manifest.csv").open()))
+    assert [r["case_id"] for r in written] == [r["case_id"] for r in rows]
+    for old, new, record in zip(rows, written, read_hcc_manifest(out / "manifest.csv"), strict=True):
+        kept = ("grade", "split", "dose")
+        assert {k: new[k] for k in kept} == {k: old[k] for k in kept}
+        assert Path(new["ct"]) == (hcc_manifest.parent / old["ct"]).resolve()
+        # Every case was segmented; the mask columns are the segmenter's only where it found a lesion.
+        predicted = load_case(record)  # on the CT's grid, or load_case refuses it
+        assert (out / new["case_id"] / "tumor.nii.gz").is_file()
+        found = float(new["predicted_lesion_ml"]) > 0
+        assert new["mask_source"] == ("model" if found else "truth")
+        expected = out / new["case_id"] if found else hcc_manifest.parent / old["case_id"]
+        assert Path(new["tumor_mask"]).parent == expected.resolve()
+        assert predicted.masks["tumor"].array.any()
+    # The shipped segmenter finds the benchmark's lesions in most cases (reports/segmenter/).
+    assert "model" in {r["mask_source"] for r in written}
