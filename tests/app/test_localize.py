@@ -29,8 +29,10 @@ from app_helpers import (
 )
 from fastapi.testclient import TestClient
 
+from app.explain.render import largest_slice
 from app.main import create_app
 from models.contract import Volume
+from models.segmenter import coarse_grid, mask_on_grid, spec_of_card
 from tests.app.conftest import export_student
 from tests.band_segmenter import export_band_segmenter
 
@@ -175,6 +177,32 @@ def test_the_region_graph_is_built_from_the_models_mask(pipeline_client: TestCli
     graph = pipeline_client.get(f"/v1/explain/{body['id']}/graph").json()
     names = [n["label"] for n in graph["nodes"]]
     assert graph["regions"] == "mask" and names[:2] == ["tumour_1", "peritumoral_shell"]
+
+
+def test_the_attention_picture_opens_on_the_lesions_largest_slice(pipeline_client: TestClient) -> None:
+    """The lesion moved off the scan's middle: the default axial slice follows it, on the
+    overview the picture is drawn on (the segmenter's coarse grid)."""
+    ct = ct_volume()
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, s) for s in ct.array.shape), indexing="ij")
+    liver = ((x + 0.3) / 0.4) ** 2 + (y / 0.35) ** 2 + (z / 0.8) ** 2 < 1
+    lesion = ((x + 0.3) / 0.12) ** 2 + (y / 0.12) ** 2 + ((z - 0.45) / 0.25) ** 2 < 1
+    array = np.where(liver, 110.0, ct.array).astype(np.float32)
+    array[lesion] = 60.0
+    moved = Volume(array, ct.affine)
+    body = post_ct(pipeline_client, moved)
+    assert body["gradable"], body
+    response = pipeline_client.get(f"/v1/explain/{body['id']}/attention")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    card = next(
+        m["card"]
+        for m in pipeline_client.get("/v1/models").json()["models"]
+        if m["card"].get("role") == "segmenter"
+    )
+    overview = coarse_grid(moved, spec_of_card(card))
+    on_overview = mask_on_grid(Volume(lesion.astype(np.uint8), ct.affine), overview) > 0
+    expected = largest_slice(on_overview, "axial")
+    assert expected is not None and abs(expected - overview.shape[2] // 2) > 2  # not the middle
+    assert abs(int(response.headers["x-slice"]) - expected) <= 1
 
 
 def test_a_head_ct_is_not_graded(pipeline_client: TestClient, tmp_path: Path) -> None:

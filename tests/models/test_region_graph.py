@@ -145,3 +145,26 @@ def test_distance_matrix_is_symmetric_with_zero_diagonal() -> None:
     assert torch.isfinite(nodes.grad).all()
     same = distance_matrix(torch.ones(1, 3, 4))
     torch.testing.assert_close(same, torch.zeros(1, 3, 3))
+
+
+@pytest.mark.parametrize("tumours", [1, 4])
+def test_training_and_serving_build_one_region_map_from_one_mask(tumours: int) -> None:
+    """The trainer's regions of a batch (`training.train.region_labels`, masks as the dataset
+    gives them) and the service's of the same mask as one label map (`regions_from_labels`,
+    as `app.explain.graph` calls it) are the same map: one function under both."""
+    from models.region_graph import regions_from_labels
+    from models.tasks import HCC
+    from training.train import region_labels
+
+    masks = _liver_with_tumours(GRIDS[1], tumours)
+    batch = {
+        "image": torch.zeros(1, 1, *GRIDS[1]),
+        "masks": {name: torch.from_numpy(mask[None]) for name, mask in masks.items()},
+    }
+    trained, count = region_labels(batch, HCC, "masks")
+    labels = masks["liver"].astype(np.uint8)
+    labels[masks["tumor"]] = 2  # a LiTS-style map, as a client or the segmenter sends it
+    served = regions_from_labels("hcc", labels)
+    assert count == num_regions("hcc")
+    np.testing.assert_array_equal(trained[0].numpy(), served)
+    assert len(np.unique(served)) > 1 + min(tumours, HCC_MAX_TUMOURS)  # tumours, shell and liver parts
