@@ -18,7 +18,11 @@ the localize-then-grade pipeline (segmenter, then the lesion grader);
 Reported: macro AUC of each (for ``localized`` over the graded cases, and with the cases
 answered ``gradable: false`` counted as the class prior), the share not gradable and why,
 the label counts (a model that gives one label to nearly every case is a defect whatever
-its AUC), and both confusion matrices. `report.md` and `pipeline.json` go to ``--out``.
+its AUC), both confusion matrices, and where the attention lies: for each graded answer,
+the served attention map (`/v1/explain/{id}/attention?format=nifti`, on the CT's grid) per
+voxel inside the true tumour over per voxel outside the true liver, both inside the
+grader's field of view (the lesion grid's crop: the map is zero beyond it), median over
+cases. `report.md` and `pipeline.json` go to ``--out``.
 """
 
 from __future__ import annotations
@@ -35,9 +39,36 @@ from typing import Any
 import numpy as np
 
 from models.tasks import HCC
+from training.data.readers import load_volume
 
 CLASSES = list(HCC.classes)
 PRIOR = np.array([0.25, 0.45, 0.30])  # the benchmark's grade shares (docs/benchmark.md)
+
+
+def attention_ratio(attention: np.ndarray, tumour: np.ndarray, liver: np.ndarray) -> float | None:
+    """Mean attention per voxel inside the tumour over that outside the liver (and tumour),
+    both within the map's field of view (where it is above zero); None without both."""
+    seen = attention > 0
+    inside = seen & tumour
+    outside = seen & ~liver & ~tumour
+    if not inside.any() or not outside.any():
+        return None
+    return float(attention[inside].mean() / max(float(attention[outside].mean()), 1e-12))
+
+
+def _served_attention_ratio(
+    client: Any, prediction_id: str, tumour: np.ndarray, liver: np.ndarray
+) -> float | None:
+    response = client.get(f"/v1/explain/{prediction_id}/attention", params={"format": "nifti"})
+    if response.status_code != 200:
+        return None
+    with tempfile.TemporaryDirectory() as folder:  # read as the masks are: RAS+, one voxel order
+        path = Path(folder) / "attention.nii.gz"
+        path.write_bytes(response.content)
+        attention = load_volume(path).array
+    if attention.shape != tumour.shape:
+        raise ValueError(f"attention on {attention.shape}, masks on {tumour.shape}: not the CT's grid")
+    return attention_ratio(attention, tumour, liver)
 
 
 def _post_cases(job: tuple[str, list[dict[str, str]], str]) -> list[dict[str, Any]]:
@@ -55,6 +86,8 @@ def _post_cases(job: tuple[str, list[dict[str, str]], str]) -> list[dict[str, An
         for row in rows:
             ct = (Path(root) / row["ct"]).read_bytes()
             tumor = (Path(root) / row["tumor_mask"]).read_bytes()
+            tumour_mask = load_volume(Path(root) / row["tumor_mask"]).array > 0
+            liver_mask = load_volume(Path(root) / row["liver_mask"]).array > 0
             answers = {}
             for name, files in (
                 ("localized", [("ct", ("ct.nii.gz", ct, "application/gzip"))]),
@@ -76,6 +109,11 @@ def _post_cases(job: tuple[str, list[dict[str, str]], str]) -> list[dict[str, An
                     "reasons": [r["code"] for r in body.get("not_gradable") or []],
                     "mask": body.get("mask"),
                     "model": (body.get("model") or {}).get("name"),
+                    "attention_ratio": (
+                        _served_attention_ratio(client, body["id"], tumour_mask, liver_mask)
+                        if body.get("gradable")
+                        else None
+                    ),
                 }
             out.append({"case_id": row["case_id"], "grade": row["grade"], **answers})
     return out
@@ -87,6 +125,11 @@ def _auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
     if len(set(labels.tolist())) < len(CLASSES):
         return None
     return float(macro_auc(labels, probs))
+
+
+def _median(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.median(kept)) if kept else None
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -119,8 +162,15 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "label_counts": dict(Counter(str(label) for label in predicted)),
             "largest_label_share": max(Counter(p for p in predicted if p).values(), default=0) / len(rows),
             "confusion_matrix": {"rows_true_cols_predicted": CLASSES, "counts": confusion.tolist()},
+            "attention_ratio_median": _median([a.get("attention_ratio") for a in answers]),
+            "attention_ratio_at_least_3": sum((a.get("attention_ratio") or 0) >= 3 for a in answers),
         }
     return summary
+
+
+def _ratio(way: dict[str, Any]) -> str:
+    median = way.get("attention_ratio_median")
+    return "-" if median is None else f"{median:.2f}x ({way['attention_ratio_at_least_3']})"
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -136,8 +186,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "(`true_mask`). Synthetic cases; every one has a lesion.",
         "",
         "| | grader (segmenter) | not gradable | macro AUC (graded) | macro AUC (not gradable = prior) "
-        "| label counts |",
-        "|---|---|---|---|---|---|",
+        "| label counts | attention, tumour / outside liver (median; cases >= 3x) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for way in ("localized", "true_mask"):
         w = s[way]
@@ -150,7 +200,7 @@ def _markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {way} | {w['model']} ({w['segmenter'] or 'none'}) | "
             f"{w['not_gradable']} ({w['not_gradable_share']:.1%}) {w['reasons']} | "
-            f"{auc} | {prior} | {w['label_counts']} |"
+            f"{auc} | {prior} | {w['label_counts']} | {_ratio(w)} |"
         )
     for way in ("localized", "true_mask"):
         counts = s[way]["confusion_matrix"]["counts"]

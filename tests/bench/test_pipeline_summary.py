@@ -1,13 +1,14 @@
 """bench.pipeline's arithmetic: AUC over graded cases and with the prior for the others,
-label counts, the not-gradable share and the confusion matrix."""
+label counts, the not-gradable share, the confusion matrix and the attention ratio."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
-from bench.pipeline import CLASSES, summarize
+from bench.pipeline import CLASSES, attention_ratio, summarize
 
 
 def _answer(label: str | None, reasons: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -47,3 +48,30 @@ def test_one_label_for_every_case_is_seen() -> None:
         for i, g in enumerate(["well", "moderate", "poor"])
     ]
     assert summarize(rows)["localized"]["largest_label_share"] == 1.0
+
+
+def test_the_attention_ratio_compares_tumour_and_non_liver_voxels_inside_the_crop() -> None:
+    shape = (10, 10, 10)
+    liver = np.zeros(shape, dtype=bool)
+    liver[2:8, 2:8, 2:8] = True
+    tumour = np.zeros(shape, dtype=bool)
+    tumour[4:6, 4:6, 4:6] = True
+    attention = np.zeros(shape, dtype=np.float32)  # zero beyond the crop: not counted
+    attention[1:9, 1:9, 1:9] = 0.1
+    attention[tumour] = 0.6
+    attention[liver & ~tumour] = 0.3  # the liver counts on neither side
+    assert attention_ratio(attention, tumour, liver) == pytest.approx(6.0)
+    assert attention_ratio(attention, np.zeros(shape, dtype=bool), liver) is None
+
+
+def test_the_median_attention_ratio_skips_answers_without_one() -> None:
+    rows = [
+        {"case_id": str(i), "grade": g, "localized": _answer(g), "true_mask": _answer(g)}
+        for i, g in enumerate(["well", "moderate", "poor"])
+    ]
+    for row, ratio in zip(rows, (1.0, 4.0, None), strict=True):
+        row["localized"]["attention_ratio"] = ratio
+    localized = summarize(rows)["localized"]
+    assert localized["attention_ratio_median"] == pytest.approx(2.5)
+    assert localized["attention_ratio_at_least_3"] == 1
+    assert summarize(rows)["true_mask"]["attention_ratio_median"] is None
