@@ -21,8 +21,8 @@ the label counts (a model that gives one label to nearly every case is a defect 
 its AUC), both confusion matrices, and where the attention lies: for each graded answer,
 the served attention map (`/v1/explain/{id}/attention?format=nifti`, on the CT's grid) per
 voxel inside the true tumour over per voxel outside the true liver, both inside the
-grader's field of view (the lesion grid's crop: the map is zero beyond it), median over
-cases. `report.md` and `pipeline.json` go to ``--out``.
+grader's field of view (the lesion grid's crop: the map is zero beyond it; 0 where the
+crop misses the tumour, counted too), median over cases. `report.md` and `pipeline.json` go to ``--out``.
 """
 
 from __future__ import annotations
@@ -47,12 +47,18 @@ PRIOR = np.array([0.25, 0.45, 0.30])  # the benchmark's grade shares (docs/bench
 
 def attention_ratio(attention: np.ndarray, tumour: np.ndarray, liver: np.ndarray) -> float | None:
     """Mean attention per voxel inside the tumour over that outside the liver (and tumour),
-    both within the map's field of view (where it is above zero); None without both."""
+    both within the map's field of view (where it is above zero).
+
+    0 where the field of view misses the tumour (a crop placed on a false lesion: the
+    grader never looked at the tumour); None where it holds nothing outside the liver.
+    """
     seen = attention > 0
     inside = seen & tumour
     outside = seen & ~liver & ~tumour
-    if not inside.any() or not outside.any():
+    if not outside.any():
         return None
+    if not inside.any():
+        return 0.0
     return float(attention[inside].mean() / max(float(attention[outside].mean()), 1e-12))
 
 
@@ -164,13 +170,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "confusion_matrix": {"rows_true_cols_predicted": CLASSES, "counts": confusion.tolist()},
             "attention_ratio_median": _median([a.get("attention_ratio") for a in answers]),
             "attention_ratio_at_least_3": sum((a.get("attention_ratio") or 0) >= 3 for a in answers),
+            "crop_missed_tumour": sum(a.get("attention_ratio") == 0 for a in answers),
         }
     return summary
 
 
 def _ratio(way: dict[str, Any]) -> str:
     median = way.get("attention_ratio_median")
-    return "-" if median is None else f"{median:.2f}x ({way['attention_ratio_at_least_3']})"
+    if median is None:
+        return "-"
+    missed = way.get("crop_missed_tumour", 0)
+    return f"{median:.2f}x ({way['attention_ratio_at_least_3']}; crop off the tumour: {missed})"
 
 
 def _markdown(report: dict[str, Any]) -> str:

@@ -322,6 +322,8 @@ def model_card(
                 "low_dose_prob",
                 "ema_decay",
                 "select_from_epoch",
+                "attention_supervision",
+                "input_modalities",
             )
             if key in config
         },

@@ -61,7 +61,10 @@ def test_the_attention_ratio_compares_tumour_and_non_liver_voxels_inside_the_cro
     attention[tumour] = 0.6
     attention[liver & ~tumour] = 0.3  # the liver counts on neither side
     assert attention_ratio(attention, tumour, liver) == pytest.approx(6.0)
-    assert attention_ratio(attention, np.zeros(shape, dtype=bool), liver) is None
+    off = np.zeros(shape, dtype=bool)
+    off[0, 0, 0] = True  # beyond the crop: the grader never looked at this tumour
+    assert attention_ratio(attention, off, liver) == 0.0
+    assert attention_ratio(attention, tumour, np.ones(shape, dtype=bool)) is None
 
 
 def test_the_median_attention_ratio_skips_answers_without_one() -> None:
@@ -73,5 +76,8 @@ def test_the_median_attention_ratio_skips_answers_without_one() -> None:
         row["localized"]["attention_ratio"] = ratio
     localized = summarize(rows)["localized"]
     assert localized["attention_ratio_median"] == pytest.approx(2.5)
-    assert localized["attention_ratio_at_least_3"] == 1
+    assert localized["attention_ratio_at_least_3"] == 1 and localized["crop_missed_tumour"] == 0
+    rows[2]["localized"]["attention_ratio"] = 0.0  # the crop missed the tumour: counted, as 0
+    localized = summarize(rows)["localized"]
+    assert localized["attention_ratio_median"] == pytest.approx(1.0) and localized["crop_missed_tumour"] == 1
     assert summarize(rows)["true_mask"]["attention_ratio_median"] is None
