@@ -224,6 +224,24 @@ def modality_warnings(study: Study, model: ServedModel) -> list[str]:
     return missing + unread
 
 
+def localization_warnings(
+    model: ServedModel, localization: Localization, segmenter: ServedModel | None
+) -> list[str]:
+    """A grader that learned behind one segmenter (its card's `training_data.masks_from`)
+    graded behind another: its crops are placed by masks unlike those it learned on."""
+    learned = (model.card.get("training_data") or {}).get("masks_from") or {}
+    expected = str(learned.get("onnx_sha256", ""))
+    if localization.source != "model" or segmenter is None or not expected:
+        return []
+    if segmenter.sha256.startswith(expected):
+        return []
+    return [
+        f"{model.name} learned on masks of {learned.get('name', 'a segmenter')} ({expected[:12]}), "
+        f"this one was placed by {segmenter.name} ({segmenter.sha256[:12]}): a grade behind a "
+        "segmenter it was not trained with"
+    ]
+
+
 def infer(model: ServedModel, model_input: ModelInput) -> dict[str, np.ndarray]:
     outputs = model.run(model_input.image[None], model_input.present[None])
     return {key: value[0] for key, value in outputs.items()}
@@ -287,7 +305,11 @@ async def predict_study(
 
     def timed_checks() -> list[str]:
         with metrics.stage("checks"):
-            return [*modality_warnings(study, model), *input_warnings(study.volumes, task)]
+            return [
+                *modality_warnings(study, model),
+                *localization_warnings(model, localization, segmenter),
+                *input_warnings(study.volumes, task),
+            ]
 
     def timed_infer() -> Graded | None:
         if model_input is None:

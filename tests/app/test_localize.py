@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -239,3 +240,28 @@ def test_a_segmenter_serves_by_default_and_none_turns_it_off(tmp_path: Path) -> 
         assert "none" in models["hcc_band_segmenter"]["reason"]
         body = post_ct(client, ct_volume())
         assert body["gradable"] and body["mask"] is None and body["model"]["name"] == "hcc_test"
+
+
+def test_a_grader_behind_a_segmenter_it_did_not_learn_on_says_so(tmp_path: Path) -> None:
+    """The grader's card names the segmenter whose masks it learned on (`masks_from`): behind
+    that one a CT alone is graded without a word; behind another, with a warning naming both."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    card = export_student("hcc_student", "hcc", folder, grid="lesion")
+    segmenter = export_band_segmenter(folder)
+    card_path = folder / "hcc_lesion_test.json"
+
+    def warnings_behind(sha256: str, store: str) -> list[str]:
+        learned = {"name": "hcc_band_segmenter", "onnx_sha256": sha256}
+        card_path.write_text(
+            json.dumps({**card, "training_data": {**card["training_data"], "masks_from": learned}})
+        )
+        settings = make_settings(folder, tmp_path / store, min_liver_ml=150.0, min_cut_liver_ml=400.0)
+        with TestClient(create_app(settings)) as client:
+            body = post_ct(client, ct_volume())
+        assert body["gradable"] and body["mask"]["source"] == "model"
+        return [w for w in body["warnings"] if "segmenter it was not trained with" in w]
+
+    assert warnings_behind(segmenter["onnx_sha256"][:16], "same") == []
+    (warning,) = warnings_behind("0123456789abcdef", "other")
+    assert "0123456789ab" in warning and segmenter["onnx_sha256"][:12] in warning
