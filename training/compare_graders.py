@@ -12,6 +12,9 @@ a paired bootstrap interval (`training.metrics.paired_auc_gain_ci`).
         --run distilled=A.onnx@SEGMENTED.csv --run scratch=B.onnx@SEGMENTED.csv \\
         --run true-mask=A.onnx@COHORT.csv --gain distilled:scratch --gain distilled:true-mask
 
+A gain's side may join runs with "+" (`--gain d7+d8+d9:s7+s8+s9`): the mean macro AUC of a
+recipe's training seeds, each seed scored on the same resampled cases.
+
 `DIR/comparison.json` holds every number and each run's probabilities; `DIR/comparison.md`
 the table.
 """
@@ -73,8 +76,13 @@ def compare(
             "probabilities": probs[name].round(5).tolist(),
         }
     for a, b in gains:
-        low, high = paired_auc_gain_ci(labels, [probs[a]], [probs[b]])
-        gain = result["runs"][a]["macro_auc"] - result["runs"][b]["macro_auc"]
+        # A side may join runs with "+" (one recipe's training seeds): its mean macro AUC.
+        treated, reference = a.split("+"), b.split("+")
+        low, high = paired_auc_gain_ci(labels, [probs[r] for r in treated], [probs[r] for r in reference])
+        gain = float(
+            np.mean([result["runs"][r]["macro_auc"] for r in treated])
+            - np.mean([result["runs"][r]["macro_auc"] for r in reference])
+        )
         result["gains"][f"{a} - {b}"] = {"gain": gain, "ci95": [low, high]}
     result["labels"] = labels.tolist()
     return result
@@ -116,15 +124,21 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--run", type=_run, action="append", required=True, metavar="NAME=MODEL@MANIFEST")
-    parser.add_argument("--gain", action="append", default=[], metavar="A:B", help="A's gain over B, paired")
+    parser.add_argument(
+        "--gain",
+        action="append",
+        default=[],
+        metavar="A:B",
+        help="A's gain over B, paired; A+C:B+D compares the mean of A and C with that of B and D",
+    )
     parser.add_argument("--modalities", nargs="*", help="the modalities every grader is given (default all)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     runs = dict(args.run)
     gains = [tuple(g.split(":", 1)) for g in args.gain]
     for pair in gains:
-        if len(pair) != 2 or not set(pair) <= set(runs):
-            parser.error(f"--gain {':'.join(pair)}: name two runs of {sorted(runs)}")
+        if len(pair) != 2 or not {r for side in pair for r in side.split("+")} <= set(runs):
+            parser.error(f"--gain {':'.join(pair)}: name two runs (or runs joined by +) of {sorted(runs)}")
     result = compare(runs, gains, args.modalities)  # type: ignore[arg-type]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "comparison.json").write_text(json.dumps(result, indent=1))

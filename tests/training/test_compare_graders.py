@@ -41,7 +41,7 @@ def test_runs_share_the_graded_cases_and_gains_are_paired(hcc_manifest: Path, tm
     a, b, out = tmp_path / "s0.pt", tmp_path / "s1.pt", tmp_path / "cmp"
     runs = [f"a={a}@{segmented}", f"b={b}@{segmented}", f"a-true={a}@{cohort}"]
     main(["--out", str(out), "--modalities", "ct", *(x for run in runs for x in ("--run", run)),
-          "--gain", "a:b", "--gain", "a:a-true"])  # fmt: skip
+          "--gain", "a:b", "--gain", "a:a-true", "--gain", "a+a-true:b+b"])  # fmt: skip
     result = json.loads((out / "comparison.json").read_text())
     assert result["cases"] == 5 and result["case_ids"] == sorted(ids[1:])
     scored = result["runs"]
@@ -51,8 +51,12 @@ def test_runs_share_the_graded_cases_and_gains_are_paired(hcc_manifest: Path, tm
     # The same network on the same masks (the fixture's, both ways): no gain, a zero interval.
     assert result["gains"]["a - a-true"] == {"gain": 0.0, "ci95": [0.0, 0.0]}
     assert "| a - b |" in (out / "comparison.md").read_text()
+    # Runs joined by "+": the mean of a side's AUCs (here a's twice against b's twice).
+    assert result["gains"]["a+a-true - b+b"]["gain"] == pytest.approx(gain)
 
 
 def test_a_gain_must_name_two_runs(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--run", f"a=x.pt@{tmp_path / 'm.csv'}", "--gain", "a:b"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--run", f"a=x.pt@{tmp_path / 'm.csv'}", "--gain", "a:a+b"])
