@@ -28,7 +28,7 @@ import torch
 from app.errors import BusyError, ModelNotReadyError, TimeoutProblem, UnknownTaskError
 from app.settings import Settings
 from models.segmenter import STAGES, Predictor, SegmenterSpec, StageName, spec_of_card
-from models.tasks import TASKS, TaskSpec, task_of_card
+from models.tasks import TASKS, TaskSpec, labels_of_card, task_of_card
 
 log = logging.getLogger("app.runtime")
 T = TypeVar("T")
@@ -87,11 +87,7 @@ class ServedModel:
     def label_of(self, probabilities: np.ndarray) -> int:
         """The class answered: argmax of the probabilities times the card's decision weights
         (chosen on validation for balanced accuracy; all 1 without a `decision`)."""
-        decision = self.card.get("decision") or {}
-        weights = decision.get("weights") or {}
-        classes = self.card.get("classes") or []
-        scale = np.array([float(weights.get(c, 1.0)) for c in classes]) if weights else 1.0
-        return int(np.argmax(probabilities * scale))
+        return int(labels_of_card(self.card, probabilities))
 
     @property
     def is_segmenter(self) -> bool:

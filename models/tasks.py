@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import numpy as np
+
 ModalityKind = Literal["ct", "pet", "mri"]
 GridName = Literal["whole", "lesion"]
 GRIDS: tuple[GridName, ...] = ("whole", "lesion")
@@ -160,3 +162,13 @@ def task_of_card(card: Mapping[str, Any]) -> TaskSpec:
     inputs = card.get("input")
     grid = card.get("grid") or (inputs.get("grid") if isinstance(inputs, Mapping) else None)
     return get_task(str(card.get("task")), str(grid or "whole"))
+
+
+def labels_of_card(card: Mapping[str, Any], probabilities: Any) -> Any:
+    """The classes a card answers for (N, C) probabilities: argmax of the probabilities times
+    its decision weights (chosen on validation for balanced accuracy; all 1 without a
+    `decision`). The probabilities themselves are reported as they are."""
+    weights = (card.get("decision") or {}).get("weights") or {}
+    classes = card.get("classes") or []
+    scale = np.array([float(weights.get(c, 1.0)) for c in classes]) if weights else 1.0
+    return np.argmax(np.asarray(probabilities) * scale, axis=-1)

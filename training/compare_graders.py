@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from models.tasks import labels_of_card
 from training.data.readers import CaseRecord, read_hcc_manifest
 from training.evaluate import Predictor, predict_records
 from training.metrics import auc_ci, macro_auc, paired_auc_gain_ci
@@ -73,6 +74,8 @@ def compare(
             "macro_auc": macro_auc(labels, probs[name]),
             "macro_auc_ci95": [low, high],
             "argmax_counts": dict(Counter(int(i) for i in probs[name].argmax(axis=1))),
+            # What the service answers: the card's decision rule (plain argmax without a card).
+            "label_counts": dict(Counter(int(i) for i in labels_of_card(_card(model), probs[name]))),
             "probabilities": probs[name].round(5).tolist(),
         }
     for a, b in gains:
@@ -86,6 +89,11 @@ def compare(
         result["gains"][f"{a} - {b}"] = {"gain": gain, "ci95": [low, high]}
     result["labels"] = labels.tolist()
     return result
+
+
+def _card(model: Path) -> dict[str, Any]:
+    card = model.with_suffix(".json")
+    return json.loads(card.read_text()) if model.suffix == ".onnx" and card.is_file() else {}
 
 
 def markdown(result: dict[str, Any]) -> str:

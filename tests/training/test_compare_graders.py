@@ -7,9 +7,11 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from models.tasks import labels_of_card
 from tests.common import random_checkpoint
 from training.compare_graders import graded_cases, main
 
@@ -46,6 +48,9 @@ def test_runs_share_the_graded_cases_and_gains_are_paired(hcc_manifest: Path, tm
     assert result["cases"] == 5 and result["case_ids"] == sorted(ids[1:])
     scored = result["runs"]
     assert all(len(run["probabilities"]) == 5 for run in scored.values())
+    # Checkpoints carry no decision rule: the labels are the argmax, one for each case.
+    assert all(run["label_counts"] == run["argmax_counts"] for run in scored.values())
+    assert all(sum(run["label_counts"].values()) == 5 for run in scored.values())
     gain = scored["a"]["macro_auc"] - scored["b"]["macro_auc"]
     assert result["gains"]["a - b"]["gain"] == pytest.approx(gain)
     # The same network on the same masks (the fixture's, both ways): no gain, a zero interval.
@@ -60,3 +65,10 @@ def test_a_gain_must_name_two_runs(tmp_path: Path) -> None:
         main(["--out", str(tmp_path), "--run", f"a=x.pt@{tmp_path / 'm.csv'}", "--gain", "a:b"])
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--run", f"a=x.pt@{tmp_path / 'm.csv'}", "--gain", "a:a+b"])
+
+
+def test_the_cards_decision_weights_pick_the_label() -> None:
+    probabilities = np.array([[0.3, 0.5, 0.2], [0.2, 0.7, 0.1]])
+    card = {"classes": ["well", "moderate", "poor"], "decision": {"weights": {"moderate": 0.5}}}
+    assert labels_of_card(card, probabilities).tolist() == [0, 1]  # 0.5 x 0.5 < 0.3; 0.35 > 0.2
+    assert labels_of_card({"classes": card["classes"]}, probabilities).tolist() == [1, 1]
