@@ -24,7 +24,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("networks", "predict", "localize", "concurrency", "ingest", "train_step", "synth", "difficulty")
+BENCHMARKS = (
+    "networks",
+    "predict",
+    "localize",
+    "concurrency",
+    "realsize",
+    "ingest",
+    "train_step",
+    "synth",
+    "difficulty",
+)
 QUICK_ARGS = {"predict": ["--repeats", "2"]}
 """Arguments of a benchmark's short version, where it is not `--quick`."""
 TIMEOUT_S = {"full": 3600, "quick": 300}
@@ -191,6 +201,76 @@ def md_concurrency(r: dict[str, Any]) -> str:
     )
 
 
+def md_realsize(r: dict[str, Any]) -> str:
+    floor, service = r["floor"], r["service"]
+    rows = []
+    for slices, f in floor.items():
+        shape = f"{r['matrix']}x{r['matrix']}x{slices}"
+        rows.append(
+            [
+                shape,
+                "floor (SimpleITK read + models on bare ONNX Runtime)",
+                1000 * f["total_s"],
+                None,
+                None,
+                None,
+            ]
+        )
+        for way, x in service.get(slices, {}).items():
+            if isinstance(x, dict) and "p50_ms" in x:
+                rows.append(
+                    [
+                        shape,
+                        f"service, {way}",
+                        x["p50_ms"],
+                        x["p95_ms"],
+                        x["p50_ms"] / (1000 * f["total_s"]),
+                        x["peak_rss_over_ready_mib"],
+                    ]
+                )
+    parts = [
+        f"One study at a time, median of {r['repeats']} after a warm-up, {r['threads']} inference thread; "
+        "the floor's parts (ms): "
+        + "; ".join(
+            f"{s} slices: read {1000 * f['read_s']:.0f}, segment {1000 * f['segment_s']:.0f}, "
+            f"prepare {1000 * f['prepare_s']:.0f}, grade {1000 * f['grade_s']:.0f}"
+            for s, f in floor.items()
+        )
+        + ":\n",
+        table(["study", "sent as", "p50 ms", "p95 ms", "over floor", "peak MiB over ready"], rows),
+        f"Resident memory when ready {_fmt(service['rss_ready_mib'])} MiB; 10 s after the last study "
+        f"{_fmt(service['rss_after_settle_over_ready_mib'])} MiB over it. Float32 volumes: "
+        + ", ".join(f"{s} slices {_fmt(f['float32_megabytes'])} MB" for s, f in floor.items())
+        + ".\n",
+    ]
+    rows = [
+        [
+            n,
+            ", ".join(f"{k}: {v}" for k, v in x["statuses"].items()),
+            x["seconds_by_status"].get("200", {}).get("p50_ms"),
+            x["slowest_refusal_ms"],
+            x["refusals_with_retry_after"],
+            x["peak_rss_mib"],
+        ]
+        for n, x in service.get("concurrent", {}).items()
+    ]
+    parts.append(
+        table(
+            [
+                "clients at once",
+                "statuses",
+                "p50 ms of 200s",
+                "slowest 503 ms",
+                "503s with Retry-After",
+                "peak MiB",
+            ],
+            rows,
+        )
+    )
+    parts.append(table(["ratio", "value"], [[k, v] for k, v in r["ratios"].items()]))
+    return "\n".join(parts)
+
+
 def md_ingest(r: dict[str, Any]) -> str:
     rows = [
         [shape, x["slices_per_second"], x["megabytes_per_second"], x["median_s"]]
@@ -250,6 +330,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "predict": ("`/v1/predict`, one request at a time", md_predict),
     "localize": ("The segmenter's share of a prediction", md_localize),
     "concurrency": ("`/v1/predict` under concurrent clients; peak memory", md_concurrency),
+    "realsize": ("Real-size CT studies against the floor", md_realsize),
     "ingest": ("DICOM ingestion", md_ingest),
     "train_step": ("Training step per network", md_train_step),
     "synth": ("Synthetic cohort generation", md_synth),

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from orthanc_server import OrthancServer, OrthancUnavailable, ensure_installed
 
 from app.main import create_app
+from bench.orthanc import OrthancServer, OrthancUnavailable, ensure_installed
 from tests.common import make_settings, random_checkpoint
 
 

@@ -1,4 +1,4 @@
-"""A throw-away Orthanc (with its DICOMweb plugin) for the integration tests.
+"""A throw-away Orthanc (with its DICOMweb plugin) for the integration tests and the benchmarks.
 
 `ensure_installed` installs the Debian packages `orthanc` and `orthanc-dicomweb` when the
 binary is missing and this process may (root, apt-get present); `OrthancServer.start` runs
@@ -10,7 +10,7 @@ Orthanc 1.10 has no option to bind its HTTP server to one address: it listens on
 interface, and `"RemoteAccessAllowed": false` makes it refuse every client that is not on
 loopback. The tests only ever talk to 127.0.0.1.
 
-Run as a script (`python tests/integration/orthanc_server.py`) it installs Orthanc, starts
+Run as a module (`python -m bench.orthanc`) it installs Orthanc, starts
 it, prints its DICOMweb URL and stops it: the check `.ci/run` can use before the suite.
 """
 
