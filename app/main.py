@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from app.admission import InferenceGate, default_memory_budget
 from app.api.deps import AuthDep
 from app.api.routes import explain, health, predict, predictions
 from app.api.routes import models as models_route
@@ -21,7 +22,7 @@ from app.errors import install_error_handler
 from app.ingest.uploads import BodyLimitMiddleware
 from app.logs import configure_logging, request_id_var
 from app.metrics import Metrics
-from app.runtime import InferenceGate, ModelRegistry
+from app.runtime import ModelRegistry
 from app.settings import Settings
 from app.store import Store
 
@@ -45,7 +46,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.models = registry
     await asyncio.to_thread(registry.load, settings)
     log.info("models loaded", extra={"status": "ready" if registry.ready else "not ready"})
-    app.state.gate = InferenceGate(settings.max_concurrent_inferences)
+    budget = settings.memory_budget_mb * 2**20 if settings.memory_budget_mb else default_memory_budget()
+    app.state.gate = InferenceGate(settings.max_concurrent_inferences, memory_budget=budget)
+    log.info("admission", extra={"slots": settings.max_concurrent_inferences, "memory_budget": budget})
     janitor = asyncio.create_task(_retention_loop(app.state.store, settings))
     try:
         yield

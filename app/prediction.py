@@ -8,9 +8,9 @@ no liver, a liver cut off by the scan, no lesion or a lesion the scan cuts make 
 not gradable, answered 200 with the reasons and the segmentation, and no grade at all.
 A gradable study is graded on the crop and regions that mask gives.
 
-Each stage that computes runs through the inference gate (bounded concurrency, a deadline)
-and is timed in the metrics under its name: ingest, localize, preprocess, inference, checks,
-outcome, save.
+Each stage that computes runs in a thread under the request's admission (`app.admission`:
+its slot, a deadline) and is timed in the metrics under its name: ingest, localize,
+preprocess, inference, checks, outcome, save.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
+from app.admission import Admission
 from app.errors import (
     InvalidStudyError,
     MissingFieldError,
@@ -37,7 +38,7 @@ from app.ingest.study import IngestLimits, Study, Upload, build_study
 from app.metrics import Metrics
 from app.outcome import Graded, Outcome, build_outcome, link_dicom_outputs
 from app.quality import input_warnings
-from app.runtime import InferenceGate, ModelRegistry, ServedModel
+from app.runtime import ModelRegistry, ServedModel
 from app.schemas import NotGradable
 from app.settings import Settings
 from app.store import Store, new_id
@@ -256,11 +257,12 @@ def ingest_limits(settings: Settings) -> IngestLimits:
 
 @dataclass(frozen=True)
 class Service:
-    """What a prediction runs on: the served models, the gate, the store, the settings."""
+    """What a prediction runs on: the served models, its admission (slot and memory), the
+    store, the settings."""
 
     settings: Settings
     models: ModelRegistry
-    gate: InferenceGate
+    admission: Admission
     store: Store
     metrics: Metrics
 
@@ -271,7 +273,7 @@ async def predict_study(
     """One study, uploaded (or `fetched` from the PACS), through the whole pipeline: ingest,
     refuse what is not a volume, localize, judge gradability, crop, grade, build the
     response and commit it to the store. Raises the service's typed problems."""
-    settings, metrics, gate = service.settings, service.metrics, service.gate
+    settings, metrics, admission = service.settings, service.metrics, service.admission
     deadline = time.monotonic() + settings.request_timeout_s
     model = service.models.for_task(task_name)
     task = model.task  # on the grid the served model was trained on
@@ -288,7 +290,7 @@ async def predict_study(
             check_volumes(study, task)
             return study
 
-    study = await gate.run(ingest, timeout=remaining())
+    study = await admission.run(ingest, timeout=remaining())
     # Localize, then grade: the client's mask (or the study's SEG) wins over the segmenter's.
     models = service.models
     segmenter = models.segmenter_for(task_name) if study.mask is None else models.segmenters.get(task_name)
@@ -301,7 +303,7 @@ async def predict_study(
         with metrics.stage("preprocess"):
             return localization, preprocess(study, task, localization.mask, model.reads_modalities)
 
-    localization, model_input = await gate.run(localize_and_prepare, timeout=remaining())
+    localization, model_input = await admission.run(localize_and_prepare, timeout=remaining())
 
     def timed_checks() -> list[str]:
         with metrics.stage("checks"):
@@ -321,7 +323,7 @@ async def predict_study(
     # network, on another core when there is one (ONNX Runtime uses `intra_op_threads`).
     checks = asyncio.ensure_future(run_in_threadpool(timed_checks))
     try:
-        graded = await gate.run(timed_infer, timeout=remaining())
+        graded = await admission.run(timed_infer, timeout=remaining())
     finally:
         warnings = await checks
     prediction_id = new_id()

@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions for the served models, their model cards, and an inference gate.
+"""ONNX Runtime sessions for the served models and their model cards.
 
 A task is served by a grader (the distilled student) and, where the task has one, the
 segmenter that localizes before it grades (`models.segmenter`); a card whose ``role`` is
@@ -10,7 +10,6 @@ ready with the reason, while the other models still serve.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import hashlib
 import json
@@ -19,19 +18,18 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from app.errors import BusyError, ModelNotReadyError, TimeoutProblem, UnknownTaskError
+from app.errors import ModelNotReadyError, UnknownTaskError
 from app.settings import Settings
 from models.segmenter import STAGES, Predictor, SegmenterSpec, StageName, spec_of_card
 from models.tasks import TASKS, TaskSpec, labels_of_card, task_of_card
 
 log = logging.getLogger("app.runtime")
-T = TypeVar("T")
 NO_SEGMENTER = "none"
 """`served_segmenters` value that serves no segmenter for a task."""
 
@@ -321,31 +319,3 @@ def _choose(
             if other is not chosen[task]:
                 other.status, other.reason = "not_served", f"{chosen[task].name} serves {task}"
     return chosen
-
-
-class InferenceGate:
-    """At most `limit` jobs at once, off the event loop, each within a timeout.
-
-    A request finding every slot taken is answered 503 with Retry-After at once rather
-    than queued: queued requests would only time out later while holding memory.
-    """
-
-    def __init__(self, limit: int, retry_after_s: int = 5) -> None:
-        self.limit = limit
-        self.retry_after_s = retry_after_s
-        self._semaphore = asyncio.Semaphore(limit)
-
-    async def run(self, fn: Callable[..., T], *args: Any, timeout: float) -> T:
-        if self._semaphore.locked():
-            raise BusyError(
-                f"{self.limit} inference(s) already running; retry shortly",
-                headers={"Retry-After": str(self.retry_after_s)},
-            )
-        await self._semaphore.acquire()
-        task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-        # The slot is freed when the work ends, even if the request gave up waiting.
-        task.add_done_callback(lambda _: self._semaphore.release())
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            raise TimeoutProblem(f"the work did not finish within {timeout:.0f} s; retry later") from None

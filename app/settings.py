@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     max_uncompressed_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)
     max_compression_ratio: float = Field(default=200.0, gt=1.0)
     max_concurrent_inferences: int = Field(default=2, gt=0)
+    # Memory the requests at work may take together, in MiB; a prediction reserves its share
+    # by its declared size before its body is read (app.admission). Unset: 70 % of the
+    # container's or the machine's memory.
+    memory_budget_mb: int | None = Field(default=None, gt=0)
     request_timeout_s: float = Field(default=120.0, gt=0)
     # Longest wait for the next piece of a request body (a stalled or lying client).
     body_idle_timeout_s: float = Field(default=30.0, gt=0)

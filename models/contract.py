@@ -247,12 +247,15 @@ def _resample_separable(
     shape: tuple[int, ...],
     axes: list[int],
     cval: float,
+    mode: Literal["constant", "nearest"] = "constant",
 ) -> np.ndarray:
     """Trilinear sampling as three 1D linear interpolations (exact for a scaled permutation).
 
-    Same coordinates and edge rule as `ndimage.affine_transform(order=1, mode="constant",
-    prefilter=False)`: a sample outside ``[0, n - 1]`` along any axis takes `cval`. Values
-    agree with it to float32 rounding (it interpolates in float64); about 10x faster.
+    Same coordinates and edge rules as `ndimage.affine_transform(order=1, mode=mode,
+    prefilter=False)`: a sample outside ``[0, n - 1]`` along any axis takes `cval`
+    ("constant") or the edge's value ("nearest"). Values agree with it to float32 rounding
+    (it interpolates in float64); about 10x faster. An integer source is converted to float
+    plane by plane as it is read, never whole.
     """
     if array.flags.f_contiguous and not array.flags.c_contiguous:
         # NIfTI arrays come Fortran-ordered: work on the C-ordered transpose (source axes
@@ -260,7 +263,7 @@ def _resample_separable(
         array, matrix, offset = array.T, matrix[::-1], offset[::-1]
         axes = [2 - axis for axis in axes]
     dtype = np.float64 if array.dtype == np.float64 else np.float32
-    out = np.asarray(array, dtype=dtype)
+    out = array
     outside: list[tuple[int, np.ndarray]] = []
     # Shrink first: the axis with the largest reduction is interpolated first.
     for grid_axis in sorted(range(3), key=lambda a: shape[a] / array.shape[axes[a]]):
@@ -278,10 +281,13 @@ def _resample_separable(
         weight = (clipped - low).astype(dtype)
         weight_shape = [1, 1, 1]
         weight_shape[source_axis] = -1
-        below = np.take(out, low, axis=source_axis)
-        above = np.take(out, high, axis=source_axis)
-        out = below + (above - below) * weight.reshape(weight_shape)
-        outside.append((source_axis, np.flatnonzero(~inside)))
+        below = np.take(out, low, axis=source_axis).astype(dtype, copy=False)
+        above = np.take(out, high, axis=source_axis).astype(dtype, copy=False)
+        above -= below
+        above *= weight.reshape(weight_shape)
+        out = below + above
+        if mode == "constant":
+            outside.append((source_axis, np.flatnonzero(~inside)))
     for source_axis, index in outside:
         if index.size:
             selector: list[slice | np.ndarray] = [slice(None)] * 3
@@ -297,28 +303,30 @@ def resample(
     *,
     order: int = 1,
     cval: float = 0.0,
+    mode: Literal["constant", "nearest"] = "constant",
 ) -> np.ndarray:
     """Sample `array` (indexed by `affine`) at the voxel centres of `grid`; float32 ``[x,y,z]``.
 
-    `order` 1 is trilinear (images), 0 nearest (label maps). Trilinear sampling of a volume
-    whose axes are parallel to the grid's (any flips or axis order) is done separably;
-    oblique volumes and nearest sampling go through `ndimage.affine_transform`.
+    `order` 1 is trilinear (images), 0 nearest (label maps). Beyond the array's outer voxel
+    centres a sample is `cval` ("constant") or the outer voxel's value ("nearest"). Trilinear
+    sampling of a volume whose axes are parallel to the grid's (any flips or axis order) is
+    done separably; oblique volumes and nearest sampling go through `ndimage.affine_transform`.
     """
     # grid index -> world -> source index, one affine map since both are linear.
     grid_to_source = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ grid.affine
-    source = array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)
     matrix, offset = grid_to_source[:3, :3], grid_to_source[:3, 3]
     axes = _axis_permutation(matrix) if order == 1 else None
     if axes is not None:
-        out = _resample_separable(source, matrix, offset, grid.shape, axes, cval)
+        out = _resample_separable(array, matrix, offset, grid.shape, axes, cval, mode)
     else:
+        source = array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)
         out = ndimage.affine_transform(
             source,
             matrix,
             offset=offset,
             output_shape=grid.shape,
             order=order,
-            mode="constant",
+            mode=mode,
             cval=cval,
             prefilter=False,
         )

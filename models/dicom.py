@@ -22,13 +22,14 @@ Enhanced (multi-frame) images are read through their per-frame functional groups
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from models.contract import ContractError, Volume
@@ -103,8 +104,7 @@ def volume_from_series(
         )
     frames = [_frame_from_classic(ds, index) for index, ds in enumerate(datasets)]
     ordered, slice_vector = _order_frames(frames, max_tilt_degrees, spacing_tolerance)
-    planes = [_pixels(datasets[f.source], f) for f in ordered]
-    return _assemble(ordered, planes, slice_vector)
+    return _assemble(ordered, lambda f: _pixels(datasets[f.source], f), slice_vector)
 
 
 def _check_single_series(datasets: Sequence[Dataset]) -> None:
@@ -276,26 +276,37 @@ def _order_frames(
 
 
 def _pixels(ds: Dataset, frame: _Frame, frame_index: int | None = None) -> np.ndarray:
-    """The plane in modality units, transposed to ``[column, row]`` (= ``[i, j]``)."""
+    """The plane as stored, ``[row, column]``, in modality units (float32).
+
+    Decoded by `pydicom.pixels.pixel_array`, which keeps no copy on the dataset (the
+    `Dataset.pixel_array` property would: a second series in memory), one frame at a time.
+    """
     try:
-        array = ds.pixel_array
+        array = pixel_array(ds, index=frame_index)
     except Exception as exc:  # pydicom raises many kinds for broken or unsupported data
         raise DicomGeometryError(
             "PixelData",
             f"pixel data cannot be decoded ({type(exc).__name__}: {exc}); re-export the "
             "series uncompressed or with a standard transfer syntax",
         ) from None
-    if frame_index is not None:
-        array = array[frame_index] if array.ndim == 3 else array
     if array.shape != frame.shape:
         raise DicomGeometryError(
             "PixelData", f"decoded pixels have shape {array.shape}, header says {frame.shape}"
         )
-    values = array.astype(np.float32) * np.float32(frame.slope) + np.float32(frame.intercept)
-    return values.T
+    values = array.astype(np.float32)
+    values *= np.float32(frame.slope)
+    values += np.float32(frame.intercept)
+    return values
 
 
-def _assemble(ordered: list[_Frame], planes: list[np.ndarray], slice_vector: np.ndarray) -> Volume:
+def _assemble(
+    ordered: list[_Frame], plane_of: Callable[[_Frame], np.ndarray], slice_vector: np.ndarray
+) -> Volume:
+    """The frames decoded one at a time into one preallocated volume.
+
+    Stored as (slice, row, column) in C order, each plane a contiguous block, and handed out
+    transposed: ``[column, row, slice]`` = ``[i, j, k]``, Fortran-ordered like NIfTI's arrays.
+    """
     first = ordered[0]
     dr, dc = first.pixel_spacing
     lps = np.eye(4)
@@ -303,8 +314,10 @@ def _assemble(ordered: list[_Frame], planes: list[np.ndarray], slice_vector: np.
     lps[:3, 1] = first.col_cosine * dr
     lps[:3, 2] = slice_vector
     lps[:3, 3] = first.position
-    array = np.stack(planes, axis=2).astype(np.float32, copy=False)
-    return Volume(array=array, affine=LPS_TO_RAS @ lps)
+    stack = np.empty((len(ordered), *first.shape), dtype=np.float32)
+    for k, frame in enumerate(ordered):
+        stack[k] = plane_of(frame)
+    return Volume(array=stack.T, affine=LPS_TO_RAS @ lps)
 
 
 # -- enhanced multi-frame ---------------------------------------------------------------
@@ -368,8 +381,7 @@ def _volume_from_multiframe(ds: Dataset, max_tilt_degrees: float, spacing_tolera
             )
         )
     ordered, slice_vector = _order_frames(frames, max_tilt_degrees, spacing_tolerance)
-    planes = [_pixels(ds, f, frame_index=f.source) for f in ordered]
-    return _assemble(ordered, planes, slice_vector)
+    return _assemble(ordered, lambda f: _pixels(ds, f, frame_index=f.source), slice_vector)
 
 
 # -- writing (tests, demos) ---------------------------------------------------------------

@@ -250,12 +250,10 @@ def segmenter_input(volume: Volume, spec: SegmenterSpec, grid: Grid | None = Non
     grid = grid if grid is not None else coarse_grid(volume, spec)
     # Sampled up to the scan's faces: in the outer half voxel of the scan, trilinear sampling
     # would blend the last slice with the air beyond, and an organ the scan cuts would fade
-    # before the face, where `summarize` looks for the cut. Beyond the faces: air.
-    edged = np.pad(volume.array, 1, mode="edge")
-    edged_affine = volume.affine.copy()
-    edged_affine[:3, 3] = volume.affine[:3, :3] @ np.full(3, -1.0) + volume.affine[:3, 3]
+    # before the face, where `summarize` looks for the cut; so the edge is extended
+    # ("nearest", no padded copy of the scan), and everything beyond the faces set to air.
     air = BACKGROUND[_kind(spec)]
-    on_grid = resample(edged, edged_affine, grid, order=1, cval=air)
+    on_grid = resample(volume.array, volume.affine, grid, order=1, mode="nearest")
     scanned = scanned_voxels(volume, grid)
     image = to_tensor_layout(normalize_intensity(on_grid, spec))
     image[~scanned] = normalize_intensity(np.array([air]), spec)[0]

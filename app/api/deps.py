@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from app.admission import InferenceGate
 from app.errors import UnauthorizedError
 from app.metrics import Metrics
-from app.runtime import InferenceGate, ModelRegistry
+from app.runtime import ModelRegistry
 from app.settings import Settings
 from app.store import Store
 

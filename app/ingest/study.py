@@ -166,14 +166,15 @@ def _dicom_from_uploads(uploads: Sequence[Upload], limits: IngestLimits, field_n
     for upload in uploads:
         kind = sniff(upload.data)
         if kind == "zip":
-            members = [
-                (n, d) for n, d in iter_members(upload.data, limits.zip, field_name) if sniff(d) == "dicom"
-            ]
-            if not members:
+            # One member at a time: each is parsed, and its bytes let go, before the next.
+            before = len(datasets)
+            for name, data in iter_members(upload.data, limits.zip, field_name):
+                if sniff(data) == "dicom":
+                    datasets.append(_read_dicom(name, data, field_name))
+            if len(datasets) == before:
                 raise NotDicomError(
                     f"the zip {upload.filename!r} holds no DICOM Part-10 files", field=field_name
                 )
-            datasets.extend(_read_dicom(n, d, field_name) for n, d in members)
         elif kind == "dicom":
             datasets.append(_read_dicom(upload.filename, upload.data, field_name))
         elif upload.filename.lower().endswith((".dcm", ".dicom")) or "dicom" in upload.content_type:

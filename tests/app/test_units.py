@@ -14,10 +14,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 
+from app.admission import InferenceGate
 from app.errors import BusyError, UnknownIdError
 from app.ingest.assign import ct_phase_rank, guess_modality
 from app.ingest.pet import suv_factor
-from app.runtime import InferenceGate, ServedModel
+from app.runtime import ServedModel
 from app.settings import Settings
 from app.store import Store, new_id
 

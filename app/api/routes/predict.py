@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from pydicom.dataset import Dataset
 
+from app.admission import prediction_memory
 from app.api.deps import GateDep, MetricsDep, ModelsDep, SettingsDep, StoreDep
 from app.errors import (
     ConflictingInputError,
@@ -143,16 +144,19 @@ async def predict(
     metrics: MetricsDep,
 ) -> Prediction:
     """Grade one study: multipart files (`task`, a field per modality or `study`, `mask`) or `study_uid`."""
-    with metrics.stage("receive"):
-        name, uploads, fetched = await _read_request(request, settings)
-    if name not in TASKS:
-        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}", field="task")
-    service = Service(settings, models, gate, store, metrics)
-    outcome = await predict_study(service, name, uploads, fetched)
-    if settings.dicomweb_auto_store:
-        warning = await run_in_threadpool(_auto_store, outcome.response.id, store, settings)
-        if warning:
-            outcome.response.warnings.append(warning)
+    # Admitted (a slot, memory by the declared size) before a byte of the body is read.
+    async with gate.admit(prediction_memory(request.headers, settings)) as admission:
+        with metrics.stage("receive"):
+            name, uploads, fetched = await _read_request(request, settings)
+        if name not in TASKS:
+            raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}", field="task")
+        service = Service(settings, models, admission, store, metrics)
+        outcome = await predict_study(service, name, uploads, fetched)
+        del uploads  # the study's bytes: gone before the memory is handed back
+        if settings.dicomweb_auto_store:
+            warning = await run_in_threadpool(_auto_store, outcome.response.id, store, settings)
+            if warning:
+                outcome.response.warnings.append(warning)
     metrics.predictions.labels(task=name, label=outcome.response.label or "not-gradable").inc()
     log.info(
         "prediction",
