@@ -114,7 +114,8 @@ def ct_noise_hu(volume: Volume, max_slices: int = NOISE_SLICES) -> float | None:
     centres = np.unique(np.linspace(1, depth - 2, min(max_slices, depth - 2)).round().astype(int))
     parts = []
     for k in centres:
-        slab = array[(slice(None),) * z_axis + (slice(k - 1, k + 2),)]
+        # float32: sums of an int16 CT's shifted views would overflow.
+        slab = array[(slice(None),) * z_axis + (slice(k - 1, k + 2),)].astype(np.float32)
         soft = (slab > -100) & (slab < 200)
         parts.append(in_plane_residual(slab, z_axis)[eroded_interior(soft)])
     values = np.concatenate(parts)

@@ -348,6 +348,14 @@ def normalize(array: np.ndarray, kind: ModalityKind, task: TaskSpec) -> np.ndarr
     return np.where(foreground, np.clip(z, -5.0, 5.0), 0.0).astype(np.float32)
 
 
+def all_finite(array: np.ndarray) -> bool:
+    """Whether no value is NaN or infinite, without a boolean copy of a real-size volume
+    (the minimum and maximum propagate NaN and show infinities); integers always are."""
+    if np.issubdtype(array.dtype, np.integer):
+        return True
+    return bool(np.isfinite(array.min()) and np.isfinite(array.max()))
+
+
 def reference_modality(task: TaskSpec, available: set[str]) -> str:
     """The modality whose foreground centres the grid: the first required, else first given."""
     for name in task.required + task.modalities:
@@ -384,7 +392,7 @@ def prepare_input(
             needed[0], f"task {task.name!r} needs {needed[0]!r}; got {sorted(given) or 'nothing'}"
         )
     for name, volume in volumes.items():
-        if not np.all(np.isfinite(volume.array)):
+        if not all_finite(volume.array):
             raise ContractError(name, "contains NaN or infinite voxel values")
         _check_voxel_size(name, volume)
     if lesion is not None:
@@ -456,7 +464,7 @@ def _lesion_grid_center(lesion: Volume | None, reference: Volume, name: str, tas
         raise ContractError(
             "mask", f"this {task.name!r} model reads a crop centred on the lesion and needs the lesion's mask"
         )
-    if not np.all(np.isfinite(lesion.array)):
+    if not all_finite(lesion.array):
         raise ContractError("mask", "contains NaN or infinite values")
     center = lesion_center(lesion, task.lesion_labels)
     low, high = reference.world_bounds()

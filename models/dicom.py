@@ -72,6 +72,7 @@ def volume_from_series(
     *,
     max_tilt_degrees: float = MAX_TILT_DEGREES,
     spacing_tolerance: float = SPACING_TOLERANCE,
+    release_pixels: bool = False,
 ) -> Volume:
     """Stack the slices of one series into a `Volume` in modality units, RAS+ affine.
 
@@ -80,6 +81,9 @@ def volume_from_series(
             instance.
         max_tilt_degrees: largest tolerated gantry tilt.
         spacing_tolerance: largest tolerated relative deviation of a slice gap.
+        release_pixels: delete each classic instance's pixel data from its dataset once it
+            is decoded into the volume, so a real-size series is never held twice (the
+            caller keeps the headers).
 
     Raises:
         DicomGeometryError: the slices do not form one regular volume (the message says
@@ -104,7 +108,17 @@ def volume_from_series(
         )
     frames = [_frame_from_classic(ds, index) for index, ds in enumerate(datasets)]
     ordered, slice_vector = _order_frames(frames, max_tilt_degrees, spacing_tolerance)
-    return _assemble(ordered, lambda f: _pixels(datasets[f.source], f), slice_vector)
+
+    def plane(frame: _Frame) -> np.ndarray:
+        ds = datasets[frame.source]
+        values = _pixels(ds, frame)
+        if release_pixels:
+            for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+                if keyword in ds:
+                    delattr(ds, keyword)
+        return values
+
+    return _assemble(ordered, plane, slice_vector)
 
 
 def _check_single_series(datasets: Sequence[Dataset]) -> None:
@@ -276,7 +290,8 @@ def _order_frames(
 
 
 def _pixels(ds: Dataset, frame: _Frame, frame_index: int | None = None) -> np.ndarray:
-    """The plane as stored, ``[row, column]``, in modality units (float32).
+    """The plane as stored, ``[row, column]``, in modality units: int32 where the stored
+    values are integers and the rescale maps them to integers (CT's HU), else float32.
 
     Decoded by `pydicom.pixels.pixel_array`, which keeps no copy on the dataset (the
     `Dataset.pixel_array` property would: a second series in memory), one frame at a time.
@@ -293,10 +308,20 @@ def _pixels(ds: Dataset, frame: _Frame, frame_index: int | None = None) -> np.nd
         raise DicomGeometryError(
             "PixelData", f"decoded pixels have shape {array.shape}, header says {frame.shape}"
         )
+    integral = float(frame.slope).is_integer() and float(frame.intercept).is_integer()
+    if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize <= 2 and integral:
+        values = array.astype(np.int32)
+        if frame.slope != 1:
+            values *= int(frame.slope)
+        values += int(frame.intercept)
+        return values
     values = array.astype(np.float32)
     values *= np.float32(frame.slope)
     values += np.float32(frame.intercept)
     return values
+
+
+_INT16 = np.iinfo(np.int16)
 
 
 def _assemble(
@@ -306,6 +331,8 @@ def _assemble(
 
     Stored as (slice, row, column) in C order, each plane a contiguous block, and handed out
     transposed: ``[column, row, slice]`` = ``[i, j, k]``, Fortran-ordered like NIfTI's arrays.
+    Integer values that fit (a CT in HU) are kept as int16, half the memory of float32 and
+    exact; the first plane that does not fit (or is not integer) turns the volume float32.
     """
     first = ordered[0]
     dr, dc = first.pixel_spacing
@@ -314,10 +341,21 @@ def _assemble(
     lps[:3, 1] = first.col_cosine * dr
     lps[:3, 2] = slice_vector
     lps[:3, 3] = first.position
-    stack = np.empty((len(ordered), *first.shape), dtype=np.float32)
+    stack = np.empty((len(ordered), *first.shape), dtype=np.int16)
     for k, frame in enumerate(ordered):
-        stack[k] = plane_of(frame)
+        plane = plane_of(frame)
+        if stack.dtype == np.int16 and not _fits_int16(plane):
+            stack = stack.astype(np.float32)
+        stack[k] = plane
     return Volume(array=stack.T, affine=LPS_TO_RAS @ lps)
+
+
+def _fits_int16(plane: np.ndarray) -> bool:
+    return (
+        np.issubdtype(plane.dtype, np.integer)
+        and int(plane.min()) >= _INT16.min
+        and int(plane.max()) <= _INT16.max
+    )
 
 
 # -- enhanced multi-frame ---------------------------------------------------------------

@@ -235,7 +235,7 @@ def _volume_from_dicom(
 ) -> None:
     _check_decoded_size(datasets, modality, limits.max_image_bytes)
     try:
-        volume = volume_from_series(datasets)
+        volume = volume_from_series(datasets, release_pixels=True)
     except DicomGeometryError as exc:
         error = CorruptPixelDataError if exc.field == "PixelData" else InvalidStudyError
         raise error(f"{modality}: {exc.reason}", field=modality) from None

@@ -54,6 +54,31 @@ def test_rescale_slope_and_intercept_applied_per_slice() -> None:
     np.testing.assert_allclose(out.array, _volume().array, atol=1.0)
 
 
+def test_integer_values_are_kept_exactly_as_int16_else_float32() -> None:
+    """A CT in HU (integers) comes back int16, exact, at half the memory of float32; a rescale
+    to fractions, or a slice beyond int16's range (even the last), gives float32 throughout."""
+    volume = _volume()
+    out = volume_from_series(series_from_volume(volume))
+    assert out.array.dtype == np.int16
+    np.testing.assert_array_equal(out.array, volume.array)
+    halves = volume_from_series(series_from_volume(volume, rescale_slope=0.5, rescale_intercept=-1000.0))
+    assert halves.array.dtype == np.float32
+    np.testing.assert_allclose(halves.array, volume.array, atol=0.25)
+    bright = volume.array.copy()
+    bright[:, :, -1] += 40000.0
+    wide = volume_from_series(series_from_volume(Volume(bright, volume.affine), rescale_intercept=-1000.0))
+    assert wide.array.dtype == np.float32
+    np.testing.assert_array_equal(wide.array, bright)
+
+
+def test_pixel_data_can_be_released_as_it_is_decoded() -> None:
+    datasets = series_from_volume(_volume())
+    out = volume_from_series(datasets, release_pixels=True)
+    np.testing.assert_array_equal(out.array, _volume().array)
+    assert not any("PixelData" in ds for ds in datasets)
+    assert all("ImagePositionPatient" in ds for ds in datasets)  # the headers stay
+
+
 def test_single_slice_uses_slice_thickness() -> None:
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     out = volume_from_series([ds])
