@@ -310,11 +310,11 @@ def _pixels(ds: Dataset, frame: _Frame, frame_index: int | None = None) -> np.nd
         )
     integral = float(frame.slope).is_integer() and float(frame.intercept).is_integer()
     if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize <= 2 and integral:
-        values = array.astype(np.int32)
+        integers = array.astype(np.int32)
         if frame.slope != 1:
-            values *= int(frame.slope)
-        values += int(frame.intercept)
-        return values
+            integers *= int(frame.slope)
+        integers += int(frame.intercept)
+        return integers
     values = array.astype(np.float32)
     values *= np.float32(frame.slope)
     values += np.float32(frame.intercept)
