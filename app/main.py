@@ -49,6 +49,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await asyncio.to_thread(registry.load, settings)
     log.info("models loaded", extra={"status": "ready" if registry.ready else "not ready"})
     budget = settings.memory_budget_mb * 2**20 if settings.memory_budget_mb else default_memory_budget()
+    if budget is not None:
+        budget //= settings.workers  # the service's budget, shared by its worker processes
     app.state.gate = InferenceGate(settings.max_concurrent_inferences, memory_budget=budget)
     log.info("admission", extra={"slots": settings.max_concurrent_inferences, "memory_budget": budget})
     janitor = asyncio.create_task(_retention_loop(app.state.store, settings))

@@ -1,12 +1,19 @@
-"""Prometheus metrics, one registry per app (so several apps, as in tests, never collide)."""
+"""Prometheus metrics, one registry per app (so several apps, as in tests, never collide).
+
+Served by several worker processes (`reactkd serve --workers N`), each counts into files of
+the folder `PROMETHEUS_MULTIPROC_DIR` names (prometheus-client's multiprocess mode, chosen
+when the variable is set before the library is imported), and `/metrics`, whichever worker
+answers it, adds up every worker's files: the numbers are the service's.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 _STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -51,4 +58,8 @@ class Metrics:
             self.stages.labels(stage=name).observe(time.perf_counter() - start)
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            every_worker = CollectorRegistry()
+            multiprocess.MultiProcessCollector(every_worker)
+            return generate_latest(every_worker)
         return generate_latest(self.registry)

@@ -15,7 +15,10 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "demo_models"
 class Settings(BaseSettings):
     """Everything an operator can tune. Unsafe values are refused outside development."""
 
-    model_config = SettingsConfigDict(env_prefix="REACTKD_", env_file=".env", extra="ignore")
+    # An empty variable (docker compose passes `${VAR:-}` as "") means the default.
+    model_config = SettingsConfigDict(
+        env_prefix="REACTKD_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     environment: Literal["development", "production"] = "development"
     model_dir: Path = DEFAULT_MODEL_DIR
@@ -36,6 +39,8 @@ class Settings(BaseSettings):
     # by its declared size before its body is read (app.admission). Unset: 70 % of the
     # container's or the machine's memory.
     memory_budget_mb: int | None = Field(default=None, gt=0)
+    # Worker processes of `reactkd serve` (set by it): each admits against 1/N of the budget.
+    workers: int = Field(default=1, gt=0)
     request_timeout_s: float = Field(default=120.0, gt=0)
     # Longest wait for the next piece of a request body (a stalled or lying client).
     body_idle_timeout_s: float = Field(default=30.0, gt=0)

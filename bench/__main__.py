@@ -197,6 +197,18 @@ def md_concurrency(r: dict[str, Any]) -> str:
             ),
             f"Server peak resident memory (VmHWM): **{_fmt(memory['peak_rss'])} MiB** "
             f"({_fmt(memory['rss_after_ready'])} MiB when ready).\n",
+            *(
+                f"With {n} workers (`reactkd serve --workers {n}`), throughput over "
+                f"{r.get('workers', 1)} at each level: "
+                + ", ".join(f"{level} clients x{ratio}" for level, ratio in ratios.items())
+                + "; p99 ms: "
+                + ", ".join(
+                    f"{level} clients {_fmt(x['p99_ms'])}"
+                    for level, x in r["by_workers"][n]["levels"].items()
+                )
+                + ".\n"
+                for n, ratios in r.get("throughput_over_first_workers", {}).items()
+            ),
         ]
     )
 

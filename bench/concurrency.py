@@ -122,6 +122,52 @@ def run_level(base: str, body: bytes, clients: int, seconds: float, max_requests
     }
 
 
+def serve_levels(
+    model_dir: Path,
+    body: bytes,
+    levels: list[int],
+    seconds: float,
+    max_requests: int,
+    workers: int,
+    overrides: dict[str, str],
+) -> dict[str, Any]:
+    """One server of `workers` processes through every level; its memory (the parent's and
+    its workers' resident memory added up)."""
+    out: dict[str, Any] = {"levels": {}}
+    with tempfile.TemporaryDirectory() as store:
+        server, base = start_server(model_dir, store, None, REACTKD_WORKERS=str(workers), **overrides)
+        try:
+            pids = [server.pid, *_children(server.pid)]
+            rss_ready = sum(rss_mib(pid) for pid in pids)
+            with httpx.Client(base_url=base, timeout=60) as http:
+                for _ in range(2 * workers):  # warm-up, each worker likely once
+                    http.post("/v1/predict", data={"task": "hcc"}, files=[("ct", ("ct.nii", body))])
+            for clients in levels:
+                print(
+                    f"{workers} worker(s), {clients} concurrent clients for {seconds:.0f} s ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                out["levels"][str(clients)] = run_level(base, body, clients, seconds, max_requests)
+            out["server_memory_mib"] = {
+                "rss_after_ready": round(rss_ready, 1),
+                "rss_at_end": round(sum(rss_mib(pid) for pid in pids), 1),
+                "peak_rss": round(sum(peak_rss_mib(pid) for pid in pids), 1),
+            }
+        finally:
+            stop(server)
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    """The worker processes of a server started with several workers."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found += [int(c) for c in children]
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients")
@@ -133,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="REACTKD_MAX_CONCURRENT_INFERENCES (default: the service's)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="worker processes of the server; each count is served and measured in turn",
     )
     parser.add_argument("--quick", action="store_true", help="a 64x64x32 CT and 2 s per level (for CI)")
     args = parser.parse_args(argv)
@@ -146,21 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {}
     if args.max_inferences is not None:
         overrides["REACTKD_MAX_CONCURRENT_INFERENCES"] = str(args.max_inferences)
-    levels: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as store:
-        server, base = start_server(args.model_dir, store, None, **overrides)
-        try:
-            rss_ready = rss_mib(server.pid)
-            with httpx.Client(base_url=base, timeout=60) as http:
-                for _ in range(2):  # warm-up
-                    http.post("/v1/predict", data={"task": "hcc"}, files=[("ct", ("ct.nii", body))])
-            for clients in args.levels:
-                print(f"{clients} concurrent clients for {seconds:.0f} s ...", file=sys.stderr, flush=True)
-                levels[str(clients)] = run_level(base, body, clients, seconds, args.max_requests)
-            rss_end = rss_mib(server.pid)
-            peak = peak_rss_mib(server.pid)
-        finally:
-            stop(server)
+    by_workers = {
+        str(n): serve_levels(args.model_dir, body, args.levels, seconds, args.max_requests, n, overrides)
+        for n in args.workers
+    }
+    first = by_workers[str(args.workers[0])]
+    levels, memory = first["levels"], first["server_memory_mib"]
     report = {
         "volume": list(volume.array.shape),
         "upload_megabytes": round(len(body) / 2**20, 2),
@@ -169,11 +213,18 @@ def main(argv: list[str] | None = None) -> int:
         or Settings.model_fields["max_concurrent_inferences"].default,
         "backoff_after_503_s": BACKOFF_S,
         "quick": args.quick,
+        "workers": args.workers[0],
         "levels": levels,
-        "server_memory_mib": {
-            "rss_after_ready": round(rss_ready, 1),
-            "rss_at_end": round(rss_end, 1),
-            "peak_rss": round(peak, 1),
+        "server_memory_mib": memory,
+        "by_workers": by_workers,
+        "throughput_over_first_workers": {
+            n: {
+                level: round(x["throughput_rps"] / levels[level]["throughput_rps"], 2)
+                for level, x in w["levels"].items()
+                if levels[level]["throughput_rps"]
+            }
+            for n, w in by_workers.items()
+            if n != str(args.workers[0])
         },
         "load_average_1min": round(os.getloadavg()[0], 2),
     }

@@ -24,7 +24,9 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -240,8 +242,29 @@ def _ablation(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    workers = args.workers or int(os.environ.get("REACTKD_WORKERS") or 1)
+    if workers > 1:
+        # Each worker process loads the models and admits its own share of the requests
+        # (REACTKD_WORKERS tells it how many share the memory budget); their Prometheus
+        # counters go to files in one folder that /metrics adds up (prometheus-client's
+        # multiprocess mode), emptied first so a restart does not count old requests.
+        os.environ["REACTKD_WORKERS"] = str(workers)
+        folder = Path(
+            os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="reactkd-metrics-")
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     # The service is named by import string: training never imports app (DESIGN.md).
-    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        workers=workers,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -395,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes serving requests, each with its own models (default: REACTKD_WORKERS, else 1)",
+    )
     serve.set_defaults(func=_serve)
     return parser
 

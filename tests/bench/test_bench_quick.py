@@ -43,6 +43,8 @@ EXPECTED: dict[str, list[tuple[str, ...]]] = {
     "concurrency": [
         *(("levels", n, key) for n in LEVELS for key in ("p50_ms", "p95_ms", "p99_ms", "throughput_rps")),
         ("server_memory_mib", "peak_rss"),
+        ("by_workers", "2", "levels", "16", "p99_ms"),
+        ("throughput_over_first_workers", "2", "16"),
     ],
     "realsize": [
         ("floor", "48", "total_s"),
