@@ -21,7 +21,6 @@ from app.api.routes import models as models_route
 from app.errors import install_error_handler
 from app.ingest.uploads import BodyLimitMiddleware
 from app.logs import configure_logging, request_id_var
-from app.memory import configure_allocator
 from app.metrics import Metrics
 from app.runtime import ModelRegistry
 from app.settings import Settings
@@ -40,7 +39,6 @@ async def _retention_loop(store: Store, settings: Settings) -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    configure_allocator()
     app.state.store = Store(settings.store_dir)
     removed = await asyncio.to_thread(app.state.store.purge, settings.retention_days)
     log.info("store opened", extra={"removed": removed})

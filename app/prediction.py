@@ -35,6 +35,7 @@ from app.errors import (
 )
 from app.ingest.archive import ZipLimits
 from app.ingest.study import IngestLimits, Study, Upload, build_study
+from app.memory import trim_heaps
 from app.metrics import Metrics
 from app.outcome import Graded, Outcome, build_outcome, link_dicom_outputs
 from app.quality import input_warnings
@@ -288,7 +289,8 @@ async def predict_study(
         with metrics.stage("ingest"):
             study = build_study(uploads, task, ingest_limits(settings))
             check_volumes(study, task)
-            return study
+        trim_heaps()  # the slices' bytes, freed as they were decoded, before the models' grids
+        return study
 
     study = await admission.run(ingest, timeout=remaining())
     # Localize, then grade: the client's mask (or the study's SEG) wins over the segmenter's.
@@ -303,15 +305,9 @@ async def predict_study(
         with metrics.stage("preprocess"):
             return localization, preprocess(study, task, localization.mask, model.reads_modalities)
 
-    localization, model_input = await admission.run(localize_and_prepare, timeout=remaining())
-
-    def timed_checks() -> list[str]:
+    def input_checks() -> list[str]:
         with metrics.stage("checks"):
-            return [
-                *modality_warnings(study, model),
-                *localization_warnings(model, localization, segmenter),
-                *input_warnings(study.volumes, task),
-            ]
+            return input_warnings(study.volumes, task)
 
     def timed_infer() -> Graded | None:
         if model_input is None:
@@ -320,12 +316,19 @@ async def predict_study(
             return Graded(model_input, infer(model, model_input))
 
     # The input checks (CT noise, liver coverage) need only the study: they run beside the
-    # network, on another core when there is one (ONNX Runtime uses `intra_op_threads`).
-    checks = asyncio.ensure_future(run_in_threadpool(timed_checks))
+    # segmenter and the grader, on another core when there is one (ONNX Runtime uses
+    # `intra_op_threads`), off the critical path.
+    checks = asyncio.ensure_future(run_in_threadpool(input_checks))
     try:
+        localization, model_input = await admission.run(localize_and_prepare, timeout=remaining())
         graded = await admission.run(timed_infer, timeout=remaining())
     finally:
-        warnings = await checks
+        checked = await checks
+    warnings = [
+        *modality_warnings(study, model),
+        *localization_warnings(model, localization, segmenter),
+        *checked,
+    ]
     prediction_id = new_id()
     # A fetched study stays in the PACS: the store keeps no second copy of its files.
     kept = {} if fetched else uploads

@@ -111,7 +111,7 @@ def volume_from_series(
 
     def plane(frame: _Frame) -> np.ndarray:
         ds = datasets[frame.source]
-        values = _pixels(ds, frame)
+        values = _stored_pixels(ds, frame)
         if release_pixels:
             for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
                 if keyword in ds:
@@ -289,9 +289,8 @@ def _order_frames(
     return ordered, span / (len(ordered) - 1)
 
 
-def _pixels(ds: Dataset, frame: _Frame, frame_index: int | None = None) -> np.ndarray:
-    """The plane as stored, ``[row, column]``, in modality units: int32 where the stored
-    values are integers and the rescale maps them to integers (CT's HU), else float32.
+def _stored_pixels(ds: Dataset, frame: _Frame, frame_index: int | None = None) -> np.ndarray:
+    """The plane's stored values, ``[row, column]``, before the rescale.
 
     Decoded by `pydicom.pixels.pixel_array`, which keeps no copy on the dataset (the
     `Dataset.pixel_array` property would: a second series in memory), one frame at a time.
@@ -308,31 +307,49 @@ def _pixels(ds: Dataset, frame: _Frame, frame_index: int | None = None) -> np.nd
         raise DicomGeometryError(
             "PixelData", f"decoded pixels have shape {array.shape}, header says {frame.shape}"
         )
-    integral = float(frame.slope).is_integer() and float(frame.intercept).is_integer()
-    if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize <= 2 and integral:
-        integers = array.astype(np.int32)
-        if frame.slope != 1:
-            integers *= int(frame.slope)
-        integers += int(frame.intercept)
-        return integers
-    values = array.astype(np.float32)
-    values *= np.float32(frame.slope)
-    values += np.float32(frame.intercept)
-    return values
+    return array
 
 
 _INT16 = np.iinfo(np.int16)
 
 
+def _rescales_into_int16(stored: np.ndarray, frame: _Frame) -> bool:
+    """Whether the plane's values in modality units are integers that int16 holds exactly."""
+    if not (
+        np.issubdtype(stored.dtype, np.integer)
+        and float(frame.slope).is_integer()
+        and float(frame.intercept).is_integer()
+    ):
+        return False
+    slope, intercept = int(frame.slope), int(frame.intercept)
+    ends = (int(stored.min()) * slope + intercept, int(stored.max()) * slope + intercept)
+    return min(ends) >= _INT16.min and max(ends) <= _INT16.max
+
+
+def _rescale_into(out: np.ndarray, stored: np.ndarray, frame: _Frame) -> None:
+    """``stored * slope + intercept`` written into `out` (a plane of the volume), computed
+    in int32 or float32 a block at a time by the ufuncs, without a plane-sized temporary."""
+    work = np.int32 if out.dtype == np.int16 else np.float32
+    slope = work(frame.slope)
+    intercept = work(frame.intercept)
+    if slope == 1:
+        np.add(stored, intercept, out=out, dtype=work, casting="unsafe")
+        return
+    values = np.multiply(stored, slope, dtype=work)
+    values += intercept
+    out[...] = values
+
+
 def _assemble(
-    ordered: list[_Frame], plane_of: Callable[[_Frame], np.ndarray], slice_vector: np.ndarray
+    ordered: list[_Frame], stored_of: Callable[[_Frame], np.ndarray], slice_vector: np.ndarray
 ) -> Volume:
-    """The frames decoded one at a time into one preallocated volume.
+    """The frames decoded one at a time into one preallocated volume, in modality units.
 
     Stored as (slice, row, column) in C order, each plane a contiguous block, and handed out
     transposed: ``[column, row, slice]`` = ``[i, j, k]``, Fortran-ordered like NIfTI's arrays.
-    Integer values that fit (a CT in HU) are kept as int16, half the memory of float32 and
-    exact; the first plane that does not fit (or is not integer) turns the volume float32.
+    Integer values that int16 holds (a CT in HU) are kept as int16, half the memory of
+    float32 and exact; the first plane that does not fit, or is not integer, turns the
+    volume float32.
     """
     first = ordered[0]
     dr, dc = first.pixel_spacing
@@ -343,19 +360,11 @@ def _assemble(
     lps[:3, 3] = first.position
     stack = np.empty((len(ordered), *first.shape), dtype=np.int16)
     for k, frame in enumerate(ordered):
-        plane = plane_of(frame)
-        if stack.dtype == np.int16 and not _fits_int16(plane):
+        stored = stored_of(frame)
+        if stack.dtype == np.int16 and not _rescales_into_int16(stored, frame):
             stack = stack.astype(np.float32)
-        stack[k] = plane
+        _rescale_into(stack[k], stored, frame)
     return Volume(array=stack.T, affine=LPS_TO_RAS @ lps)
-
-
-def _fits_int16(plane: np.ndarray) -> bool:
-    return (
-        np.issubdtype(plane.dtype, np.integer)
-        and int(plane.min()) >= _INT16.min
-        and int(plane.max()) <= _INT16.max
-    )
 
 
 # -- enhanced multi-frame ---------------------------------------------------------------
@@ -419,7 +428,7 @@ def _volume_from_multiframe(ds: Dataset, max_tilt_degrees: float, spacing_tolera
             )
         )
     ordered, slice_vector = _order_frames(frames, max_tilt_degrees, spacing_tolerance)
-    return _assemble(ordered, lambda f: _pixels(ds, f, frame_index=f.source), slice_vector)
+    return _assemble(ordered, lambda f: _stored_pixels(ds, f, frame_index=f.source), slice_vector)
 
 
 # -- writing (tests, demos) ---------------------------------------------------------------
