@@ -3,9 +3,10 @@
 Files are written first into a temporary folder that is renamed into place, and only then
 is the row committed, so a prediction is either complete or invisible; a crash leaves at
 most an orphan folder that the next purge removes. A prediction's folder keeps what later
-explanations need (raw outputs, the reference image's geometry, DICOM source headers) and
-the uploaded files themselves (nothing accepted is lost); the model input is rebuilt from
-those uploads when an explanation needs it (see `app.explain.case`).
+explanations need (model input and raw outputs, mask, views, the reference image's geometry,
+DICOM source headers: `app.outcome`) and the uploaded files themselves (nothing accepted is
+lost); only predictions stored before the model input was kept have it rebuilt from those
+uploads (see `app.explain.case`).
 
 One connection is kept open for the store's life (behind a lock, so any thread may use
 it): opening and closing one per operation made every close checkpoint and delete the
