@@ -79,29 +79,33 @@ def _counted(text: str, route: str) -> int:
 
 @pytest.mark.timeout(300)
 def test_metrics_add_up_across_two_workers(two_workers: tuple[str, Path]) -> None:
-    """24 predictions, 4 clients at once, served by two worker processes: every one counted
-    once in `/metrics`, whichever worker answers it, and both workers did serve."""
+    """Predictions from two clients, each on a fresh connection, until both worker processes
+    have served (at most 40): every one is counted once in `/metrics`, whichever worker
+    answers the scrape."""
     base, metrics = two_workers
     body = nifti_bytes(ct_volume())
     statuses: list[int] = []
     lock = threading.Lock()
 
     def client() -> None:
-        with httpx.Client(base_url=base, timeout=120) as http:
-            for _ in range(6):
+        for _ in range(4):
+            with httpx.Client(base_url=base, timeout=120) as http:  # a new connection each time
                 response = http.post("/v1/predict", data={"task": "hcc"}, files=[("ct", ("ct.nii.gz", body))])
-                with lock:
-                    statuses.append(response.status_code)
+            with lock:
+                statuses.append(response.status_code)
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(statuses) == 24 and set(statuses) <= {200, 503}, statuses
-    assert statuses.count(200) >= 12, statuses
+    def workers_that_counted() -> set[str]:
+        return {path.name for path in metrics.glob("counter_*.db")}
+
+    while len(statuses) < 40 and (len(statuses) < 8 or len(workers_that_counted()) < 2):
+        threads = [threading.Thread(target=client) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    # Two clients, two slots per worker: none is refused.
+    assert set(statuses) == {200}, statuses
+    assert len(workers_that_counted()) >= 2, workers_that_counted()
     with httpx.Client(base_url=base, timeout=30) as http:
-        for _ in range(4):  # several scrapes, likely answered by either worker: the same sums
-            assert _counted(http.get("/metrics").text, "/v1/predict") == 24
-    writers = {path.name for path in metrics.glob("counter_*.db")}
-    assert len(writers) >= 2, writers
+        for _ in range(4):  # several scrapes, answered by either worker: the same sums
+            assert _counted(http.get("/metrics").text, "/v1/predict") == len(statuses)
