@@ -8,6 +8,7 @@ in threads under that slot (`Admission.run`), so an admitted request is never re
 half-way. A request finding no slot free, or no room left in the budget, is answered 503
 with Retry-After at once, before a byte of its body is read: refused, it costs the server
 nothing, where a queue would hold each waiting client's upload only to time it out later.
+One that would need more than the whole budget is answered 413: waiting would not help.
 
 Explanations take a slot for each piece of work (`InferenceGate.run`), refused alike.
 
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.errors import BusyError, TimeoutProblem
+from app.errors import BusyError, TimeoutProblem, TooLargeError
 from app.memory import release_freed_memory
 from app.settings import Settings
 
@@ -110,6 +111,14 @@ class InferenceGate:
 
     def admit(self, need_bytes: int) -> Admission:
         """A slot and `need_bytes` of the budget, or a 503 (`BusyError`) at once."""
+        if self.memory_budget is not None and need_bytes > self.memory_budget:
+            # Never admitted, however long it waits: 413, not a 503 inviting a retry.
+            raise TooLargeError(
+                f"this request would need about {need_bytes / 2**20:.0f} MiB at its peak, more than "
+                f"the whole memory budget of {self.memory_budget / 2**20:.0f} MiB "
+                "(REACTKD_MEMORY_BUDGET_MB); send a smaller study",
+                field="body",
+            )
         if self.busy + self._lingering >= self.limit:
             raise self._refuse(f"{self.limit} request(s) already at work")
         if self.memory_budget is not None and self.reserved + need_bytes > self.memory_budget:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.admission import MIN_PREDICTION_BYTES, PEAK_PER_BODY_BYTE, InferenceGate, prediction_memory
-from app.errors import BusyError
+from app.errors import BusyError, TooLargeError
 from app.settings import Settings
 from bench.server import start_server, stop
 
@@ -45,6 +45,8 @@ def test_the_memory_budget_admits_by_declared_size_and_gives_it_back() -> None:
         first = gate.admit(600 * MiB)
         with pytest.raises(BusyError, match="needs about 500 MiB"):
             gate.admit(500 * MiB)
+        with pytest.raises(TooLargeError, match="more than the whole memory budget"):
+            gate.admit(1001 * MiB)  # never fits: 413, not a 503 inviting a retry
         second = gate.admit(400 * MiB)  # fits beside the first
         assert gate.reserved == 1000 * MiB
         first.close()
@@ -115,7 +117,7 @@ def one_slot_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_refusals_come_before_the_body_is_read(one_slot_server: str) -> None:
     """A real server, one slot: while an upload holds it (its body still coming), another
     request is answered 503 + Retry-After in well under 100 ms, its body never sent; a
-    request declaring more than the memory budget is refused alike, naming the budget."""
+    request declaring more than the whole memory budget is refused alike, 413, naming it."""
     holder = _headers_only(one_slot_server, 10 * 10**6)
     holder.sendall(b"--b\r\n")  # the body has begun: the request holds its slot
     time.sleep(0.5)
@@ -131,9 +133,10 @@ def test_refusals_come_before_the_body_is_read(one_slot_server: str) -> None:
     finally:
         holder.close()
     time.sleep(0.5)  # the holder's disconnect frees its slot
-    # 1000 MiB of budget; 200 MB declared needs 1.6 GB: refused at once, by the memory.
+    # 1000 MiB of budget; 200 MB declared needs 1.6 GB, more than the whole budget: 413 at
+    # once, naming the budget (waiting would not help, so no Retry-After).
     big = _headers_only(one_slot_server, 200 * 10**6)
     status, headers, body = _answer(big)
     big.close()
-    assert status == 503 and headers.get("retry-after"), body
-    assert "memory budget" in body["detail"], body
+    assert status == 413 and "retry-after" not in headers, body
+    assert "memory budget" in body["detail"] and body["field"] == "body", body
