@@ -131,9 +131,9 @@ class InferenceGate:
         self.reserved += need_bytes
         return Admission(self, need_bytes)
 
-    async def run(self, fn: Callable[..., T], *args: Any, timeout: float, need_bytes: int = 0) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, timeout: float) -> T:
         """`fn(*args)` in a thread under a slot of its own (a 503 when none is free)."""
-        async with self.admit(need_bytes) as admission:
+        async with self.admit(0) as admission:
             return await admission.run(fn, *args, timeout=timeout)
 
     def _hold_until(self, task: asyncio.Future) -> None:

@@ -147,7 +147,6 @@ class BareModels:
         self.stages = {name: session(s["onnx_file"]) for name, s in segmenter["stages"].items()}
         self.grader = session(grader["onnx_file"])
         self.task = task_of_card(grader)
-        self.reads = list(grader.get("reads_modalities") or ["ct"])
 
     def predictor(self, stage: str) -> Callable:
         import torch
@@ -175,8 +174,7 @@ def floor_once(folder: Path, models: BareModels) -> dict[str, float]:
     model_input = prepare_input({"ct": ct}, models.task, lesion=segmentation.as_volume())
     times["prepare_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    present = np.ones((1, len(model_input.present)), np.float32) * model_input.present[None]
-    models.grader.run(None, {"image": model_input.image[None], "present": present})
+    models.grader.run(None, {"image": model_input.image[None], "present": model_input.present[None]})
     times["grade_s"] = time.perf_counter() - mark
     times["total_s"] = time.perf_counter() - start
     times["lesion_ml"] = segmentation.summary.lesion_ml
