@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.ingest.study import SeriesSource, Study, Upload
+from app.ingest.study import SeriesSource, Study
 from app.pacs.references import missing_reference
 from app.runtime import ServedModel
 from app.schemas import MaskInfo, Modalities, ModelRef, Prediction, SeriesAssignment, StudyInfo
@@ -112,7 +111,6 @@ def build_outcome(
     study: Study,
     localization: Localization,
     graded: Graded | None,
-    uploads: dict[str, list[Upload]],
     checks: list[str],
     segmenter: ServedModel | None = None,
 ) -> Outcome:
@@ -156,12 +154,8 @@ def build_outcome(
         },
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    files = _files(task, study, localization, graded, probabilities, uploads)
+    files = _files(task, study, localization, graded, probabilities)
     return Outcome(response, files)
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name.rsplit("/", 1)[-1])[:100] or "upload"
 
 
 def _files(
@@ -170,9 +164,9 @@ def _files(
     localization: Localization,
     graded: Graded | None,
     probabilities: np.ndarray | None,
-    uploads: dict[str, list[Upload]],
 ) -> dict[str, bytes]:
-    """Everything explanations need, kept once: they never ingest the upload again."""
+    """Everything explanations need, kept once: they never ingest the upload again (the
+    uploaded files themselves are moved in beside these by `Store.save`)."""
     reference = reference_modality(task, set(study.volumes))
     volume = study.volumes[reference]
     meta = {
@@ -217,9 +211,6 @@ def _files(
             probabilities=np.rint(seg.probabilities * 255).astype(np.uint8),
             affine=seg.grid.affine,
         )
-    for field_name, items in uploads.items():
-        for index, upload in enumerate(items):
-            files[f"uploads/{_safe_name(field_name)}/{index:05d}-{_safe_name(upload.filename)}"] = upload.data
     return files
 
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
+from pydicom.dataset import Dataset
 
 from app.admission import Admission
 from app.errors import (
@@ -269,11 +271,16 @@ class Service:
 
 
 async def predict_study(
-    service: Service, task_name: str, uploads: dict[str, list[Upload]], fetched: bool
+    service: Service,
+    task_name: str,
+    uploads: dict[str, list[Upload]],
+    spool: Path | None,
+    fetched: Sequence[Dataset] = (),
 ) -> Outcome:
-    """One study, uploaded (or `fetched` from the PACS), through the whole pipeline: ingest,
-    refuse what is not a volume, localize, judge gradability, crop, grade, build the
-    response and commit it to the store. Raises the service's typed problems."""
+    """One study, uploaded (spooled in `spool`) or `fetched` from the PACS, through the whole
+    pipeline: ingest, refuse what is not a volume, localize, judge gradability, crop, grade,
+    build the response and commit it to the store with the uploads (a fetched study stays in
+    the PACS: no second copy is kept). Raises the service's typed problems."""
     settings, metrics, admission = service.settings, service.metrics, service.admission
     deadline = time.monotonic() + settings.request_timeout_s
     model = service.models.for_task(task_name)
@@ -287,7 +294,7 @@ async def predict_study(
 
     def ingest() -> Study:
         with metrics.stage("ingest"):
-            study = build_study(uploads, task, ingest_limits(settings))
+            study = build_study(uploads, task, ingest_limits(settings), fetched)
             check_volumes(study, task)
         trim_heaps()  # the slices' bytes, freed as they were decoded, before the models' grids
         return study
@@ -299,7 +306,7 @@ async def predict_study(
 
     def localize_and_prepare() -> tuple[Localization, ModelInput | None]:
         with metrics.stage("localize"):
-            localization = localize(study, task, segmenter, fetched, settings)
+            localization = localize(study, task, segmenter, bool(fetched), settings)
         if not localization.gradable:
             return localization, None
         with metrics.stage("preprocess"):
@@ -330,14 +337,12 @@ async def predict_study(
         *checked,
     ]
     prediction_id = new_id()
-    # A fetched study stays in the PACS: the store keeps no second copy of its files.
-    kept = {} if fetched else uploads
 
     def outcome_and_save() -> Outcome:
         # Off the event loop: building the response and encoding files are CPU work.
         with metrics.stage("outcome"):
             outcome = build_outcome(
-                prediction_id, task, model, study, localization, graded, kept, warnings, segmenter
+                prediction_id, task, model, study, localization, graded, warnings, segmenter
             )
             reference = study.sources[reference_modality(task, set(study.volumes))]
             link_dicom_outputs(outcome.response.links, prediction_id, reference)
@@ -349,6 +354,7 @@ async def predict_study(
                 model=model.name,
                 response=outcome.response.model_dump(mode="json"),
                 files=outcome.files,
+                uploads=spool if uploads else None,
             )
         return outcome
 

@@ -1,12 +1,13 @@
 """Where predictions live: SQLite (WAL) rows plus one folder of files per prediction.
 
-Files are written first into a temporary folder that is renamed into place, and only then
-is the row committed, so a prediction is either complete or invisible; a crash leaves at
-most an orphan folder that the next purge removes. A prediction's folder keeps what later
-explanations need (model input and raw outputs, mask, views, the reference image's geometry,
-DICOM source headers: `app.outcome`) and the uploaded files themselves (nothing accepted is
-lost); only predictions stored before the model input was kept have it rebuilt from those
-uploads (see `app.explain.case`).
+Uploads are spooled to disk as they arrive (`Store.spool`, beside the predictions so that
+keeping them is a rename). Files are written first into a temporary folder that is renamed
+into place, and only then is the row committed, so a prediction is either complete or
+invisible; a crash leaves at most an orphan folder that the next purge removes. A
+prediction's folder keeps what later explanations need (model input and raw outputs, mask,
+views, the reference image's geometry, DICOM source headers: `app.outcome`) and the
+uploaded files themselves (nothing accepted is lost); only predictions stored before the
+model input was kept have it rebuilt from those uploads (see `app.explain.case`).
 
 One connection is kept open for the store's life (behind a lock, so any thread may use
 it): opening and closing one per operation made every close checkpoint and delete the
@@ -49,6 +50,8 @@ CREATE INDEX IF NOT EXISTS predictions_created ON predictions (created);
 """
 # Folders without a row are only purged once this old (a save may be in progress).
 _ORPHAN_GRACE_S = 3600.0
+# Room left on the store's disk beyond an upload: the prediction's own files, the database.
+_SPOOL_RESERVE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,24 @@ class Store:
         with self._lock:
             self._db.close()
 
+    @contextlib.contextmanager
+    def spool(self, expected_bytes: int = 0) -> Iterator[Path]:
+        """A folder for one request's uploads on the store's own disk, so that keeping them
+        with the prediction is a rename (`save(uploads=...)`); removed when the request ends
+        unless kept. Refused up front when the disk lacks room for `expected_bytes`."""
+        free = shutil.disk_usage(self.files).free
+        if expected_bytes + _SPOOL_RESERVE_BYTES > free:
+            raise StorageError(
+                f"the prediction store's disk has {free >> 20} MiB free, too little to receive "
+                f"{expected_bytes >> 20} MiB; free space in the store folder or try later"
+            )
+        folder = self.files / f".spool-{new_id()}"
+        folder.mkdir()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def save(
         self,
         prediction_id: str,
@@ -105,8 +126,10 @@ class Store:
         model: str,
         response: Mapping[str, Any],
         files: Mapping[str, bytes],
+        uploads: Path | None = None,
     ) -> StoredPrediction:
-        """Write `files` (relative paths -> bytes), then commit the row."""
+        """Write `files` (relative paths -> bytes) and move the spooled `uploads` folder in
+        (as `uploads/`), then commit the row."""
         temp = self.files / f".tmp-{prediction_id}"
         final = self.files / prediction_id
         for relative in files:
@@ -114,10 +137,13 @@ class Store:
                 raise ValueError(f"refusing to write outside the prediction folder: {relative!r}")
         created = time.time()
         try:
+            temp.mkdir()
             for relative, data in files.items():
                 path = temp / relative
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
+            if uploads is not None:
+                os.replace(uploads, temp / "uploads")
             os.replace(temp, final)
             with self._connect() as db:
                 db.execute(
@@ -179,7 +205,7 @@ class Store:
             known = {r[0] for r in db.execute("SELECT id FROM predictions")}
         for prediction_id in old:
             shutil.rmtree(self.files / prediction_id, ignore_errors=True)
-        for folder in self.files.iterdir():
+        for folder in self.files.iterdir():  # crashed saves (.tmp-) and requests (.spool-)
             name = folder.name.removeprefix(".tmp-")
             if name not in known and now - folder.stat().st_mtime > _ORPHAN_GRACE_S:
                 shutil.rmtree(folder, ignore_errors=True)

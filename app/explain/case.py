@@ -96,7 +96,7 @@ def stored_uploads(store: Store, prediction: StoredPrediction) -> dict[str, list
         for field_dir in sorted(p for p in root.iterdir() if p.is_dir()):
             for path in sorted(p for p in field_dir.iterdir() if p.is_file()):
                 name = path.name.split("-", 1)[-1]
-                uploads[field_dir.name].append(Upload(field_dir.name, name, "", path.read_bytes()))
+                uploads[field_dir.name].append(Upload(field_dir.name, name, "", path))
     return dict(uploads)
 
 

@@ -7,16 +7,17 @@ lies about its size.
 
 from __future__ import annotations
 
-import io
 import lzma
 import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from app.errors import TooManyFilesError, UnsafeArchiveError, UnsupportedMediaError, ZipBombError
+from app.ingest.sniff import SNIFF_BYTES
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Ratios are only judged on members big enough for a ratio to mean something.
@@ -86,19 +87,32 @@ def check_archive(zf: zipfile.ZipFile, limits: ZipLimits, field: str) -> list[zi
     return files
 
 
-def iter_members(data: bytes, limits: ZipLimits, field: str) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each file in the zip `data`; nested archives are refused."""
+def iter_members(
+    source: Path, limits: ZipLimits, field: str, wanted: Callable[[bytes], bool]
+) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each file in the zip at `source` whose first bytes are `wanted`;
+    the others are passed over unread (only their first bytes are decompressed). Nested
+    archives are refused."""
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
+        zf = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as exc:
         raise UnsupportedMediaError(f"the zip archive cannot be read ({exc})", field=field) from None
     with zf:
         budget = limits.max_total_bytes
         for info in check_archive(zf, limits, field):
             try:
                 with zf.open(info) as member:
+                    head = member.read(SNIFF_BYTES)
+                    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+                        raise UnsupportedMediaError(
+                            f"member {info.filename!r} is itself a zip; nested archives are not "
+                            "accepted, zip the DICOM files directly",
+                            field=field,
+                        )
+                    if not wanted(head):
+                        continue
                     # Bounded read: a member may lie about its size in the directory.
-                    content = member.read(min(info.file_size, budget) + 1)
+                    content = head + member.read(max(0, min(info.file_size, budget) + 1 - len(head)))
             except _READ_ERRORS as exc:
                 raise UnsupportedMediaError(
                     f"archive member {info.filename!r} cannot be read ({exc}); re-create the zip "
@@ -108,10 +122,4 @@ def iter_members(data: bytes, limits: ZipLimits, field: str) -> Iterator[tuple[s
             if len(content) > info.file_size:
                 raise ZipBombError(f"member {info.filename!r} expands beyond its declared size", field=field)
             budget -= len(content)
-            if content[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-                raise UnsupportedMediaError(
-                    f"member {info.filename!r} is itself a zip; nested archives are not "
-                    "accepted, zip the DICOM files directly",
-                    field=field,
-                )
             yield info.filename, content

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 Kind = Literal["zip", "gzip", "nifti", "dicom", "unknown"]
+SNIFF_BYTES = 348  # the furthest marker: NIfTI-1's magic at offset 344
 
 
 def sniff(data: bytes) -> Kind:

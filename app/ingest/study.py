@@ -14,6 +14,7 @@ import io
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -45,7 +46,7 @@ from app.ingest.assign import (
 from app.ingest.nifti import volume_from_nifti
 from app.ingest.pet import to_suv
 from app.ingest.seg import describe, is_segmentation, label_map_from_seg, study_seg_candidates
-from app.ingest.sniff import sniff
+from app.ingest.sniff import SNIFF_BYTES, sniff
 from models.contract import FOREGROUND_THRESHOLD, Volume, reference_modality
 from models.dicom import DicomGeometryError, volume_from_series
 from models.tasks import ModalityKind, TaskSpec
@@ -61,12 +62,21 @@ _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 
 @dataclass(frozen=True)
 class Upload:
-    """One uploaded file of a multipart field."""
+    """One uploaded file of a multipart field, spooled to disk as it arrived: a study is
+    never held whole in memory, only the slice being parsed (see `app.ingest.uploads`)."""
 
     field: str
     filename: str
     content_type: str
-    data: bytes
+    path: Path
+
+    def head(self) -> bytes:
+        """The first bytes, enough to tell what the file is (`sniff`)."""
+        with self.path.open("rb") as file:
+            return file.read(SNIFF_BYTES)
+
+    def read(self) -> bytes:
+        return self.path.read_bytes()
 
 
 @dataclass
@@ -147,36 +157,35 @@ def header_only(ds: Dataset) -> Dataset:
     return header
 
 
-def _read_dicom(name: str, data: bytes, field_name: str) -> Dataset:
-    if sniff(data) != "dicom":
-        raise NotDicomError(
-            f"{name!r} is not a DICOM Part-10 file (no 'DICM' marker); send DICOM files, "
-            "a zip of them, or NIfTI",
-            field=field_name,
-        )
+def _read_dicom(name: str, source: bytes | Path, field_name: str) -> Dataset:
+    """A file already sniffed as DICOM Part-10, parsed."""
     try:
-        return pydicom.dcmread(io.BytesIO(data))
+        return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Exception as exc:  # pydicom raises many kinds on truncated or malformed files
         raise NotDicomError(f"{name!r} cannot be parsed as DICOM ({exc})", field=field_name) from None
+
+
+def _is_dicom(head: bytes) -> bool:
+    return sniff(head) == "dicom"
 
 
 def _dicom_from_uploads(uploads: Sequence[Upload], limits: IngestLimits, field_name: str) -> list[Dataset]:
     """Every DICOM instance in the uploads (files and zips of files) of one field."""
     datasets: list[Dataset] = []
     for upload in uploads:
-        kind = sniff(upload.data)
+        kind = sniff(upload.head())
         if kind == "zip":
-            # One member at a time: each is parsed, and its bytes let go, before the next.
+            # One member at a time: each is parsed, and its bytes let go, before the next;
+            # members that are not DICOM (a viewer, a report) are passed over unread.
             before = len(datasets)
-            for name, data in iter_members(upload.data, limits.zip, field_name):
-                if sniff(data) == "dicom":
-                    datasets.append(_read_dicom(name, data, field_name))
+            for name, data in iter_members(upload.path, limits.zip, field_name, wanted=_is_dicom):
+                datasets.append(_read_dicom(name, data, field_name))
             if len(datasets) == before:
                 raise NotDicomError(
                     f"the zip {upload.filename!r} holds no DICOM Part-10 files", field=field_name
                 )
         elif kind == "dicom":
-            datasets.append(_read_dicom(upload.filename, upload.data, field_name))
+            datasets.append(_read_dicom(upload.filename, upload.path, field_name))
         elif upload.filename.lower().endswith((".dcm", ".dicom")) or "dicom" in upload.content_type:
             raise NotDicomError(
                 f"{upload.filename!r} is not a DICOM Part-10 file (no 'DICM' marker)", field=field_name
@@ -185,6 +194,11 @@ def _dicom_from_uploads(uploads: Sequence[Upload], limits: IngestLimits, field_n
             raise UnsupportedMediaError(
                 f"{upload.filename!r} is neither DICOM, a zip of DICOM, nor NIfTI", field=field_name
             )
+    return _with_pixels(datasets)
+
+
+def _with_pixels(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Images and SEGs; a report or a presentation state has nothing to read."""
     return [ds for ds in datasets if "PixelData" in ds or "FloatPixelData" in ds]
 
 
@@ -266,7 +280,7 @@ def _volume_from_dicom(
 def _ingest_field(
     modality: str, uploads: Sequence[Upload], task: TaskSpec, limits: IngestLimits, study: Study
 ) -> None:
-    kinds = {sniff(u.data) for u in uploads}
+    kinds = {sniff(u.head()) for u in uploads}
     if kinds & {"nifti", "gzip"}:
         if len(uploads) > 1:
             raise SeveralSeriesError(
@@ -274,7 +288,7 @@ def _ingest_field(
                 field=modality,
             )
         upload = uploads[0]
-        study.volumes[modality] = volume_from_nifti(upload.data, modality, limits.max_image_bytes)
+        study.volumes[modality] = volume_from_nifti(upload.read(), modality, limits.max_image_bytes)
         study.sources[modality] = SeriesSource(
             modality=modality, kind="nifti", reason=f"sent as field {modality!r}", filename=upload.filename
         )
@@ -317,10 +331,9 @@ def _check_dicom_modality(datasets: Sequence[Dataset], field_name: str, task: Ta
 
 
 def _ingest_study(
-    uploads: Sequence[Upload], task: TaskSpec, limits: IngestLimits, study: Study
+    everything: Sequence[Dataset], task: TaskSpec, limits: IngestLimits, study: Study
 ) -> list[Dataset]:
     """Assign the study's image series to modalities; return its SEGs (mask candidates)."""
-    everything = _dicom_from_uploads(uploads, limits, STUDY_FIELD)
     patients = {_patient_id(ds) for ds in everything} - {None}
     if len(patients) > 1:
         raise InvalidStudyError(
@@ -367,8 +380,14 @@ def _preference(kind: str, members: Sequence[Dataset]) -> tuple[int, int]:
     return phase, len(members)
 
 
-def build_study(uploads: Mapping[str, Sequence[Upload]], task: TaskSpec, limits: IngestLimits) -> Study:
-    """Read every uploaded field into a `Study` for `task`.
+def build_study(
+    uploads: Mapping[str, Sequence[Upload]],
+    task: TaskSpec,
+    limits: IngestLimits,
+    fetched: Sequence[Dataset] = (),
+) -> Study:
+    """Read every uploaded field into a `Study` for `task`; `fetched` are the instances of a
+    study pulled from the PACS, read as if sent as the `study` field.
 
     Raises:
         ProblemError subclasses naming the field at fault.
@@ -381,7 +400,7 @@ def build_study(uploads: Mapping[str, Sequence[Upload]], task: TaskSpec, limits:
                 f"send {', '.join(task.modalities)}, {STUDY_FIELD} or {MASK_FIELD}",
                 field=name,
             )
-    if not any(uploads.get(m) for m in (*task.modalities, STUDY_FIELD)):
+    if not fetched and not any(uploads.get(m) for m in (*task.modalities, STUDY_FIELD)):
         raise MissingFieldError(
             f"no image was sent; send one of {', '.join(task.modalities)} or a whole {STUDY_FIELD!r} zip",
             field=task.required[0] if task.required else task.modalities[0],
@@ -390,7 +409,14 @@ def build_study(uploads: Mapping[str, Sequence[Upload]], task: TaskSpec, limits:
     for modality in task.modalities:
         if uploads.get(modality):
             _ingest_field(modality, uploads[modality], task, limits, study)
-    segs = _ingest_study(uploads[STUDY_FIELD], task, limits, study) if uploads.get(STUDY_FIELD) else []
+    segs: list[Dataset] = []
+    if fetched or uploads.get(STUDY_FIELD):
+        everything = (
+            _with_pixels(fetched)
+            if fetched
+            else _dicom_from_uploads(uploads[STUDY_FIELD], limits, STUDY_FIELD)
+        )
+        segs = _ingest_study(everything, task, limits, study)
     if uploads.get(MASK_FIELD):
         study.mask, study.mask_source = _read_mask(uploads[MASK_FIELD], limits)
     _check_complete(study, task)
@@ -442,8 +468,8 @@ def _read_mask(uploads: Sequence[Upload], limits: IngestLimits) -> tuple[Volume,
             f"{len(uploads)} files sent as {MASK_FIELD!r}; send one label map", field=MASK_FIELD
         )
     upload = uploads[0]
-    if sniff(upload.data) in ("nifti", "gzip"):
-        mask = volume_from_nifti(upload.data, MASK_FIELD, limits.max_image_bytes)
+    if sniff(upload.head()) in ("nifti", "gzip"):
+        mask = volume_from_nifti(upload.read(), MASK_FIELD, limits.max_image_bytes)
         source = SeriesSource(MASK_FIELD, "nifti", f"sent as field {MASK_FIELD!r}", filename=upload.filename)
         return _checked_labels(mask, MASK_FIELD), source
     segs = [ds for ds in _dicom_from_uploads(uploads, limits, MASK_FIELD) if is_segmentation(ds)]

@@ -6,9 +6,9 @@ field without files) and fetched from the configured DICOMweb server.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -25,8 +25,8 @@ from app.errors import (
     UnsupportedMediaError,
 )
 from app.explain.case import load_localized
-from app.ingest.study import STUDY_FIELD, Upload
-from app.ingest.uploads import read_uploads, task_name
+from app.ingest.study import Upload
+from app.ingest.uploads import declared_length, read_uploads, task_name
 from app.pacs.dicomweb import source_client
 from app.pacs.publish import publish
 from app.pacs.schemas import StudyRequest
@@ -79,25 +79,16 @@ def _form_study_request(fields: dict[str, str], name: str) -> StudyRequest:
         raise InvalidStudyError(first["msg"], field=str(first["loc"][0])) from None
 
 
-def _dicom_bytes(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+def _fetch(settings: Settings, wanted: StudyRequest) -> list[Dataset]:
+    """The study's instances from the DICOMweb server (read as if uploaded as `study`)."""
+    return source_client(settings).fetch_study(wanted.study_uid, wanted.series_uids)
 
 
-def _fetch(settings: Settings, wanted: StudyRequest) -> dict[str, list[Upload]]:
-    """The study's instances from the DICOMweb server, as if uploaded in the `study` field."""
-    datasets = source_client(settings).fetch_study(wanted.study_uid, wanted.series_uids)
-    return {
-        STUDY_FIELD: [
-            Upload(STUDY_FIELD, f"{ds.SOPInstanceUID}.dcm", "application/dicom", _dicom_bytes(ds))
-            for ds in datasets
-        ]
-    }
-
-
-async def _read_request(request: Request, settings: Settings) -> tuple[str, dict[str, list[Upload]], bool]:
-    """Task name, uploads (fetched from the PACS when a study UID is given), and whether fetched."""
+async def _read_request(
+    request: Request, settings: Settings, spool: Path
+) -> tuple[str, dict[str, list[Upload]], list[Dataset]]:
+    """Task name, and the uploads (spooled in `spool`) or the instances fetched from the PACS
+    when a study UID is given."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
         wanted = _study_request(await request.body())
@@ -107,10 +98,10 @@ async def _read_request(request: Request, settings: Settings) -> tuple[str, dict
         fields = {key: str(value) for key, value in form.items()}
         wanted = _form_study_request(fields, task_name(fields, request))
     else:
-        uploads, fields = await read_uploads(request, settings.max_files, settings.max_upload_bytes)
+        uploads, fields = await read_uploads(request, spool, settings.max_files, settings.max_upload_bytes)
         name = task_name(fields, request)
         if not fields.get("study_uid"):
-            return name, uploads, False
+            return name, uploads, []
         if uploads:
             raise ConflictingInputError(
                 "send either files or `study_uid` (fetched from the PACS), not both", field="study_uid"
@@ -118,7 +109,7 @@ async def _read_request(request: Request, settings: Settings) -> tuple[str, dict
         wanted = _form_study_request(fields, name)
     if wanted.task not in TASKS:
         raise UnknownTaskError(f"unknown task {wanted.task!r}; known tasks: {sorted(TASKS)}", field="task")
-    return wanted.task, await run_in_threadpool(_fetch, settings, wanted), True
+    return wanted.task, {}, await run_in_threadpool(_fetch, settings, wanted)
 
 
 def _auto_store(prediction_id: str, store: Store, settings: Settings) -> str | None:
@@ -146,13 +137,14 @@ async def predict(
     """Grade one study: multipart files (`task`, a field per modality or `study`, `mask`) or `study_uid`."""
     # Admitted (a slot, memory by the declared size) before a byte of the body is read.
     async with gate.admit(prediction_memory(request.headers, settings)) as admission:
-        with metrics.stage("receive"):
-            name, uploads, fetched = await _read_request(request, settings)
-        if name not in TASKS:
-            raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}", field="task")
-        service = Service(settings, models, admission, store, metrics)
-        outcome = await predict_study(service, name, uploads, fetched)
-        del uploads  # the study's bytes: gone before the memory is handed back
+        with store.spool(declared_length(request.headers)) as spool:
+            with metrics.stage("receive"):
+                name, uploads, fetched = await _read_request(request, settings, spool)
+            if name not in TASKS:
+                raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}", field="task")
+            service = Service(settings, models, admission, store, metrics)
+            outcome = await predict_study(service, name, uploads, spool, fetched)
+            del fetched  # the study's pixels: gone before the memory is handed back
         if settings.dicomweb_auto_store:
             warning = await run_in_threadpool(_auto_store, outcome.response.id, store, settings)
             if warning:
