@@ -21,6 +21,7 @@ from app.api.routes import models as models_route
 from app.errors import install_error_handler
 from app.ingest.uploads import BodyLimitMiddleware
 from app.logs import configure_logging, request_id_var
+from app.memory import freeze_startup_objects
 from app.metrics import Metrics
 from app.runtime import ModelRegistry
 from app.settings import Settings
@@ -45,6 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry = ModelRegistry.from_folder(settings.model_dir, settings)
     app.state.models = registry
     await asyncio.to_thread(registry.load, settings)
+    freeze_startup_objects()
     log.info("models loaded", extra={"status": "ready" if registry.ready else "not ready"})
     budget = settings.memory_budget_mb * 2**20 if settings.memory_budget_mb else default_memory_budget()
     if budget is not None:

@@ -197,7 +197,9 @@ def _files(
     if headers:
         files["headers.json"] = json.dumps([h.to_json_dict() for h in headers]).encode()
     if localization.mask is not None:
-        files["mask.npz"] = npz_bytes(array=localization.mask.array, affine=localization.mask.affine)
+        # Labels 0 to 255 (checked at ingestion, or the segmenter's): a quarter of float32.
+        labels = np.rint(localization.mask.array).astype(np.uint8)
+        files["mask.npz"] = npz_bytes(array=labels, affine=localization.mask.affine)
     if localization.overview is not None:
         overview = localization.overview
         # The overview is for pictures: 8 bits of the segmenter's [0, 1] intensities suffice.

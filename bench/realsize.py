@@ -49,19 +49,16 @@ from typing import Any
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 from scipy import ndimage
 
+from bench.bare import TASK, BareModels
 from bench.concurrency import peak_rss_mib
 from bench.predict import DEFAULT_MODELS, rss_mib, server_seconds, stage_means
 from bench.server import start_server, stop
-from models.contract import Volume, prepare_input
+from models.contract import Volume
 from models.dicom import series_from_volume
-from models.segmenter import segment, spec_of_card
-from models.tasks import task_of_card
 from training.data.synth_torso import generate_torso_case
 
-TASK = "hcc"
 CASE = (3, 8)
 """(seed, index) of the drawn trunk: abdomen, portal-venous, a 89 ml poorly differentiated lesion."""
 MATRIX = 512
@@ -124,60 +121,12 @@ def sitk_read(folder: Path) -> Volume:
     return Volume(array, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine)  # LPS -> RAS
 
 
-class BareModels:
-    """The shipped segmenter's stages and the grader as plain ONNX Runtime sessions."""
-
-    def __init__(self, model_dir: Path, threads: int) -> None:
-        cards = [json.loads(p.read_text()) for p in sorted(model_dir.glob("*.json"))]
-        segmenter = next(c for c in cards if c.get("role") == "segmenter" and c.get("task") == TASK)
-        # The grader the service puts behind it: the lesion-grid model of the task.
-        grader = next(
-            c
-            for c in cards
-            if c.get("role") != "segmenter" and c.get("task") == TASK and task_of_card(c).grid == "lesion"
-        )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-
-        def session(name: str) -> ort.InferenceSession:
-            return ort.InferenceSession(str(model_dir / name), options, providers=["CPUExecutionProvider"])
-
-        self.spec = spec_of_card(segmenter)
-        self.stages = {name: session(s["onnx_file"]) for name, s in segmenter["stages"].items()}
-        self.grader = session(grader["onnx_file"])
-        self.task = task_of_card(grader)
-
-    def predictor(self, stage: str) -> Callable:
-        import torch
-
-        session = self.stages[stage]
-
-        def predict(windows: torch.Tensor) -> torch.Tensor:
-            (logits,) = session.run(["logits"], {"image": windows.numpy().astype(np.float32, copy=False)})
-            return torch.from_numpy(logits)
-
-        return predict
-
-
 def floor_once(folder: Path, models: BareModels) -> dict[str, float]:
     """Seconds of each part of the floor, once."""
-    times: dict[str, float] = {}
     start = time.perf_counter()
     ct = sitk_read(folder)
-    times["read_s"] = time.perf_counter() - start
-    mark = time.perf_counter()
-    predictors = {name: models.predictor(name) for name in models.stages}
-    segmentation = segment(predictors, ct, models.spec)  # type: ignore[arg-type]
-    times["segment_s"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    model_input = prepare_input({"ct": ct}, models.task, lesion=segmentation.as_volume())
-    times["prepare_s"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    models.grader.run(None, {"image": model_input.image[None], "present": model_input.present[None]})
-    times["grade_s"] = time.perf_counter() - mark
+    times = {"read_s": time.perf_counter() - start, **models.pipeline(ct)}
     times["total_s"] = time.perf_counter() - start
-    times["lesion_ml"] = segmentation.summary.lesion_ml
     return times
 
 

@@ -237,12 +237,20 @@ def fine_grid(organ: np.ndarray, grid: Grid, spec: SegmenterSpec) -> Grid:
 
 def scanned_voxels(volume: Volume, grid: Grid) -> np.ndarray:
     """(D, H, W) bool: the grid voxels whose centre lies inside the scanned volume."""
-    shape = np.asarray(volume.array.shape, dtype=np.float64)
-    to_source = np.linalg.inv(volume.affine) @ grid.affine
-    index = np.indices(grid.shape, dtype=np.float32).reshape(3, -1)
-    source = to_source[:3, :3].astype(np.float32) @ index + to_source[:3, 3:].astype(np.float32)
-    inside = np.all((source >= -0.5) & (source <= shape[:, None] - 0.5), axis=0)
-    return to_tensor_layout(inside.reshape(grid.shape))
+    to_source = (np.linalg.inv(volume.affine) @ grid.affine).astype(np.float32)
+    axes = [np.arange(n, dtype=np.float32) for n in grid.shape]
+    inside = np.ones(grid.shape, dtype=bool)
+    for axis, size in enumerate(volume.array.shape):
+        # The source index along `axis`, a sum of one term per grid axis: broadcast, not
+        # an (3, N) index array times a matrix.
+        row = to_source[axis]
+        source = (
+            (row[0] * axes[0] + row[3])[:, None, None]
+            + (row[1] * axes[1])[None, :, None]
+            + (row[2] * axes[2])[None, None, :]
+        )
+        inside &= (source >= -0.5) & (source <= size - 0.5)
+    return to_tensor_layout(inside)
 
 
 def segmenter_input(volume: Volume, spec: SegmenterSpec, grid: Grid | None = None) -> SegmenterInput:

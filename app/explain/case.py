@@ -171,7 +171,7 @@ def load_localized(store: Store, prediction: StoredPrediction) -> Localized:
         reference_grid=Grid(shape=tuple(int(n) for n in reference["shape"]), affine=reference["affine"]),  # type: ignore[arg-type]
         reference_name=meta["reference"],
         reference_kind=meta["reference_kind"],
-        mask=Volume(mask["array"], mask["affine"]) if mask is not None else None,
+        mask=Volume(mask["array"].astype(np.float32), mask["affine"]) if mask is not None else None,
         mask_source=meta.get("mask_source", "upload" if mask is not None else None),
         overview=Volume(from_tensor_layout(overview["image"].astype(np.float32) / 255.0), overview["affine"])
         if overview is not None

@@ -31,8 +31,10 @@ EXPECTED: dict[str, list[tuple[str, ...]]] = {
         ("predict_nifti", "p50_ms"),
         ("predict_nifti", "p95_ms"),
         ("predict_dicom_series", "p50_ms"),
-        ("bare_onnxruntime", "p50_ms"),
-        ("ratio_nifti_p50_to_bare_p50",),
+        ("predict_nifti_with_mask", "p50_ms"),
+        ("floor_nifti", "p50_ms"),
+        ("floor_nifti_with_mask", "p50_ms"),
+        ("ratio_nifti_p50_to_floor_p50",),
         ("server_rss_mib", "after_run"),
     ],
     "localize": [
