@@ -58,6 +58,7 @@ MAX_MASK_LABEL = 255  # label maps are uint8 in practice; each label is a region
 MAX_AIR_HU = -900.0  # a CT whose densest voxel is this thin holds no tissue (air is -1000)
 MAX_MATRIX = 4096  # pixels along a slice side: CT is 512-1024, MR and PET smaller
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+_DEFER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,13 @@ def header_only(ds: Dataset) -> Dataset:
 
 
 def _read_dicom(name: str, source: bytes | Path, field_name: str) -> Dataset:
-    """A file already sniffed as DICOM Part-10, parsed."""
+    """A file already sniffed as DICOM Part-10, parsed. From a spooled file, values over
+    `_DEFER_BYTES` (the pixel data) are read only when decoded, one slice at a time: a
+    series' pixel bytes are never all in memory beside its volume."""
     try:
-        return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if isinstance(source, bytes):
+            return pydicom.dcmread(io.BytesIO(source))
+        return pydicom.dcmread(source, defer_size=_DEFER_BYTES)
     except Exception as exc:  # pydicom raises many kinds on truncated or malformed files
         raise NotDicomError(f"{name!r} cannot be parsed as DICOM ({exc})", field=field_name) from None
 
