@@ -65,6 +65,14 @@ class StoredPrediction:
     folder: Path
 
 
+def _unwritable(exc: Exception) -> StorageError:
+    """A full or unwritable disk is the server's state, not a bug: a 507 problem."""
+    return StorageError(
+        f"the prediction store could not be written ({type(exc).__name__}); "
+        "check the store folder's space and permissions"
+    )
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -109,14 +117,18 @@ class Store:
         """A folder for one request's uploads on the store's own disk, so that keeping them
         with the prediction is a rename (`save(uploads=...)`); removed when the request ends
         unless kept. Refused up front when the disk lacks room for `expected_bytes`."""
-        free = shutil.disk_usage(self.files).free
-        if expected_bytes + _SPOOL_RESERVE_BYTES > free:
+        folder = self.files / f".spool-{new_id()}"
+        try:
+            free = shutil.disk_usage(self.files).free
+            if expected_bytes + _SPOOL_RESERVE_BYTES <= free:
+                folder.mkdir()
+        except OSError as exc:
+            raise _unwritable(exc) from None
+        if not folder.is_dir():
             raise StorageError(
                 f"the prediction store's disk has {free >> 20} MiB free, too little to receive "
                 f"{expected_bytes >> 20} MiB; free space in the store folder or try later"
             )
-        folder = self.files / f".spool-{new_id()}"
-        folder.mkdir()
         try:
             yield folder
         finally:
@@ -155,12 +167,8 @@ class Store:
                     (prediction_id, task, created, model, json.dumps(response)),
                 )
         except (OSError, sqlite3.Error) as exc:
-            # A full or unwritable disk is the server's state, not a bug: a 507 problem, and
-            # the row is never committed, so no half-written prediction is ever listed.
-            raise StorageError(
-                f"the prediction store could not be written ({type(exc).__name__}); "
-                "check the store folder's space and permissions"
-            ) from None
+            # The row is never committed, so no half-written prediction is ever listed.
+            raise _unwritable(exc) from None
         return StoredPrediction(prediction_id, task, created, model, dict(response), final)
 
     def get(self, prediction_id: str) -> StoredPrediction:

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import (
     BodyTimeoutError,
     MissingFieldError,
+    StorageError,
     TooLargeError,
     TooManyFilesError,
     UnsupportedMediaError,
@@ -198,6 +199,11 @@ async def read_uploads(
         parser.finalize()
     except FormParserError as exc:
         raise UnsupportedMediaError(f"the multipart body cannot be parsed ({exc})", field="body") from None
+    except OSError as exc:  # the spool's disk filled up, or went away, under the upload
+        raise StorageError(
+            f"the upload could not be spooled to the store's disk ({type(exc).__name__}); "
+            "check the store folder's space and permissions"
+        ) from None
     finally:
         parts.close()
     return dict(parts.files), parts.fields
