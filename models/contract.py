@@ -240,6 +240,37 @@ def _axis_permutation(matrix: np.ndarray) -> list[int] | None:
     return [int(np.flatnonzero(nonzero[:, axis])[0]) for axis in range(3)]
 
 
+_SLAB_ELEMENTS = 1 << 22
+"""Values of a pass computed at once: 16 MB float32 temporaries (smaller slabs cost time:
+1 << 20 made a 512 x 512 x 300 resampling 1.7x slower)."""
+
+
+def _lerp_along(
+    array: np.ndarray, axis: int, low: np.ndarray, high: np.ndarray, weight: np.ndarray
+) -> np.ndarray:
+    """Linear interpolation of `array` along `axis` between the samples `low` and `high` with
+    `weight`'s fractions, in slabs along the largest other axis; float32 (float64 for a
+    float64 `array`)."""
+    shape = list(array.shape)
+    shape[axis] = len(low)
+    out = np.empty(shape, dtype=weight.dtype)
+    slab_axis = max((a for a in range(3) if a != axis), key=lambda a: shape[a])
+    # Sized on the larger of the slab's source and output: `np.take` copies a strided slab.
+    step = max(1, _SLAB_ELEMENTS * shape[slab_axis] // max(out.size, array.size, 1))
+    weights = weight.reshape([-1 if a == axis else 1 for a in range(3)])
+    for start in range(0, shape[slab_axis], step):
+        slab: list[slice] = [slice(None)] * 3
+        slab[slab_axis] = slice(start, start + step)
+        part = array[tuple(slab)]
+        below = np.take(part, low, axis=axis).astype(weight.dtype, copy=False)
+        above = np.take(part, high, axis=axis).astype(weight.dtype, copy=False)
+        above -= below
+        above *= weights
+        below += above
+        out[tuple(slab)] = below
+    return out
+
+
 def _resample_separable(
     array: np.ndarray,
     matrix: np.ndarray,
@@ -254,8 +285,9 @@ def _resample_separable(
     Same coordinates and edge rules as `ndimage.affine_transform(order=1, mode=mode,
     prefilter=False)`: a sample outside ``[0, n - 1]`` along any axis takes `cval`
     ("constant") or the edge's value ("nearest"). Values agree with it to float32 rounding
-    (it interpolates in float64); about 10x faster. An integer source is converted to float
-    plane by plane as it is read, never whole.
+    (it interpolates in float64); about 10x faster. Each pass works slab by slab
+    (`_lerp_along`): an integer source is converted to float a slab at a time, never whole,
+    and a pass holds its output and one slab's temporaries, not three arrays of its size.
     """
     if array.flags.f_contiguous and not array.flags.c_contiguous:
         # NIfTI arrays come Fortran-ordered: work on the C-ordered transpose (source axes
@@ -279,13 +311,7 @@ def _resample_separable(
         low = np.minimum(np.floor(clipped).astype(np.intp), max(n - 2, 0))
         high = np.minimum(low + 1, n - 1)
         weight = (clipped - low).astype(dtype)
-        weight_shape = [1, 1, 1]
-        weight_shape[source_axis] = -1
-        below = np.take(out, low, axis=source_axis).astype(dtype, copy=False)
-        above = np.take(out, high, axis=source_axis).astype(dtype, copy=False)
-        above -= below
-        above *= weight.reshape(weight_shape)
-        out = below + above
+        out = _lerp_along(out, source_axis, low, high, weight)
         if mode == "constant":
             outside.append((source_axis, np.flatnonzero(~inside)))
     for source_axis, index in outside:
