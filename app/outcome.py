@@ -18,7 +18,7 @@ import numpy as np
 from app.ingest.study import SeriesSource, Study
 from app.pacs.references import missing_reference
 from app.runtime import ServedModel
-from app.schemas import MaskInfo, Modalities, ModelRef, Prediction, SeriesAssignment, StudyInfo
+from app.schemas import Decision, MaskInfo, Modalities, ModelRef, Prediction, SeriesAssignment, StudyInfo
 from app.store import npz_bytes
 from models.contract import ModelInput, reference_modality
 from models.tasks import TaskSpec
@@ -127,6 +127,9 @@ def build_outcome(
             if probabilities is not None
             else None
         ),
+        decision=Decision.model_validate(model.decision)
+        if probabilities is not None and model.decision
+        else None,
         not_gradable=localization.reasons,
         mask=mask_info(localization, segmenter),
         modalities=Modalities(used=used, missing=[m for m in task.modalities if m not in used]),

@@ -88,6 +88,12 @@ class ServedModel:
         return int(labels_of_card(self.card, probabilities))
 
     @property
+    def decision(self) -> dict[str, Any] | None:
+        """The card's label rule (`training.calibration`), None for plain argmax."""
+        decision = self.card.get("decision")
+        return dict(decision) if decision else None
+
+    @property
     def is_segmenter(self) -> bool:
         return self.card.get("role") == "segmenter"
 

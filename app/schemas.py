@@ -58,12 +58,23 @@ class MaskInfo(BaseModel):
     model: ModelRef | None = Field(default=None, description="the segmenter, when it made the mask")
 
 
+class Decision(BaseModel):
+    """How the label follows from the probabilities, from the model's card."""
+
+    rule: str
+    weights: dict[str, float]
+    fitted_on: str
+
+
 class Prediction(BaseModel):
     id: str
     task: str
     gradable: bool = True
     label: str | None
     probabilities: dict[str, float] | None
+    decision: Decision | None = Field(
+        default=None, description="the label rule when it is not plain argmax (weights chosen on validation)"
+    )
     not_gradable: list[NotGradable] = Field(default_factory=list, description="why no grade was given")
     mask: MaskInfo | None = None
     modalities: Modalities

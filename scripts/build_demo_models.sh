@@ -15,6 +15,7 @@ LESION_CASES=${LESION_CASES:-500}  # the CT-only lesion grader needs more cases 
 TORSO_CASES=${TORSO_CASES:-150}
 BRATS_CASES=${BRATS_CASES:-240}
 BRATS_GRID=${BRATS_GRID:-"--shape 96 96 64 --spacing 2.5"}
+BRATS_LGG=${BRATS_LGG:-0.5}  # balanced: enough LGG in val to choose the decision on (issue #37)
 RUNS="$WORK/runs"
 mkdir -p "$WORK" "$OUT"
 teacher() {  # teacher CONFIG DATA NAME: train it unless its checkpoint is there (a rerun keeps it)
@@ -77,13 +78,13 @@ $BIN/reactkd export "$coarse" --fine "$fine" --out "$OUT/hcc_segmenter.onnx" --t
 
 brats() {  # hybrid CNN+ViT teacher, then the EfficientNet-style student
 [ -d "$WORK/brats/HGG" ] || $BIN/reactkd synth brats --out "$WORK/brats" --cases "$BRATS_CASES" --seed "$SEED" \
-  $BRATS_GRID
+  $BRATS_GRID --lgg-fraction "$BRATS_LGG"
 BRATS="$WORK/brats"
 teacher configs/demo/brats_teacher_hybrid.yaml "$BRATS" brats-hybrid
 $BIN/reactkd train student --config configs/demo/brats_student.yaml --data "$BRATS" --out "$RUNS" --seed "$SEED" \
   --teachers "$RUNS/brats-hybrid-s$SEED/best.pt"
 $BIN/reactkd export "$RUNS/brats-student-s$SEED/best.pt" --out "$OUT/brats_student.onnx" --data "$BRATS" --calibrate \
-  --training-data "$(card "Synthetic BraTS-like benchmark of this project in the BraTS 2019 layout (docs/benchmark.md): reactkd synth brats --cases $BRATS_CASES --seed $SEED $BRATS_GRID; trained on its train split, selected on val, metrics on test. Not real patients.")"
+  --training-data "$(card "Synthetic BraTS-like benchmark of this project in the BraTS 2019 layout (docs/benchmark.md): reactkd synth brats --cases $BRATS_CASES --seed $SEED $BRATS_GRID --lgg-fraction $BRATS_LGG (balanced); trained on its train split with class-weighted cross-entropy, selected on val, calibrated and its decision chosen on val for balanced accuracy, metrics on test. Not real patients.")"
 }
 
 # TASKS="hcc", "hcc_lesion", "hcc_segmenter" or "brats" builds one (shells can build them at once).

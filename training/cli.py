@@ -51,9 +51,11 @@ def _synth(args: argparse.Namespace) -> None:
     else:
         from training.data.synth_brats import write_brats_cohort
 
-        spacing: dict[str, Any] = {"spacing": args.spacing} if args.spacing else {}
+        options: dict[str, Any] = {"spacing": args.spacing} if args.spacing else {}
+        if args.lgg_fraction is not None:
+            options["lgg_fraction"] = args.lgg_fraction
         manifest = write_brats_cohort(
-            args.out, args.cases, args.seed, workers=args.workers, **shape, **spacing
+            args.out, args.cases, args.seed, workers=args.workers, **shape, **options
         )
     print(f"wrote {args.cases} {args.task} cases: {manifest}")
 
@@ -288,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="voxels per axis (smaller: quick tests)"
     )
     synth.add_argument("--spacing", type=float, help="BraTS: isotropic voxel size in mm (default 1)")
+    synth.add_argument(
+        "--lgg-fraction",
+        type=float,
+        help="BraTS: the chance that a case is LGG (default BraTS 2019's 1 in 4.4; 0.5 balanced)",
+    )
     synth.set_defaults(func=_synth)
 
     train = commands.add_parser("train", help="train a teacher or distil a student")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +12,19 @@ from app_helpers import (
     assert_problem,
     ct_volume,
     dicom_files,
+    make_settings,
     mr_volume,
     nifti_bytes,
     pet_volume,
     series_zip,
     zip_bytes,
 )
+from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
+from app.main import create_app
 from models.contract import Volume
 
 NII = "application/gzip"
@@ -250,3 +255,36 @@ def test_brats_pydicom_mr_small_is_not_a_volume(client, has_brats) -> None:  # t
 
 def test_probabilities_are_finite(ct_case) -> None:  # type: ignore[no-untyped-def]
     assert np.all(np.isfinite(list(ct_case["probabilities"].values())))
+
+
+def test_the_label_follows_the_cards_decision_and_the_response_says_so(
+    model_dir: Path, tmp_path: Path, has_brats: bool
+) -> None:
+    """A card with decision weights (chosen on validation for balanced accuracy) answers
+    argmax(probabilities x weights), and the response carries the rule; the probabilities
+    are reported as they are."""
+    if not has_brats:
+        pytest.skip("brats_student is not registered")
+    models = tmp_path / "models"
+    shutil.copytree(model_dir, models)
+    card_path = models / "brats_test.json"
+    study = [("t2", ("mr.nii.gz", nifti_bytes(mr_volume()), NII))]
+    with TestClient(create_app(make_settings(models, tmp_path / "plain"))) as plain:
+        before = _post(plain, "brats", study).json()
+    assert before["decision"] is None
+    probabilities = before["probabilities"]
+    losing = min(probabilities, key=probabilities.get)
+    # Weights that make the less likely class win: the label must follow them.
+    weights = {c: (1e6 if c == losing else 1.0) for c in probabilities}
+    card = json.loads(card_path.read_text())
+    card["decision"] = {
+        "rule": "argmax(probabilities x weights)",
+        "weights": weights,
+        "fitted_on": "val split",
+    }
+    card_path.write_text(json.dumps(card))
+    with TestClient(create_app(make_settings(models, tmp_path / "weighted"))) as weighted:
+        after = _post(weighted, "brats", study).json()
+    assert after["label"] == losing != before["label"]
+    assert after["probabilities"] == pytest.approx(probabilities)
+    assert after["decision"] == {**card["decision"], "weights": weights}

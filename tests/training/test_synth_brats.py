@@ -57,3 +57,18 @@ def test_hgg_enhances_more_and_has_larger_edema(brats_root: Path) -> None:
     edema = {g: np.mean([s[1] for s in v]) for g, v in stats.items()}
     assert enhancing["HGG"] > enhancing["LGG"], enhancing
     assert edema["HGG"] > edema["LGG"], edema
+
+
+def test_the_share_of_lgg_is_drawn_as_asked() -> None:
+    """`--lgg-fraction` is the chance of an LGG (0.5: a balanced cohort, whose test split
+    holds enough LGG to count); the default keeps BraTS 2019's share."""
+    for fraction, expected in ((1.0, "LGG"), (0.0, "HGG")):
+        grades = {
+            generate_brats_case(3, i, shape=BRATS_SHAPE, spacing=4.0, lgg_fraction=fraction)[0]
+            for i in range(3)
+        }
+        assert grades == {expected}, fraction
+    default = [generate_brats_case(3, i, shape=BRATS_SHAPE, spacing=4.0)[0] for i in range(3)]
+    assert default == [
+        generate_brats_case(3, i, shape=BRATS_SHAPE, spacing=4.0, lgg_fraction=1 / 4.4)[0] for i in range(3)
+    ]

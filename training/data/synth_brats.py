@@ -5,9 +5,10 @@
 MRI contrasts as in real scans (T1: WM > GM > CSF; T2: CSF > GM > WM; FLAIR: CSF dark).
 Segmentation labels as in BraTS: 1 necrotic / non-enhancing core, 2 edema, 4 enhancing.
 
-Grades (HGG : LGG about 3.4 : 1): HGG has ring enhancement on T1ce around necrosis, large
-FLAIR edema and mass effect; LGG is mostly non-enhancing, T2/FLAIR bright, with smaller
-edema. A minority of each grade borrows the other's look, so the task is not trivial.
+Grades (HGG : LGG about 3.4 : 1 as in BraTS 2019, or `lgg_fraction`): HGG has ring
+enhancement on T1ce around necrosis, large FLAIR edema and mass effect; LGG is mostly
+non-enhancing, T2/FLAIR bright, with smaller edema. A minority of each grade borrows the
+other's look, so the task is not trivial.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import numpy as np
 from training.data.phantom import GridSpec, centered_grid, ellipsoid_radius, smooth_noise, write_nifti
 from training.data.synth_hcc import run_jobs
 
-HGG_PROBABILITY = 3.4 / 4.4
+LGG_FRACTION = 1.0 / 4.4
+"""BraTS 2019's share of LGG (76 of 335); a cohort may be drawn balanced instead, so that a
+test split holds enough LGG to measure how often they are told apart."""
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 # Tissue -> signal per modality (arbitrary scanner units, like BraTS's). Columns: MODALITIES.
 SIGNAL = {
@@ -132,11 +135,17 @@ def _images(
 
 
 def generate_brats_case(
-    seed: int, case_index: int, *, shape: tuple[int, int, int] = (240, 240, 155), spacing: float = 1.0
+    seed: int,
+    case_index: int,
+    *,
+    shape: tuple[int, int, int] = (240, 240, 155),
+    spacing: float = 1.0,
+    lgg_fraction: float = LGG_FRACTION,
 ) -> tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """One case: ``(grade "HGG"|"LGG", {modality: image}, seg uint8, affine)``, deterministic."""
+    """One case: ``(grade "HGG"|"LGG", {modality: image}, seg uint8, affine)``, deterministic
+    in (seed, index, lgg_fraction)."""
     rng = _case_rng(seed, case_index)
-    hgg = bool(rng.random() < HGG_PROBABILITY)
+    hgg = bool(rng.random() < 1.0 - lgg_fraction)
     params = _tumour_params(rng, hgg)
     # Stored LPS-wise with the origin of the BraTS grid, like the real NIfTIs.
     grid = centered_grid(shape, (spacing, spacing, spacing), (0.0, 0.0, 0.0), flip_xy=True)
@@ -159,8 +168,10 @@ def generate_brats_case(
 
 
 def _write_case(job: tuple) -> str:
-    seed, index, shape, spacing, out = job
-    grade, images, seg, affine = generate_brats_case(seed, index, shape=shape, spacing=spacing)
+    seed, index, shape, spacing, lgg_fraction, out = job
+    grade, images, seg, affine = generate_brats_case(
+        seed, index, shape=shape, spacing=spacing, lgg_fraction=lgg_fraction
+    )
     case_id = f"BraTS19_SYN_{index + 1:04d}_1"
     folder = Path(out) / grade / case_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,6 +190,7 @@ def write_brats_cohort(
     progress: bool = True,
     shape: tuple[int, int, int] = (240, 240, 155),
     spacing: float = 1.0,
+    lgg_fraction: float = LGG_FRACTION,
 ) -> Path:
     """Write `n_cases` BraTS-like cases under `out_dir` (BraTS 2019 layout); returns `out_dir`.
 
@@ -190,14 +202,19 @@ def write_brats_cohort(
         progress: show a tqdm progress bar.
         shape: grid (x, y, z) voxels; the default is the BraTS grid. Tests use e.g. (60, 60, 40).
         spacing: isotropic voxel size in mm (use ~4 mm with a small shape to keep the head).
+        lgg_fraction: the chance that a case is LGG (default BraTS 2019's; 0.5 balanced).
     """
     if n_cases < 1:
         raise ValueError(f"n_cases must be at least 1, got n_cases={n_cases}")
     if spacing <= 0:
         raise ValueError(f"spacing must be positive, got spacing={spacing}")
+    if not 0.0 <= lgg_fraction <= 1.0:
+        raise ValueError(f"lgg_fraction must be in [0, 1], got lgg_fraction={lgg_fraction}")
     out = Path(out_dir)
     for grade in ("HGG", "LGG"):
         (out / grade).mkdir(parents=True, exist_ok=True)
-    jobs = [(int(seed), i, tuple(shape), float(spacing), str(out)) for i in range(n_cases)]
+    jobs = [
+        (int(seed), i, tuple(shape), float(spacing), float(lgg_fraction), str(out)) for i in range(n_cases)
+    ]
     run_jobs(_write_case, jobs, workers, progress, "brats")
     return out
