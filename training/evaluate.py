@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 from tqdm.auto import tqdm
 
 from models import TaskSpec, model_from_checkpoint, task_of_card
+from models.tasks import labels_of_card
 from training.data.dataset import prepare_case
 from training.data.readers import CaseRecord, load_case
 from training.metrics import auc_ci, expected_calibration_error, macro_auc, per_class_auc
@@ -37,19 +38,25 @@ class Predictor:
         self.path = Path(path)
         if self.path.suffix == ".onnx":
             # The task is in the model card beside the file (or given, before the card exists).
-            self.task = task or task_of_card(json.loads(self.path.with_suffix(".json").read_text()))
+            card_path = self.path.with_suffix(".json")
+            card = json.loads(card_path.read_text()) if card_path.exists() else {}
+            self.task = task or task_of_card(card)
+            # The label rule the service applies (`training.calibration`); None: argmax.
+            self.decision: Mapping[str, Any] | None = card.get("decision")
             self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
             self.model = None
         else:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
             self.task = task_of_card(state)
             self.model = model_from_checkpoint(state)
+            self.decision = None
 
     @classmethod
     def for_network(cls, model: torch.nn.Module, task: TaskSpec, name: str) -> Predictor:
         """A predictor over a network in memory (`name` labels its progress bar)."""
         predictor = cls.__new__(cls)
         predictor.path, predictor.task, predictor.model = Path(name), task, model.eval()
+        predictor.decision = None
         return predictor
 
     def __call__(self, image: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -100,12 +107,23 @@ def net_benefit(labels: np.ndarray, risk: np.ndarray, thresholds: np.ndarray) ->
     }
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, task: TaskSpec) -> dict[str, Any]:
-    predicted = probs.argmax(axis=1)
+def predicted_labels(probs: np.ndarray, task: TaskSpec, decision: Mapping[str, Any] | None) -> np.ndarray:
+    """The labels the service answers: argmax of `probs` times the `decision`'s weights
+    (a card's; None: plain argmax)."""
+    return np.asarray(labels_of_card({"classes": task.classes, "decision": decision}, probs))
+
+
+def classification_metrics(
+    labels: np.ndarray, probs: np.ndarray, task: TaskSpec, decision: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """AUCs and calibration of `probs`; accuracies and the confusion matrix of the labels the
+    `decision` rule answers (`predicted_labels`)."""
+    predicted = predicted_labels(probs, task, decision)
     low, high = auc_ci(labels, probs)
     concern = task.num_classes - 1
     return {
         "n": len(labels),
+        "label_rule": "argmax(probabilities x decision weights)" if decision else "argmax",
         "macro_auc": macro_auc(labels, probs),
         "macro_auc_ci95": [low, high],
         "auc_per_class": dict(zip(task.classes, per_class_auc(labels, probs), strict=True)),
@@ -122,12 +140,18 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, task: TaskSpec
 
 
 def cohort_evidence(
-    onnx_path: Path, task: TaskSpec, data: Path, max_train: int = 120, modalities: Sequence[str] | None = None
+    onnx_path: Path,
+    task: TaskSpec,
+    data: Path,
+    max_train: int = 120,
+    modalities: Sequence[str] | None = None,
+    decision: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """What a model card reports from a cohort: test-split metrics and class prototypes.
 
     Metrics are those of `classification_metrics` on the test split given every modality the
-    model reads (`modalities`, None: all), plus the macro AUC under each allowed modality
+    model reads (`modalities`, None: all; labels by the card's `decision` rule), plus the
+    macro AUC under each allowed modality
     subset of those; prototypes are GW barycenters of supervoxel region graphs of (up to
     `max_train`) training cases.
     """
@@ -142,7 +166,7 @@ def cohort_evidence(
 
     read = set(modalities or task.modalities)
     labels, probs = predict_records(predictor, test, modalities)
-    metrics: dict[str, Any] = {"test": classification_metrics(labels, probs, task), "by_subset": {}}
+    metrics: dict[str, Any] = {"test": classification_metrics(labels, probs, task, decision), "by_subset": {}}
     for subset in (s for s in task.allowed_subsets() if set(s) <= read):
         y, p = predict_records(predictor, test, subset)
         metrics["by_subset"]["+".join(subset)] = macro_auc(y, p)
@@ -173,7 +197,8 @@ def evaluate_model(
 
     predictor = Predictor(Path(model))
     task = predictor.task
-    records = [r for r in read_records(task.name, data) if r.split == split and r.label is not None]
+    # `all`: every case, for a fresh cohort that no training or selection used.
+    records = [r for r in read_records(task.name, data) if split in ("all", r.split) and r.label is not None]
     if not records:
         raise ValueError(f"{data}: no labelled {split!r} cases to evaluate")
     out = Path(out)
@@ -181,7 +206,7 @@ def evaluate_model(
 
     labels, probs = predict_records(predictor, records)
     report: dict[str, Any] = {"model": str(model), "data": str(data), "split": split, "task": task.name}
-    report["overall"] = classification_metrics(labels, probs, task)
+    report["overall"] = classification_metrics(labels, probs, task, predictor.decision)
     plot_roc(labels, probs, task.classes, out / "roc.png")
     plot_decision_curve(report["overall"]["decision_curve"], out / "decision_curve.png")
     plot_reliability(labels, probs, out / "reliability.png")
@@ -191,13 +216,13 @@ def evaluate_model(
         for level in sorted({r.meta.get("dose", 1.0) for r in records}, reverse=True):
             subset = [r for r in records if r.meta.get("dose", 1.0) == level]
             y, p = predict_records(predictor, subset)
-            report["by_dose"][f"{level:g}"] = _summary(y, p)
+            report["by_dose"][f"{level:g}"] = _summary(y, p, task, predictor.decision)
         plot_sweep(report["by_dose"], "CT dose fraction", "AUC against dose", out / "dose.png")
     if missing:
         report["by_subset"] = {}
         for modalities in task.allowed_subsets():
             y, p = predict_records(predictor, records, modalities)
-            report["by_subset"]["+".join(modalities)] = _summary(y, p)
+            report["by_subset"]["+".join(modalities)] = _summary(y, p, task, predictor.decision)
         plot_sweep(report["by_subset"], "modalities given", "AUC by modality subset", out / "missing.png")
 
     from training.export import json_safe
@@ -208,9 +233,25 @@ def evaluate_model(
     return report
 
 
-def _summary(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+def _summary(
+    labels: np.ndarray, probs: np.ndarray, task: TaskSpec, decision: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """AUC with its interval, and what the answered labels do: balanced accuracy and the share
+    of each class's own cases answered as it (a setting that answers one class for all shows
+    here, whatever its AUC)."""
     low, high = auc_ci(labels, probs)
-    return {"n": len(labels), "macro_auc": macro_auc(labels, probs), "macro_auc_ci95": [low, high]}
+    predicted = predicted_labels(probs, task, decision)
+    recall = {
+        name: float(np.mean(predicted[labels == c] == c)) if np.any(labels == c) else None
+        for c, name in enumerate(task.classes)
+    }
+    return {
+        "n": len(labels),
+        "macro_auc": macro_auc(labels, probs),
+        "macro_auc_ci95": [low, high],
+        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+        "answered_as_own_class": recall,
+    }
 
 
 def _fmt(value: float | None) -> str:
@@ -236,6 +277,7 @@ def markdown_report(report: dict[str, Any], task: TaskSpec) -> str:
         f"| macro F1 | {_fmt(m['macro_f1'])} |",
         f"| expected calibration error | {_fmt(m['ece'])} |",
         "",
+        f"Labels answered by {m.get('label_rule', 'argmax')}, as the service does. "
         "Confusion matrix (rows: truth, columns: prediction):",
         "",
         "| | " + " | ".join(task.classes) + " |",
@@ -252,9 +294,20 @@ def markdown_report(report: dict[str, Any], task: TaskSpec) -> str:
         ("by_subset", "Modalities", "missing.png"),
     ):
         if key in report:
-            lines += ["", f"## {title}", "", "| setting | n | macro AUC (95 % CI) |", "|---|---|---|"]
+            own = " | ".join(f"{c} answered {c}" for c in task.classes)
+            lines += [
+                "",
+                f"## {title}",
+                "",
+                f"| setting | n | macro AUC (95 % CI) | balanced accuracy | {own} |",
+                "|---" * (4 + task.num_classes) + "|",
+            ]
             for name, s in report[key].items():
                 lo, hi = s["macro_auc_ci95"]
-                lines.append(f"| {name} | {s['n']} | {_fmt(s['macro_auc'])} ({_fmt(lo)} to {_fmt(hi)}) |")
+                shares = " | ".join(_fmt(s["answered_as_own_class"][c]) for c in task.classes)
+                lines.append(
+                    f"| {name} | {s['n']} | {_fmt(s['macro_auc'])} ({_fmt(lo)} to {_fmt(hi)}) | "
+                    f"{_fmt(s['balanced_accuracy'])} | {shares} |"
+                )
             lines += ["", f"![{title}]({figure})"]
     return "\n".join(lines) + "\n"

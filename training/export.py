@@ -148,7 +148,8 @@ def export_model(
     if data is not None:
         from training.evaluate import cohort_evidence
 
-        metrics, prototypes = cohort_evidence(out, task, data, modalities=reads)
+        decision = calibration["decision"] if calibration is not None else None
+        metrics, prototypes = cohort_evidence(out, task, data, modalities=reads, decision=decision)
     quantization = quantize_int8(out, task, data, float_metrics=metrics) if int8 else None
     weights = out.with_suffix(".pt")
     torch.save(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,30 @@ def test_a_lesion_grid_model_is_exported_and_evaluated_on_its_grid(hcc_manifest:
     assert Predictor(out.with_suffix(".pt")).task == get_task("hcc", "lesion")
     report = evaluate_model(out, hcc_manifest, tmp_path / "report")
     assert report["overall"]["n"] > 0
+
+
+def test_evaluation_counts_the_labels_the_service_answers(
+    exported: tuple[Path, dict], hcc_manifest: Path, tmp_path: Path
+):
+    """With a decision rule in the card, the confusion matrix, balanced accuracy and each
+    modality setting's share of cases answered as their own class follow the rule (what
+    the service answers), not plain argmax."""
+    out, card = exported
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(out, model / out.name)
+    favoured = card["classes"][-1]
+    weights = {c: (1e9 if c == favoured else 1.0) for c in card["classes"]}
+    (model / out.name).with_suffix(".json").write_text(
+        json.dumps({**card, "decision": {"rule": "weights", "weights": weights, "fitted_on": "test"}})
+    )
+    report = evaluate_model(model / out.name, hcc_manifest, tmp_path / "report", missing=True)
+    overall = report["overall"]
+    assert overall["label_rule"] != "argmax"
+    # Every case is answered as the favoured class: only its column is filled.
+    assert all(row[:-1] == [0] * (len(row) - 1) for row in overall["confusion_matrix"])
+    for setting in report["by_subset"].values():
+        assert setting["answered_as_own_class"][favoured] in (1.0, None)
+        others = [v for c, v in setting["answered_as_own_class"].items() if c != favoured and v is not None]
+        assert all(v == 0.0 for v in others), setting
+    assert "answered" in (tmp_path / "report" / "report.md").read_text()
