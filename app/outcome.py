@@ -121,14 +121,14 @@ def build_outcome(
         id=prediction_id,
         task=task.name,
         gradable=graded is not None,
-        label=task.classes[model.label_of(probabilities)] if probabilities is not None else None,
+        label=task.classes[model.label_of(probabilities, used)] if probabilities is not None else None,
         probabilities=(
             {c: float(p) for c, p in zip(task.classes, probabilities, strict=True)}
             if probabilities is not None
             else None
         ),
-        decision=Decision.model_validate(model.decision)
-        if probabilities is not None and model.decision
+        decision=Decision.model_validate(model.decision(used))
+        if probabilities is not None and model.decision(used)
         else None,
         not_gradable=localization.reasons,
         mask=mask_info(localization, segmenter),

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import torch
 from app.errors import ModelNotReadyError, UnknownTaskError
 from app.settings import Settings
 from models.segmenter import STAGES, Predictor, SegmenterSpec, StageName, spec_of_card
-from models.tasks import TASKS, TaskSpec, labels_of_card, task_of_card
+from models.tasks import TASKS, TaskSpec, decision_weights, labels_of_card, task_of_card
 
 log = logging.getLogger("app.runtime")
 NO_SEGMENTER = "none"
@@ -82,16 +82,24 @@ class ServedModel:
         reads = self.card.get("reads_modalities") or self.card.get("modalities") or []
         return [str(m) for m in reads]
 
-    def label_of(self, probabilities: np.ndarray) -> int:
-        """The class answered: argmax of the probabilities times the card's decision weights
-        (chosen on validation for balanced accuracy; all 1 without a `decision`)."""
-        return int(labels_of_card(self.card, probabilities))
+    def label_of(self, probabilities: np.ndarray, given: Sequence[str]) -> int:
+        """The class answered for a study holding the modalities `given`: argmax of the
+        probabilities times the card's decision weights for them (chosen on validation for
+        balanced accuracy; all 1 without a `decision`)."""
+        return int(labels_of_card(self.card, probabilities, given))
 
-    @property
-    def decision(self) -> dict[str, Any] | None:
-        """The card's label rule (`training.calibration`), None for plain argmax."""
+    def decision(self, given: Sequence[str]) -> dict[str, Any] | None:
+        """The card's label rule for a study holding the modalities `given`
+        (`training.calibration`): its rule, the weights applied, where they were fitted;
+        None for plain argmax."""
         decision = self.card.get("decision")
-        return dict(decision) if decision else None
+        if not decision:
+            return None
+        return {
+            "rule": decision.get("rule", "argmax(probabilities x weights)"),
+            "weights": decision_weights(self.card, given),
+            "fitted_on": decision.get("fitted_on", ""),
+        }
 
     @property
     def is_segmenter(self) -> bool:

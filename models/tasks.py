@@ -14,7 +14,7 @@ say which grid it was trained on; `get_task(name, grid)` gives the matching spec
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -164,11 +164,21 @@ def task_of_card(card: Mapping[str, Any]) -> TaskSpec:
     return get_task(str(card.get("task")), str(grid or "whole"))
 
 
-def labels_of_card(card: Mapping[str, Any], probabilities: Any) -> Any:
-    """The classes a card answers for (N, C) probabilities: argmax of the probabilities times
-    its decision weights (chosen on validation for balanced accuracy; all 1 without a
-    `decision`). The probabilities themselves are reported as they are."""
-    weights = (card.get("decision") or {}).get("weights") or {}
+def decision_weights(card: Mapping[str, Any], given: Sequence[str] | None = None) -> dict[str, float]:
+    """A card's decision weights for the modalities `given` (its `by_subset` entry for them,
+    else the weights fitted with every modality; {} without a `decision`)."""
+    decision = card.get("decision") or {}
+    by_subset = decision.get("by_subset") or {}
+    key = "+".join(m for m in card.get("modalities") or [] if m in set(given or ()))
+    return dict(by_subset.get(key) or decision.get("weights") or {})
+
+
+def labels_of_card(card: Mapping[str, Any], probabilities: Any, given: Sequence[str] | None = None) -> Any:
+    """The classes a card answers for (N, C) probabilities of studies holding the modalities
+    `given` (None: all): argmax of the probabilities times its decision weights (chosen on
+    validation for balanced accuracy, per modality subset where the card has them; all 1
+    without a `decision`). The probabilities themselves are reported as they are."""
+    weights = decision_weights(card, given if given is not None else card.get("modalities"))
     classes = card.get("classes") or []
     scale = np.array([float(weights.get(c, 1.0)) for c in classes]) if weights else 1.0
     return np.argmax(np.asarray(probabilities) * scale, axis=-1)

@@ -124,6 +124,25 @@ def fit_decision_weights(
     return [float(w) for w in np.exp(log_w)]
 
 
+def _weights_by_subset(
+    model: nn.Module, task: TaskSpec, records: Sequence[Any], modalities: Sequence[str] | None
+) -> dict[str, dict[str, float]]:
+    """Decision weights of the (calibrated) `model` fitted on the val cases given each allowed
+    subset of `modalities`: given fewer sequences its probabilities shift towards one class,
+    and the weights fitted with all of them answered HGG for every single-sequence study."""
+    from training.evaluate import Predictor, predict_records
+
+    predictor = Predictor.for_network(model, task, "decision by subset")
+    read = set(modalities or task.modalities)
+    by_subset = {}
+    for subset in (s for s in task.allowed_subsets() if set(s) <= read):
+        labels, probs = predict_records(predictor, records, subset)
+        by_subset["+".join(subset)] = dict(
+            zip(task.classes, fit_decision_weights(probs, labels), strict=True)
+        )
+    return by_subset
+
+
 def fold_into_head(model: nn.Module, calibration: Calibration) -> None:
     """Rewrite the last linear layer (`model.head.fc`) so its logits come out calibrated."""
     fc = getattr(getattr(model, "head", None), "fc", None)
@@ -158,7 +177,8 @@ def calibrate_on_validation(
     decision = {
         "rule": "the label is argmax(probabilities x weights); probabilities are reported as they are",
         "weights": dict(zip(task.classes, weights, strict=True)),
-        "fitted_on": f"val split, {len(records)} cases: balanced accuracy",
+        "by_subset": _weights_by_subset(model, task, records, modalities),
+        "fitted_on": f"val split, {len(records)} cases: balanced accuracy, per modality subset given",
         "val_balanced_accuracy_argmax": balanced_accuracy(
             labels, np.argmax(calibrated, axis=1), task.num_classes
         ),

@@ -107,10 +107,13 @@ def net_benefit(labels: np.ndarray, risk: np.ndarray, thresholds: np.ndarray) ->
     }
 
 
-def predicted_labels(probs: np.ndarray, task: TaskSpec, decision: Mapping[str, Any] | None) -> np.ndarray:
-    """The labels the service answers: argmax of `probs` times the `decision`'s weights
-    (a card's; None: plain argmax)."""
-    return np.asarray(labels_of_card({"classes": task.classes, "decision": decision}, probs))
+def predicted_labels(
+    probs: np.ndarray, task: TaskSpec, decision: Mapping[str, Any] | None, given: Sequence[str] | None = None
+) -> np.ndarray:
+    """The labels the service answers for studies holding the modalities `given` (None: all):
+    argmax of `probs` times the `decision`'s weights for them (a card's; None: argmax)."""
+    card = {"classes": task.classes, "modalities": task.modalities, "decision": decision}
+    return np.asarray(labels_of_card(card, probs, given))
 
 
 def classification_metrics(
@@ -216,13 +219,13 @@ def evaluate_model(
         for level in sorted({r.meta.get("dose", 1.0) for r in records}, reverse=True):
             subset = [r for r in records if r.meta.get("dose", 1.0) == level]
             y, p = predict_records(predictor, subset)
-            report["by_dose"][f"{level:g}"] = _summary(y, p, task, predictor.decision)
+            report["by_dose"][f"{level:g}"] = _summary(y, p, task, predictor.decision, None)
         plot_sweep(report["by_dose"], "CT dose fraction", "AUC against dose", out / "dose.png")
     if missing:
         report["by_subset"] = {}
         for modalities in task.allowed_subsets():
             y, p = predict_records(predictor, records, modalities)
-            report["by_subset"]["+".join(modalities)] = _summary(y, p, task, predictor.decision)
+            report["by_subset"]["+".join(modalities)] = _summary(y, p, task, predictor.decision, modalities)
         plot_sweep(report["by_subset"], "modalities given", "AUC by modality subset", out / "missing.png")
 
     from training.export import json_safe
@@ -234,13 +237,17 @@ def evaluate_model(
 
 
 def _summary(
-    labels: np.ndarray, probs: np.ndarray, task: TaskSpec, decision: Mapping[str, Any] | None
+    labels: np.ndarray,
+    probs: np.ndarray,
+    task: TaskSpec,
+    decision: Mapping[str, Any] | None,
+    given: Sequence[str] | None,
 ) -> dict[str, Any]:
     """AUC with its interval, and what the answered labels do: balanced accuracy and the share
     of each class's own cases answered as it (a setting that answers one class for all shows
     here, whatever its AUC)."""
     low, high = auc_ci(labels, probs)
-    predicted = predicted_labels(probs, task, decision)
+    predicted = predicted_labels(probs, task, decision, given)
     recall = {
         name: float(np.mean(predicted[labels == c] == c)) if np.any(labels == c) else None
         for c, name in enumerate(task.classes)

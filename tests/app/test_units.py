@@ -167,17 +167,23 @@ def test_suv_factor_refuses_header_values_no_scan_has(keyword: str, value: str, 
 
 def test_the_answered_class_follows_the_cards_decision_weights(tmp_path: Path) -> None:
     """argmax(p x w): a card without a decision answers the argmax; with weights chosen on
-    validation, a case whose probabilities lean to the common class can answer another."""
+    validation, a case whose probabilities lean to the common class can answer another, by
+    the weights fitted for the modalities it holds where the card has them."""
     classes = ["well", "moderate", "poor"]
     probabilities = np.array([0.35, 0.45, 0.20])
     plain = ServedModel(name="m", card={"classes": classes}, folder=tmp_path)
-    assert plain.label_of(probabilities) == 1
-    weighted = ServedModel(
-        name="m",
-        card={"classes": classes, "decision": {"weights": {"well": 1.5, "moderate": 1.0, "poor": 1.2}}},
-        folder=tmp_path,
-    )
-    assert weighted.label_of(probabilities) == 0
+    assert plain.label_of(probabilities, ["ct"]) == 1
+    assert plain.decision(["ct"]) is None
+    decision = {
+        "weights": {"well": 1.5, "moderate": 1.0, "poor": 1.2},
+        # Fitted on validation with CT alone: a study holding only CT answers by these.
+        "by_subset": {"ct": {"well": 1.0, "moderate": 1.0, "poor": 2.5}},
+    }
+    card = {"classes": classes, "modalities": ["ct", "pet_fdg"], "decision": decision}
+    weighted = ServedModel(name="m", card=card, folder=tmp_path)
+    assert weighted.label_of(probabilities, ["ct", "pet_fdg"]) == 0
+    assert weighted.label_of(probabilities, ["ct"]) == 2
+    assert weighted.decision(["ct"])["weights"] == decision["by_subset"]["ct"]  # type: ignore[index]
 
 
 def test_a_segmenter_card_whose_lesion_threshold_is_no_probability_does_not_load(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models import create_model
+from models.tasks import get_task
 from tests.common import random_checkpoint
 from training.calibration import (
     Calibration,
@@ -68,6 +69,13 @@ def test_export_calibrates_on_the_val_split(tmp_path: Path, hcc_manifest: Path) 
     np.testing.assert_allclose(logits["cal"], expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="give `data`"):
         export_model(checkpoint, tmp_path / "x" / "m.onnx", calibrate=True)
+    # The label rule: weights with every modality, and weights per modality subset given.
+    task = get_task("hcc")
+    by_subset = card["decision"]["by_subset"]
+    assert set(by_subset) == {"+".join(subset) for subset in task.allowed_subsets()}
+    assert all(
+        set(weights) == set(task.classes) and min(weights.values()) > 0 for weights in by_subset.values()
+    )
 
 
 def test_decision_weights_give_the_minority_its_answers_back() -> None:
