@@ -28,7 +28,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check models training app tests bench
 	$(BIN)/ruff format --check models training app tests bench
-	$(BIN)/mypy models training app
+	$(BIN)/mypy models training app bench
 
 test: lint
 	$(BIN)/python -m pytest -q

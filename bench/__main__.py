@@ -55,7 +55,8 @@ def run(name: str, quick: bool) -> dict[str, Any]:
         )
         code, stdout, stderr = done.returncode, done.stdout, done.stderr
     except subprocess.TimeoutExpired as exc:
-        code, stdout, stderr = -9, "", f"stopped after {exc.timeout} s\n{exc.stderr or ''}"
+        partial = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        code, stdout, stderr = -9, "", f"stopped after {exc.timeout} s\n{partial}"
     result: dict[str, Any] = {
         "command": " ".join(["python", "-m", f"bench.{name}", *args]),
         "seconds": round(time.perf_counter() - start, 1),

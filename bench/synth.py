@@ -12,6 +12,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from training.data.synth_brats import write_brats_cohort
 from training.data.synth_hcc import write_hcc_cohort
@@ -21,7 +22,7 @@ def folder_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*.nii.gz"))
 
 
-def measure(name: str, write, n_cases: int, rows_per_case: int = 1) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def measure(name: str, write, n_cases: int, rows_per_case: int = 1) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         write(Path(tmp), n_cases)
