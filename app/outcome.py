@@ -117,6 +117,7 @@ def build_outcome(
     """The response and the files to keep; `checks`: the study's warnings (`app.prediction`)."""
     probabilities = softmax(graded.outputs["logits"].astype(np.float64)) if graded is not None else None
     used = list(graded.model_input.used) if graded else [m for m in task.modalities if m in study.volumes]
+    decision = model.decision(used) if probabilities is not None else None
     response = Prediction(
         id=prediction_id,
         task=task.name,
@@ -127,9 +128,7 @@ def build_outcome(
             if probabilities is not None
             else None
         ),
-        decision=Decision.model_validate(model.decision(used))
-        if probabilities is not None and model.decision(used)
-        else None,
+        decision=Decision.model_validate(decision) if decision else None,
         not_gradable=localization.reasons,
         mask=mask_info(localization, segmenter),
         modalities=Modalities(used=used, missing=[m for m in task.modalities if m not in used]),
@@ -201,7 +200,9 @@ def _files(
         files["headers.json"] = json.dumps([h.to_json_dict() for h in headers]).encode()
     if localization.mask is not None:
         # Labels 0 to 255 (checked at ingestion, or the segmenter's): a quarter of float32.
-        labels = np.rint(localization.mask.array).astype(np.uint8)
+        # Rounded straight into uint8 (buffered by the ufunc): no float copy of a full-size mask.
+        labels = np.empty(localization.mask.array.shape, dtype=np.uint8)
+        np.rint(localization.mask.array, out=labels, casting="unsafe")
         files["mask.npz"] = npz_bytes(array=labels, affine=localization.mask.affine)
     if localization.overview is not None:
         overview = localization.overview
