@@ -14,6 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from models import contract
+from models.dicom import PixelDataError
+
 PROBLEM_BASE = "https://reactkd.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -156,6 +159,30 @@ class ConflictingInputError(ProblemError):
 
 class StudyNotFoundError(ProblemError):
     slug, title, status = "study-not-found", "Study not found in the PACS", 404
+
+
+CONTRACT_PROBLEMS: dict[type[contract.ContractError], type[ProblemError]] = {
+    contract.ContractError: InvalidStudyError,
+    contract.GeometryError: InvalidStudyError,
+    PixelDataError: CorruptPixelDataError,
+    contract.NonFiniteError: NonFiniteVoxelsError,
+    contract.UnknownModalityError: UnknownModalityError,
+    contract.MissingModalityError: MissingModalityError,
+    contract.MissingMaskError: MissingFieldError,
+    contract.MaskError: InvalidStudyError,
+    contract.NotAVolumeError: NotAVolumeProblem,
+}
+"""The problem each kind of input contract error (`models.contract`) is answered with; a class
+not listed takes its nearest listed base's (`contract_problem`)."""
+
+
+def contract_problem(
+    exc: contract.ContractError, detail: str | None = None, field: str | None = None
+) -> ProblemError:
+    """The problem for a contract error, by its class; `detail` and `field` override the
+    error's own (the ingest names the request field a series came in, not the DICOM tag)."""
+    kind = next(cls for cls in type(exc).__mro__ if cls in CONTRACT_PROBLEMS)
+    return CONTRACT_PROBLEMS[kind](detail or exc.reason, field=field or exc.field)
 
 
 _HTTP_SLUGS = {401: "unauthorized", 404: "not-found", 405: "method-not-allowed", 413: "too-large"}

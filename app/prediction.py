@@ -28,12 +28,8 @@ from pydicom.dataset import Dataset
 
 from app.admission import Admission
 from app.errors import (
-    InvalidStudyError,
-    MissingFieldError,
-    MissingModalityError,
-    NonFiniteVoxelsError,
-    NotAVolumeProblem,
     TimeoutProblem,
+    contract_problem,
 )
 from app.ingest.archive import ZipLimits
 from app.ingest.study import IngestLimits, Study, Upload, build_study
@@ -47,8 +43,8 @@ from app.settings import Settings
 from app.store import Store, new_id
 from models.contract import (
     ContractError,
+    MissingMaskError,
     ModelInput,
-    NotAVolumeError,
     Volume,
     check_volume,
     grid_of,
@@ -76,10 +72,8 @@ def check_volumes(study: Study, task: TaskSpec) -> None:
     for name, volume in study.volumes.items():
         try:
             check_volume(name, volume, task)
-        except NotAVolumeError as exc:
-            raise NotAVolumeProblem(exc.reason, field=exc.field) from None
-        except ContractError as exc:  # a voxel size no scan has: the header is wrong
-            raise InvalidStudyError(exc.reason, field=exc.field) from None
+        except ContractError as exc:  # not a volume, or a voxel size no scan has
+            raise contract_problem(exc) from None
 
 
 @dataclass
@@ -196,19 +190,14 @@ def preprocess(
     volumes = {name: v for name, v in study.volumes.items() if reads is None or name in reads}
     try:
         return prepare_input(volumes, task, lesion=mask if mask is not None else study.mask)
+    except MissingMaskError as exc:  # a lesion-grid model without the lesion's mask
+        raise contract_problem(
+            exc,
+            f"{exc.reason}: send it as field 'mask' (a NIfTI label map or a DICOM SEG), or "
+            "keep a DICOM SEG of the lesion in the study",
+        ) from None
     except ContractError as exc:
-        if "NaN" in exc.reason:
-            raise NonFiniteVoxelsError(exc.reason, field=exc.field) from None
-        if "needs" in exc.reason:
-            # A lesion-grid model without the lesion's mask: a missing field, not a modality.
-            if exc.field == "mask":
-                raise MissingFieldError(
-                    f"{exc.reason}: send it as field 'mask' (a NIfTI label map or a DICOM SEG), or "
-                    "keep a DICOM SEG of the lesion in the study",
-                    field="mask",
-                ) from None
-            raise MissingModalityError(exc.reason, field=exc.field) from None
-        raise InvalidStudyError(exc.reason, field=exc.field) from None
+        raise contract_problem(exc) from None
 
 
 def modality_warnings(study: Study, model: ServedModel) -> list[str]:

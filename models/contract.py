@@ -46,12 +46,40 @@ PLAUSIBLE_VOXEL_MM = (0.05, 50.0)
 
 
 class ContractError(ValueError):
-    """An input that cannot be brought onto the model grid; `field` names the culprit."""
+    """An input that cannot be brought onto the model grid; `field` names the culprit.
+
+    Raised as one of the subclasses below, each a kind of mistake a client can act on; the
+    service maps each class (never the message) to its problem type (`app.errors`)."""
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+class GeometryError(ContractError):
+    """Voxels that cannot be placed in space: not 3D, empty, a singular or non-finite affine,
+    a voxel size no scan has."""
+
+
+class NonFiniteError(ContractError):
+    """NaN or infinite values in an image or a mask."""
+
+
+class UnknownModalityError(ContractError):
+    """A modality the task does not have."""
+
+
+class MissingModalityError(ContractError):
+    """A subset of modalities the task does not allow: a required one, or every one, missing."""
+
+
+class MissingMaskError(ContractError):
+    """A lesion-grid model given no lesion mask."""
+
+
+class MaskError(ContractError):
+    """A lesion mask that cannot place the grid: no lesion voxel, or a lesion outside the image."""
 
 
 class NotAVolumeError(ContractError):
@@ -76,14 +104,14 @@ class Volume:
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:
-            raise ContractError("volume", f"expected a 3D array, got shape {self.array.shape}")
+            raise GeometryError("volume", f"expected a 3D array, got shape {self.array.shape}")
         if min(self.array.shape) < 1:
-            raise ContractError("volume", f"empty array of shape {self.array.shape}")
+            raise GeometryError("volume", f"empty array of shape {self.array.shape}")
         affine = np.asarray(self.affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-            raise ContractError("affine", "expected a finite 4x4 matrix")
+            raise GeometryError("affine", "expected a finite 4x4 matrix")
         if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-            raise ContractError("affine", "singular: voxel axes are degenerate")
+            raise GeometryError("affine", "singular: voxel axes are degenerate")
         object.__setattr__(self, "affine", affine)
 
     @property
@@ -199,7 +227,7 @@ def lesion_center(mask: Volume, labels: Literal["highest", "nonzero"] = "highest
     primary would otherwise pull the centre between them.
 
     Raises:
-        ContractError: the mask has no lesion voxel.
+        MaskError: the mask has no lesion voxel.
     """
     array = mask.array
     if labels == "highest":
@@ -208,7 +236,7 @@ def lesion_center(mask: Volume, labels: Literal["highest", "nonzero"] = "highest
     else:
         lesion = array > 0
     if not lesion.any():
-        raise ContractError("mask", "has no lesion voxel to centre the model's grid on")
+        raise MaskError("mask", "has no lesion voxel to centre the model's grid on")
     # Label only the lesion's bounding box: masks are mostly background.
     lo, hi = _index_box(lesion)
     box = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi, strict=True))
@@ -387,7 +415,7 @@ def reference_modality(task: TaskSpec, available: set[str]) -> str:
     for name in task.required + task.modalities:
         if name in available:
             return name
-    raise ContractError("modalities", f"none of {list(task.modalities)} was given")
+    raise MissingModalityError("modalities", f"none of {list(task.modalities)} was given")
 
 
 def prepare_input(
@@ -401,25 +429,24 @@ def prepare_input(
     ``lesion`` grid needs it, the ``whole`` grid does not look at it.
 
     Raises:
-        ContractError: unknown modality names, a subset the task does not allow (a
-            required modality missing), non-finite voxel values, a voxel size outside
-            `PLAUSIBLE_VOXEL_MM`, or on the lesion grid a
-            missing or empty mask or a lesion outside the reference image.
+        UnknownModalityError, MissingModalityError (a subset the task does not allow),
+        NonFiniteError, GeometryError (a voxel size outside `PLAUSIBLE_VOXEL_MM`), and on the
+        lesion grid MissingMaskError or MaskError (no lesion voxel, or one outside the image).
     """
     unknown = sorted(set(volumes) - set(task.modalities))
     if unknown:
-        raise ContractError(
+        raise UnknownModalityError(
             unknown[0], f"not a modality of task {task.name!r} (expected {list(task.modalities)})"
         )
     given = set(volumes)
     if not task.is_allowed(given):
         needed = [m for m in task.required if m not in given] or list(task.modalities)
-        raise ContractError(
+        raise MissingModalityError(
             needed[0], f"task {task.name!r} needs {needed[0]!r}; got {sorted(given) or 'nothing'}"
         )
     for name, volume in volumes.items():
         if not all_finite(volume.array):
-            raise ContractError(name, "contains NaN or infinite voxel values")
+            raise NonFiniteError(name, "contains NaN or infinite voxel values")
         _check_voxel_size(name, volume)
     if lesion is not None:
         _check_voxel_size("mask", lesion)
@@ -452,7 +479,7 @@ def check_volume(name: str, volume: Volume, task: TaskSpec) -> None:
     localiser, a slab that cannot hold a liver).
 
     Raises:
-        ContractError: a voxel size no scan has (checked first: a header in metres makes
+        GeometryError: a voxel size no scan has (checked first: a header in metres makes
             any scan look thin).
         NotAVolumeError: with the slice count and the extent (mm) of the shortest axis.
     """
@@ -477,7 +504,7 @@ def _check_voxel_size(name: str, volume: Volume) -> None:
     low, high = PLAUSIBLE_VOXEL_MM
     spacing = volume.spacing
     if not low <= min(spacing) <= max(spacing) <= high:
-        raise ContractError(
+        raise GeometryError(
             name,
             f"voxel size {tuple(float(f'{s:.3g}') for s in spacing)} mm is not a scan's "
             f"(each side must be {low}-{high} mm): check the header's spacing and units",
@@ -487,15 +514,15 @@ def _check_voxel_size(name: str, volume: Volume) -> None:
 def _lesion_grid_center(lesion: Volume | None, reference: Volume, name: str, task: TaskSpec) -> np.ndarray:
     """The lesion's centre, checked to lie inside the reference image."""
     if lesion is None:
-        raise ContractError(
+        raise MissingMaskError(
             "mask", f"this {task.name!r} model reads a crop centred on the lesion and needs the lesion's mask"
         )
     if not all_finite(lesion.array):
-        raise ContractError("mask", "contains NaN or infinite values")
+        raise NonFiniteError("mask", "contains NaN or infinite values")
     center = lesion_center(lesion, task.lesion_labels)
     low, high = reference.world_bounds()
     if np.any(center < low) or np.any(center > high):
-        raise ContractError(
+        raise MaskError(
             "mask", f"the lesion's centre {np.round(center, 1).tolist()} mm lies outside the {name} image"
         )
     return center

@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from models.contract import ContractError, Volume
+from models.contract import GeometryError, Volume
 
 # LPS (DICOM) -> RAS (NIfTI): negate x and y.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -48,8 +48,12 @@ SPACING_TOLERANCE = 0.05
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 
 
-class DicomGeometryError(ContractError):
+class DicomGeometryError(GeometryError):
     """A DICOM series whose slices do not form one regular 3D volume."""
+
+
+class PixelDataError(DicomGeometryError):
+    """Pixel data missing, inconsistent with the header, or impossible to decode."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ def _cosines(value: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_pixel_format(ds: Dataset) -> None:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise DicomGeometryError("PixelData", "an instance has no pixel data (is it an image?)")
+        raise PixelDataError("PixelData", "an instance has no pixel data (is it an image?)")
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples != 1 or not photometric.startswith("MONOCHROME"):
@@ -172,7 +176,7 @@ def _check_native_length(ds: Dataset, frames: int) -> None:
     expected = frames * int(ds.Rows) * int(ds.Columns) * int(ds.get("BitsAllocated", 16) or 16) // 8
     actual = len(ds.PixelData)
     if actual not in (expected, expected + 1):  # an odd length is padded to even
-        raise DicomGeometryError(
+        raise PixelDataError(
             "PixelData",
             f"the pixel data holds {actual} bytes, the header's {frames} frame(s) of "
             f"{ds.Rows} x {ds.Columns} pixels make {expected}; the file is inconsistent: re-export it",
@@ -298,13 +302,13 @@ def _stored_pixels(ds: Dataset, frame: _Frame, frame_index: int | None = None) -
     try:
         array = pixel_array(ds, index=frame_index)
     except Exception as exc:  # pydicom raises many kinds for broken or unsupported data
-        raise DicomGeometryError(
+        raise PixelDataError(
             "PixelData",
             f"pixel data cannot be decoded ({type(exc).__name__}: {exc}); re-export the "
             "series uncompressed or with a standard transfer syntax",
         ) from None
     if array.shape != frame.shape:
-        raise DicomGeometryError(
+        raise PixelDataError(
             "PixelData", f"decoded pixels have shape {array.shape}, header says {frame.shape}"
         )
     return array

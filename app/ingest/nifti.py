@@ -14,7 +14,7 @@ import numpy as np
 
 from app.errors import NonFiniteVoxelsError, TooLargeError, UnsupportedMediaError, ZipBombError
 from app.ingest.sniff import sniff
-from models.contract import ContractError, Volume
+from models.contract import GeometryError, Volume
 
 # Enough bytes for either header (NIfTI-1: 348, NIfTI-2: 540).
 _HEADER_BYTES = 540
@@ -237,7 +237,7 @@ def volume_from_nifti(data: bytes, field: str, max_bytes: int) -> Volume:
         raise UnsupportedMediaError("the NIfTI header has no usable affine (sform/qform)", field=field)
     try:
         return Volume(array=array, affine=np.asarray(affine, dtype=np.float64))
-    except ContractError as exc:
+    except GeometryError as exc:
         raise UnsupportedMediaError(f"the NIfTI geometry is unusable: {exc.reason}", field=field) from None
 
 

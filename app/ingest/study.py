@@ -22,7 +22,6 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from app.errors import (
-    CorruptPixelDataError,
     InvalidStudyError,
     MissingFieldError,
     MissingModalityError,
@@ -34,6 +33,7 @@ from app.errors import (
     TooLargeError,
     UnknownModalityError,
     UnsupportedMediaError,
+    contract_problem,
 )
 from app.ingest.archive import ZipLimits, iter_members
 from app.ingest.assign import (
@@ -256,8 +256,7 @@ def _volume_from_dicom(
     try:
         volume = volume_from_series(datasets, release_pixels=True)
     except DicomGeometryError as exc:
-        error = CorruptPixelDataError if exc.field == "PixelData" else InvalidStudyError
-        raise error(f"{modality}: {exc.reason}", field=modality) from None
+        raise contract_problem(exc, f"{modality}: {exc.reason}", field=modality) from None
     except (ValueError, TypeError, AttributeError, KeyError, IndexError):
         # A malformed header value (NumberOfFrames '1A', say) is the client's input, not a 500;
         # the value itself is not echoed, it may carry identifiers.
