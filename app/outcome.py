@@ -11,20 +11,17 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.ingest.study import SeriesSource, Study
+from app.localization import Localization
 from app.pacs.references import missing_reference
 from app.runtime import ServedModel
 from app.schemas import Decision, MaskInfo, Modalities, ModelRef, Prediction, SeriesAssignment, StudyInfo
 from app.store import npz_bytes
 from models.contract import ModelInput, reference_modality
 from models.tasks import TaskSpec
-
-if TYPE_CHECKING:
-    from app.prediction import Localization
 
 
 def input_digest(model_input: ModelInput) -> str:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
@@ -33,6 +32,7 @@ from app.errors import (
 )
 from app.ingest.archive import ZipLimits
 from app.ingest.study import IngestLimits, Study, Upload, build_study
+from app.localization import Localization, MaskSource
 from app.memory import trim_heaps
 from app.metrics import Metrics
 from app.outcome import Graded, Outcome, build_outcome, link_dicom_outputs
@@ -54,8 +54,6 @@ from models.contract import (
 )
 from models.segmenter import (
     MaskSummary,
-    Segmentation,
-    SegmenterInput,
     SegmenterSpec,
     get_segmenter_spec,
     segment,
@@ -63,8 +61,6 @@ from models.segmenter import (
     summarize,
 )
 from models.tasks import TaskSpec
-
-MaskSource = Literal["upload", "pacs", "model"]
 
 
 def check_volumes(study: Study, task: TaskSpec) -> None:
@@ -74,29 +70,6 @@ def check_volumes(study: Study, task: TaskSpec) -> None:
             check_volume(name, volume, task)
         except ContractError as exc:  # not a volume, or a voxel size no scan has
             raise contract_problem(exc) from None
-
-
-@dataclass
-class Localization:
-    """Where the lesion is, and whether the study can be graded.
-
-    source: whose mask it is (None: the task has no segmenter and none was sent).
-    mask: the label map the grade uses, on its own grid; summary: what it says.
-    overview: the reference image on the segmenter's grid (for the views explanations draw).
-    segmentation: the segmenter's output, when it made the mask.
-    reasons: why the study is not gradable (empty: gradable).
-    """
-
-    source: MaskSource | None
-    mask: Volume | None
-    summary: MaskSummary | None
-    overview: SegmenterInput | None
-    segmentation: Segmentation | None = None
-    reasons: list[NotGradable] = field(default_factory=list)
-
-    @property
-    def gradable(self) -> bool:
-        return not self.reasons
 
 
 def localize(
@@ -134,7 +107,7 @@ def _spec_of(task: TaskSpec) -> SegmenterSpec | None:
 
 
 def gradability(summary: MaskSummary | None, settings: Settings, segmented: bool = True) -> list[NotGradable]:
-    """Why a mask does not allow a grade, by the thresholds of `settings` (README: *Not gradable*).
+    """Why a mask does not allow a grade, by the thresholds of `settings` (docs/api.md: *Not gradable*).
 
     The liver's volume is judged only in the segmenter's masks (`segmented`): its thresholds
     were chosen from what the segmenter calls liver in scans without one, and a liver a

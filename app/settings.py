@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     body_idle_timeout_s: float = Field(default=30.0, gt=0)
     retention_days: float = Field(default=30.0, gt=0)
     retention_interval_s: float = Field(default=3600.0, gt=0)
-    # When a study is not gradable (README: *Not gradable*); chosen from the segmenter's
+    # When a study is not gradable (docs/api.md: *Not gradable*); chosen from the segmenter's
     # measurements in reports/segmenter/ (docs/segmenter.md).
     min_liver_ml: float = Field(default=500.0, ge=0)
     min_cut_liver_ml: float = Field(default=800.0, ge=0)

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
@@ -46,6 +45,12 @@ MAX_TILT_DEGREES = 0.5
 SPACING_TOLERANCE = 0.05
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
+# The storage SOP class of each modality a series can be written as (`series_from_volume`).
+IMAGE_STORAGE = {
+    "CT": CT_IMAGE_STORAGE,
+    "MR": UID("1.2.840.10008.5.1.4.1.1.4"),
+    "PT": UID("1.2.840.10008.5.1.4.1.1.128"),
+}
 
 
 class DicomGeometryError(GeometryError):
@@ -456,6 +461,9 @@ def series_from_volume(
     they round-trip to within half of `rescale_slope`. The volume's affine must have
     orthogonal axes (DICOM has no shear). `extra` sets further attributes on every instance.
     """
+    if modality not in IMAGE_STORAGE:
+        raise ValueError(f"modality must be one of {sorted(IMAGE_STORAGE)}, got {modality!r}")
+    sop_class = IMAGE_STORAGE[modality]
     lps = np.linalg.inv(LPS_TO_RAS) @ volume.affine
     axes = lps[:3, :3]
     spacing = np.linalg.norm(axes, axis=0)
@@ -469,10 +477,10 @@ def series_from_volume(
     for k in range(volume.array.shape[2]):
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+        ds.file_meta.MediaStorageSOPClassUID = sop_class
         ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPClassUID = sop_class
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
         ds.Modality = modality
         ds.SeriesDescription = series_description
@@ -495,15 +503,4 @@ def series_from_volume(
             setattr(ds, keyword, value)
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
         datasets.append(ds)
-    return datasets
-
-
-def read_datasets(paths: Sequence[str], *, stop_before_pixels: bool = False) -> list[Dataset]:
-    """Read Part-10 files, raising a `DicomGeometryError` naming the first unreadable one."""
-    datasets: list[Dataset] = []
-    for path in paths:
-        try:
-            datasets.append(pydicom.dcmread(path, stop_before_pixels=stop_before_pixels))
-        except Exception as exc:
-            raise DicomGeometryError("file", f"{path} is not a readable DICOM file ({exc})") from None
     return datasets

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import TaskSpec
+from training.data.readers import read_records
+from training.evaluate import Predictor, predict_records
 from training.metrics import expected_calibration_error
 
 # A standard normal prior on log T and on each bias (a penalty of 1/2 per unit squared, over
@@ -130,8 +132,6 @@ def _weights_by_subset(
     """Decision weights of the (calibrated) `model` fitted on the val cases given each allowed
     subset of `modalities`: given fewer sequences its probabilities shift towards one class,
     and the weights fitted with all of them answered HGG for every single-sequence study."""
-    from training.evaluate import Predictor, predict_records
-
     predictor = Predictor.for_network(model, task, "decision by subset")
     read = set(modalities or task.modalities)
     by_subset = {}
@@ -160,9 +160,6 @@ def calibrate_on_validation(
 ) -> dict[str, Any]:
     """Fit on the `val` split of cohort `data`, given `modalities` (None: all), fold into
     `model`; what the model card records."""
-    from training.data.readers import read_records
-    from training.evaluate import Predictor, predict_records
-
     records = [r for r in read_records(task.name, data) if r.split == "val" and r.label is not None]
     if len(set(r.label for r in records)) < task.num_classes:
         raise ValueError(

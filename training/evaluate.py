@@ -27,6 +27,7 @@ from models.tasks import labels_of_card
 from training.data.dataset import prepare_case
 from training.data.readers import CaseRecord, load_case
 from training.metrics import auc_ci, expected_calibration_error, macro_auc, per_class_auc
+from training.serialization import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +228,6 @@ def evaluate_model(
             y, p = predict_records(predictor, records, modalities)
             report["by_subset"]["+".join(modalities)] = _summary(y, p, task, predictor.decision, modalities)
         plot_sweep(report["by_subset"], "modalities given", "AUC by modality subset", out / "missing.png")
-
-    from training.export import json_safe
 
     report = json_safe(report)
     (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False))

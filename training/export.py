@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -34,6 +33,11 @@ from torch import nn
 
 from models import model_from_checkpoint, task_of_card
 from models.tasks import TaskSpec
+from training.calibration import calibrate_on_validation
+from training.data.readers import read_records
+from training.evaluate import Predictor, cohort_evidence, predict_records
+from training.metrics import macro_auc
+from training.serialization import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +138,6 @@ def export_model(
     if calibrate:
         if data is None:
             raise ValueError("calibration is fitted on the val split of a cohort: give `data`")
-        from training.calibration import calibrate_on_validation
-
         calibration = calibrate_on_validation(model, task, data, reads)
         state = {**state, "state_dict": model.state_dict()}
     write_onnx(model, task, out)
@@ -146,8 +148,6 @@ def export_model(
 
     prototypes: Mapping[str, Any] | None = None
     if data is not None:
-        from training.evaluate import cohort_evidence
-
         decision = calibration["decision"] if calibration is not None else None
         metrics, prototypes = cohort_evidence(out, task, data, modalities=reads, decision=decision)
     quantization = quantize_int8(out, task, data, float_metrics=metrics) if int8 else None
@@ -230,10 +230,6 @@ def quantize_int8(
         "max_abs_logit_diff": float(np.max(np.abs(reference - quantized))),
     }
     if data is not None and float_metrics:
-        from training.data.readers import read_records
-        from training.evaluate import Predictor, predict_records
-        from training.metrics import macro_auc
-
         test = [r for r in read_records(task.name, data) if r.split == "test" and r.label is not None]
         labels, probs = predict_records(Predictor(target, task), test)
         float_auc = float_metrics["test"]["macro_auc"]
@@ -242,17 +238,6 @@ def quantize_int8(
         report["auc_drop"] = float_auc - report["test_macro_auc"]
     log.info("int8 model %s: %s", target, report)
     return report
-
-
-def json_safe(value: Any) -> Any:
-    """NaN and infinities (an AUC of a class absent from a split) become null: strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def model_card(

@@ -46,6 +46,7 @@ from models.tasks import HCC
 from training.data.readers import CaseRecord, load_case, read_hcc_manifest
 from training.data.synth_hcc import run_jobs
 from training.metrics import bootstrap_interval
+from training.serialization import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -337,8 +338,6 @@ def evaluate_segmenter(
         "by_grade": _by_key(rows, "grade"),
         "cases": rows,
     }
-    from training.export import json_safe
-
     (out / "report.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
     _plot(rows, list(cohorts), out / "dice.png")
     (out / "report.md").write_text(_markdown(report))

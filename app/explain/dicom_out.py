@@ -33,13 +33,11 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
+from app.identity import MANUFACTURER, RESEARCH_ONLY
 from models.contract import Volume
 
-SOFTWARE = "REACT-KD Serve 0.1 (research use only)"
-MANUFACTURER = "REACT-KD"
 # Private coding scheme for concepts no standard terminology has (class names, probabilities).
 SCHEME = "99REACTKD"
-RESEARCH_ONLY = "research use only"
 CODING_SCHEME = CodingSchemeIdentificationItem(
     designator=SCHEME, name="REACT-KD Serve concepts", responsible_organization="REACT-KD"
 )

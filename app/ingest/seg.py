@@ -21,7 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from app.errors import InvalidStudyError, TooLargeError
-from app.explain.dicom_out import MANUFACTURER
+from app.identity import MANUFACTURER
 from models.contract import Volume
 from models.dicom import LPS_TO_RAS
 

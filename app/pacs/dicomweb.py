@@ -25,7 +25,7 @@ from app.errors import (
     PacsUnreachableError,
     StudyNotFoundError,
 )
-from app.explain.dicom_out import MANUFACTURER
+from app.identity import MANUFACTURER
 from app.settings import Settings
 
 log = logging.getLogger("app.pacs")

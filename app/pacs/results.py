@@ -26,6 +26,7 @@ from app.explain.case import Case, Localized, load_case
 from app.explain.graph import case_regions, node_name
 from app.explain.segmentation import mask_seg
 from app.explain.views import case_view, view_png
+from app.identity import RESEARCH_ONLY
 from app.pacs.references import missing_reference
 from app.store import Store
 from models.contract import Volume, map_to_grid
@@ -140,7 +141,7 @@ def _build(localized: Localized, store: Store, headers: list[Dataset]) -> dict[K
         case_view(case, attention_dhw),
         plane="axial",
         index=None,
-        title=f"attention for {response['label']} ({dicom_out.RESEARCH_ONLY})",
+        title=f"attention for {response['label']} ({RESEARCH_ONLY})",
         label="attention",
     )
     objects["capture"] = dicom_out.rgb_capture(png, headers[len(headers) // 2], made_by)

@@ -28,7 +28,7 @@ from app_helpers import (
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from app.explain.dicom_out import MANUFACTURER
+from app.identity import MANUFACTURER
 from app.main import create_app
 from app.runtime import ModelRegistry
 from models.contract import Volume

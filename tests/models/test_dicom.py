@@ -48,6 +48,25 @@ def test_round_trip_oblique_flipped_affine() -> None:
     assert out.array[tuple(back)] == pytest.approx(volume.array[3, 4, 2], abs=0.5)
 
 
+@pytest.mark.parametrize(
+    ("modality", "sop_class"),
+    [
+        ("CT", "1.2.840.10008.5.1.4.1.1.2"),
+        ("MR", "1.2.840.10008.5.1.4.1.1.4"),
+        ("PT", "1.2.840.10008.5.1.4.1.1.128"),
+    ],
+)
+def test_a_series_carries_the_sop_class_of_its_own_modality(modality: str, sop_class: str) -> None:
+    datasets = series_from_volume(
+        _volume(), modality=modality, rescale_intercept=0.0 if modality != "CT" else -1024.0
+    )
+    assert {(ds.Modality, ds.SOPClassUID, ds.file_meta.MediaStorageSOPClassUID) for ds in datasets} == {
+        (modality, sop_class, sop_class)
+    }
+    with pytest.raises(ValueError, match="modality must be one of"):
+        series_from_volume(_volume(), modality="XA")
+
+
 def test_rescale_slope_and_intercept_applied_per_slice() -> None:
     datasets = series_from_volume(_volume(), rescale_slope=2.0, rescale_intercept=-2048.0)
     out = volume_from_series(datasets)

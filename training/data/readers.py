@@ -22,9 +22,12 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pydicom
 
 from models.contract import Volume
+from models.dicom import volume_from_series
 from models.tasks import BRATS, HCC, TaskSpec
+from training.data.splits import assign_splits
 
 # The HCC manifest's columns for each modality and mask.
 HCC_MODALITY_COLUMNS = {"ct": "ct", "pet_fdg": "pet_fdg", "pet_act": "pet_act"}
@@ -181,9 +184,6 @@ def read_brats(root: str | Path, *, split_seed: int = 0) -> list[CaseRecord]:
         graded = [(d, grades.get(d.name, "")) for d in _case_dirs(root)]
     if not graded:
         raise DatasetError(str(root), "no BraTS case folders (HGG/<id>/ or <id>/ with <id>_t1.nii.gz ...)")
-    # Local import: synth_hcc holds the split rule shared with the generators.
-    from training.data.synth_hcc import assign_splits
-
     labels = [label_of(d.name, grade, BRATS) for d, grade in graded]
     splits = assign_splits(["?" if label is None else str(label) for label in labels], split_seed)
     return [
@@ -269,13 +269,17 @@ def load_volume(path: Path, case_id: str = "?") -> Volume:
 
 
 def _load_dicom_series(folder: Path, case_id: str) -> Volume:
-    from models.dicom import read_datasets, volume_from_series
-
-    files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     if not files:
         raise DatasetError(case_id, f"DICOM folder {folder} is empty")
+    datasets = []
+    for file in files:
+        try:
+            datasets.append(pydicom.dcmread(file))
+        except Exception as exc:  # pydicom raises many kinds for files it cannot parse
+            raise DatasetError(case_id, f"{file} is not a readable DICOM file ({exc})") from None
     try:
-        return volume_from_series(read_datasets(files))
+        return volume_from_series(datasets)
     except ValueError as exc:
         raise DatasetError(case_id, f"DICOM series in {folder}: {exc}") from exc
 

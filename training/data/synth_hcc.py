@@ -34,6 +34,7 @@ from training.data.phantom import (
     smooth_noise,
     write_nifti,
 )
+from training.data.splits import assign_splits
 
 GRADES: tuple[str, ...] = ("well", "moderate", "poor")
 GRADE_PROBABILITIES = (0.25, 0.45, 0.30)
@@ -49,8 +50,6 @@ MANIFEST_COLUMNS = (
     "split",
     "dose",
 )
-SPLIT_FRACTIONS = (("train", 0.70), ("val", 0.15), ("test", 0.15))
-
 # Default geometry: the field of view must hold a whole abdomen, and the body must fit in the
 # model grid (96 x 96 x 48 voxels of 4 mm = 384 x 384 x 192 mm).
 CT_SHAPE = (128, 128, 64)
@@ -450,31 +449,6 @@ def _write_case(job: tuple) -> list[dict[str, str]]:
         row.update(case_id=cid, grade=case.grade, dose=f"{case.dose:g}")
         rows.append(row)
     return rows
-
-
-def assign_splits(grades: Sequence[str], seed: int) -> list[str]:
-    """train/val/test about 70/15/15, stratified by grade, deterministic in `seed`.
-
-    Each case gets its relative rank within its grade (in a seeded random order); the cohort
-    sorted by that rank is cut at the split fractions. Every grade is spread evenly over the
-    splits, and small cohorts (from 3 cases) still get a val and a test case.
-    """
-    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(99,)))
-    n = len(grades)
-    position = np.zeros(n)
-    for grade in sorted(set(grades)):
-        members = np.array([i for i, g in enumerate(grades) if g == grade])
-        position[members[rng.permutation(len(members))]] = (np.arange(len(members)) + 0.5) / len(members)
-    position += rng.uniform(0, 1e-6, size=n)  # break ties between grades at random
-    n_val = max(round(n * SPLIT_FRACTIONS[1][1]), 1 if n >= 3 else 0)
-    n_test = max(round(n * SPLIT_FRACTIONS[2][1]), 1 if n >= 3 else 0)
-    splits = ["train"] * n
-    for rank, index in enumerate(np.argsort(position)):
-        if rank < n_val:
-            splits[index] = "val"
-        elif rank < n_val + n_test:
-            splits[index] = "test"
-    return splits
 
 
 def run_jobs(worker, jobs: list, workers: int | None, progress: bool, desc: str, spawn: bool = False) -> list:

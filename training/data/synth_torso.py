@@ -60,12 +60,12 @@ import numpy as np
 from scipy import ndimage
 
 from training.data.phantom import GridSpec, centered_grid, smooth_noise, write_nifti
+from training.data.splits import assign_splits
 from training.data.synth_hcc import (
     GRADE_PROBABILITIES,
     GRADES,
     MANIFEST_COLUMNS,
     _lesion_params,
-    assign_splits,
     run_jobs,
 )
 
