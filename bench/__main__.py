@@ -334,10 +334,14 @@ def md_synth(r: dict[str, Any]) -> str:
 
 def md_difficulty(r: dict[str, Any]) -> str:
     rows = [[features, auc] for features, auc in r["macro_ovr_auc"].items()]
+    brats = r["brats"]
+    brats_rows = [[name, auc, brats["balanced_accuracy"][name]] for name, auc in brats["auc"].items()]
     return "\n".join(
         [
             f"{r['cases']} synthetic HCC cases ({r['grade_counts']}), 5-fold CV macro AUC:\n",
             table(["features", "macro AUC"], rows),
+            f"\n{brats['cases']} synthetic BraTS cases ({brats['grade_counts']}), 5-fold CV:\n",
+            table(["sequences", "AUC", "balanced accuracy"], brats_rows),
         ]
     )
 
@@ -351,7 +355,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "ingest": ("DICOM ingestion", md_ingest),
     "train_step": ("Training step per network", md_train_step),
     "synth": ("Synthetic cohort generation", md_synth),
-    "difficulty": ("Difficulty of the synthetic HCC benchmark", md_difficulty),
+    "difficulty": ("Difficulty of the synthetic benchmarks", md_difficulty),
 }
 
 

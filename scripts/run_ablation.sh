@@ -4,13 +4,15 @@
 #   TASK=hcc bash scripts/run_ablation.sh     (the default; about 1.5 hours on 2 cores)
 #   TASK=brats bash scripts/run_ablation.sh
 #   GRID=lesion bash scripts/run_ablation.sh  (HCC on the lesion grid: reports/ablation-hcc-lesion)
-#   GRID=lesion JUDGE_CASES=300 bash scripts/run_ablation.sh  (and judged again on 300 fresh cases)
+#   GRID=lesion JUDGE_CASES=300 bash scripts/run_ablation.sh  (and judged again on 300 fresh cases;
+#     TASK=brats JUDGE_CASES=330 too)
 #   GRID=lesion CASES=500 JUDGE_CASES=300 bash scripts/run_ablation.sh  (a larger cohort: its own
 #     cohort, teachers and report folder, reports/ablation-hcc-lesion-500)
 #   ... VARIANT=ct_half ...  (the recipe of configs/ablation/hcc_lesion_student_ct_half.yaml;
 #     report folder suffixed -ct-half; VARIANT=ct_only: no modality dropout, the full method
 #     a CT-only student). A variant's steps without the part it changes have the base's
 #     configs: the reports copied those runs into OUT/runs before starting, training none twice.
+#   ... STEPS=scratch ...  (scratch and the full method only; STEPS="scratch +kd" adds that step)
 #   ... JUDGE_SEED=9 ...  (judged on another fresh cohort: judge-300-s9, judged-300-s9)
 #   ... JUDGE_CASES=1000 JUDGE_SEED=10 ...  (1000 fresh internal and 400 external cases: a gain
 #     of 0.02 is then told from the test set's sampling error, which 300 cases could not)
@@ -23,7 +25,7 @@ TASK=${TASK:-hcc}
 GRID=${GRID:-whole}
 WORK=${WORK:-build/ablation}
 SEED=${SEED:-7}
-# The cohort's size: HCC 200 and BraTS 240 by default; another size gets its own cohort,
+# The cohort's size: HCC 200 and BraTS 360 (drawn balanced, as the demo's) by default; another size gets its own cohort,
 # teachers and report folder (suffix -CASES), so no run mixes cohorts.
 CASES=${CASES:-}
 JOBS=${JOBS:-$(nproc)}
@@ -54,8 +56,10 @@ hcc)
   EXTRA=(--external "$EXT")
   ;;
 brats)  # the demo's cohort and grid; BraTS has no external cohort and no dose step
+  BRATS_GRID="--shape 96 96 64 --spacing 2.5"
   DATA="$WORK/brats$C"
-  [ -d "$DATA/HGG" ] || $BIN/reactkd synth brats --out "$DATA" --cases "${CASES:-240}" --seed "$SEED" --shape 96 96 64 --spacing 2.5
+  [ -d "$DATA/HGG" ] || $BIN/reactkd synth brats --out "$DATA" --cases "${CASES:-360}" --seed "$SEED" $BRATS_GRID \
+    --lgg-fraction 0.5
   TEACHERS=("$(teacher "configs/demo/brats${SUFFIX}_teacher_hybrid.yaml" "brats-${RUN}hybrid" "$DATA")")
   EXTRA=()
   ;;
@@ -64,7 +68,7 @@ esac
 
 ablation() {
   $BIN/reactkd ablation --task "$TASK" --config "$CONFIG" \
-    --data "$DATA" "${EXTRA[@]}" --seeds 0 1 2 --out "$OUT" --teachers "${TEACHERS[@]}"
+    --data "$DATA" "${EXTRA[@]}" --seeds 0 1 2 --out "$OUT" --teachers "${TEACHERS[@]}" ${STEPS:+--steps $STEPS}
 }
 for _ in $(seq "$JOBS"); do
   OMP_NUM_THREADS=1 ablation &
@@ -75,19 +79,26 @@ wait
 # sure of it, whichever process finished last.
 ablation
 
-# JUDGE_CASES=300 (HCC): judge the same networks again on a fresh cohort from the generator
-# (seed JUDGE_SEED, SEED+1 by default: every labelled case, and a fresh external cohort of
-# JUDGE_CASES/2.5 cases), training nothing: $OUT/judged-$JUDGE_CASES. Thirty test cases
+# JUDGE_CASES=300: judge the same networks again on a fresh cohort from the generator
+# (seed JUDGE_SEED, SEED+1 by default: every labelled case; HCC also a fresh external cohort
+# of JUDGE_CASES/2.5 cases), training nothing: $OUT/judged-$JUDGE_CASES. Thirty test cases
 # judge noisily, and one fresh cohort differs from another by more than the seeds do.
-if [ -n "${JUDGE_CASES:-}" ] && [ "$TASK" = hcc ]; then
+if [ -n "${JUDGE_CASES:-}" ]; then
   JUDGE_SEED=${JUDGE_SEED:-$((SEED + 1))}
   S=""
   [ "$JUDGE_SEED" = $((SEED + 1)) ] || S="-s$JUDGE_SEED"
   J="$WORK/judge-$JUDGE_CASES$S"
-  [ -f "$J/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$J/hcc" --cases "$JUDGE_CASES" --seed "$JUDGE_SEED"
-  [ -f "$J/hcc_ext/manifest.csv" ] ||
-    $BIN/reactkd synth hcc --out "$J/hcc_ext" --cases $((JUDGE_CASES * 2 / 5)) --seed "$JUDGE_SEED" --external
-  $BIN/reactkd ablation --task "$TASK" --config "$CONFIG" \
-    --data "$DATA" --external "$J/hcc_ext/manifest.csv" --test-data "$J/hcc/manifest.csv" \
-    --trained-runs "$OUT/runs" --seeds 0 1 2 --out "$OUT/judged-$JUDGE_CASES$S" --teachers "${TEACHERS[@]}"
+  if [ "$TASK" = hcc ]; then
+    [ -f "$J/hcc/manifest.csv" ] || $BIN/reactkd synth hcc --out "$J/hcc" --cases "$JUDGE_CASES" --seed "$JUDGE_SEED"
+    [ -f "$J/hcc_ext/manifest.csv" ] ||
+      $BIN/reactkd synth hcc --out "$J/hcc_ext" --cases $((JUDGE_CASES * 2 / 5)) --seed "$JUDGE_SEED" --external
+    JUDGED=(--external "$J/hcc_ext/manifest.csv" --test-data "$J/hcc/manifest.csv")
+  else
+    [ -d "$J/brats/HGG" ] || $BIN/reactkd synth brats --out "$J/brats" --cases "$JUDGE_CASES" --seed "$JUDGE_SEED" \
+      $BRATS_GRID --lgg-fraction 0.5
+    JUDGED=(--test-data "$J/brats")
+  fi
+  $BIN/reactkd ablation --task "$TASK" --config "$CONFIG" --data "$DATA" "${JUDGED[@]}" \
+    --trained-runs "$OUT/runs" --seeds 0 1 2 --out "$OUT/judged-$JUDGE_CASES$S" --teachers "${TEACHERS[@]}" \
+    ${STEPS:+--steps $STEPS}
 fi

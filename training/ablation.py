@@ -86,6 +86,15 @@ def ladder(task: TaskSpec, left_out: frozenset[str] = frozenset()) -> list[Step]
     return steps
 
 
+def select_steps(steps: Sequence[Step], names: Sequence[str]) -> list[Step]:
+    """The steps named, in ladder order, with scratch and the full method (the last) always."""
+    unknown = set(names) - {s.name for s in steps}
+    if unknown:
+        raise ValueError(f"no step {sorted(unknown)} in the ladder {[s.name for s in steps]}")
+    kept = {"scratch", steps[-1].name, *names}
+    return [s for s in steps if s.name in kept]
+
+
 def parts_left_out(base: dict[str, Any]) -> frozenset[str]:
     """The parts a base config switches off: `modality_dropout: 0` (a student given the
     required modalities alone, CT for HCC) or `rgd_weight: 0`."""
@@ -218,8 +227,12 @@ def run_ablation(
     command: str = "",
     test_data: Path | None = None,
     trained_runs: Path | None = None,
+    only_steps: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every (step, seed); write ``ablation.json``, ``ablation.md`` and a figure.
+
+    `only_steps`: the steps of the ladder to run (by name, e.g. ``+kd``); scratch and the full
+    method are always run, so the comparison that matters fits a shorter budget.
 
     `test_data`: judge the students on every labelled case of this cohort instead of the test
     split of `data` (a larger held-out cohort from the same source). `trained_runs`: the
@@ -259,6 +272,8 @@ def run_ablation(
     }
     steps = ladder(task, parts_left_out(base))
     results["full_step"] = steps[-1].name
+    if only_steps is not None:
+        steps = select_steps(steps, only_steps)
     jobs = [(step, seed) for seed in seeds for step in steps]
     for step, seed in tqdm(jobs, desc=f"ablation {task.name}", unit="run"):
         name = f"{step.name.lstrip('+')}-s{seed}"

@@ -234,6 +234,7 @@ def _ablation(args: argparse.Namespace) -> None:
         command=" ".join(["reactkd", *sys.argv[1:]]),
         test_data=args.test_data,
         trained_runs=args.trained_runs,
+        only_steps=args.steps,
     )
     for name, target in results.get("targets", {}).items():
         verdict = ("met" if target["met"] else "NOT met") if "met" in target else f"{target}"
@@ -413,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-data",
         type=Path,
         help="judge on every labelled case of this cohort, not the test split of --data",
+    )
+    ablation.add_argument(
+        "--steps",
+        nargs="+",
+        help="train and judge only these steps of the ladder (scratch and the full method are always kept)",
     )
     ablation.add_argument(
         "--trained-runs",

@@ -62,7 +62,12 @@ EXPECTED: dict[str, list[tuple[str, ...]]] = {
     "ingest": [("ingest", shape, "slices_per_second") for shape in ("files", "zip", "study_zip")],
     "train_step": [],  # filled per registered network below
     "synth": [],  # a list: checked below
-    "difficulty": [("macro_ovr_auc", "ct"), ("macro_ovr_auc", "pet")],
+    "difficulty": [
+        ("macro_ovr_auc", "ct"),
+        ("macro_ovr_auc", "pet"),
+        ("brats", "auc", "all"),
+        ("brats", "auc", "t1ce"),
+    ],
 }
 
 

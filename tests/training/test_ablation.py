@@ -40,6 +40,16 @@ def test_the_hcc_ladder_adds_one_part_per_step_and_ends_with_the_full_method() -
     assert [s.name for s in ladder(BRATS)][-1] == "+modality_dropout"  # BraTS has no dose part
 
 
+def test_a_shorter_ablation_keeps_scratch_and_the_full_method() -> None:
+    from training.ablation import select_steps
+
+    steps = ladder(get_task("brats"))
+    assert [s.name for s in select_steps(steps, [])] == ["scratch", steps[-1].name]
+    assert [s.name for s in select_steps(steps, ["+kd"])] == ["scratch", "+kd", steps[-1].name]
+    with pytest.raises(ValueError, match="no step"):
+        select_steps(steps, ["+dose"])
+
+
 def test_a_part_the_base_config_switches_off_is_no_step() -> None:
     off = parts_left_out({"modality_dropout": 0.0, "rgd_weight": 5.0})
     assert off == {"modality_dropout"}

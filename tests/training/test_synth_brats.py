@@ -74,3 +74,24 @@ def test_the_share_of_lgg_is_drawn_as_asked() -> None:
 
     default = [generate_brats_case(3, i, shape=BRATS_SHAPE, spacing=4.0)[0] for i in range(6)]
     assert default == ["HGG" if _case_rng(3, i).random() < 3.4 / 4.4 else "LGG" for i in range(6)]
+
+
+def test_each_sign_leans_with_the_grade_and_none_decides_it() -> None:
+    """docs/benchmark.md: every sign is larger for HGG on average, yet a quarter of HGG have
+    no enhancing rim and a quarter of LGG enhance a little (mostly a focus)."""
+    from training.data.synth_brats import _tumour_params
+
+    rng = np.random.default_rng(0)
+    draws = {grade: [_tumour_params(rng, grade == "HGG") for _ in range(2000)] for grade in ("HGG", "LGG")}
+
+    def mean(grade: str, key: str) -> float:
+        return float(np.mean([d[key] for d in draws[grade]]))
+
+    for key in ("core_mm", "edema_mm", "ring_mm", "necrosis_frac", "mass_effect_mm"):
+        assert mean("HGG", key) > mean("LGG", key), key
+    hgg_without_rim = np.mean([d["ring_mm"] == 0 for d in draws["HGG"]])
+    hgg_silent = np.mean([d["ring_mm"] == 0 and d["focus_mm"] == 0 for d in draws["HGG"]])
+    lgg_enhancing = np.mean([d["ring_mm"] > 0 or d["focus_mm"] > 0 for d in draws["LGG"]])
+    lgg_ring = np.mean([d["ring_mm"] > 0 for d in draws["LGG"]])
+    assert 0.18 < hgg_without_rim < 0.3 and 0.03 < hgg_silent < 0.12
+    assert 0.18 < lgg_enhancing < 0.32 and lgg_ring < 0.15

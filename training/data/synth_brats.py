@@ -5,10 +5,11 @@
 MRI contrasts as in real scans (T1: WM > GM > CSF; T2: CSF > GM > WM; FLAIR: CSF dark).
 Segmentation labels as in BraTS: 1 necrotic / non-enhancing core, 2 edema, 4 enhancing.
 
-Grades (HGG : LGG about 3.4 : 1 as in BraTS 2019, or `lgg_fraction`): HGG has ring
-enhancement on T1ce around necrosis, large FLAIR edema and mass effect; LGG is mostly
-non-enhancing, T2/FLAIR bright, with smaller edema. A minority of each grade borrows the
-other's look, so the task is not trivial.
+Grades (HGG : LGG about 3.4 : 1 as in BraTS 2019, or `lgg_fraction`) show through five
+signs, each drawn from its own noisy aggressiveness: core size, edema extent (T2/FLAIR),
+enhancement (T1ce: a rim, a focus or none), necrosis (dark on T1/T1ce, bright on T2, dark on
+FLAIR) and mass effect. Each sequence sees some of them, so one sequence alone tells the grades
+apart less well than all four, and neither does so perfectly.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ SIGNAL = {
     "edema": (430, 440, 860, 900),
     "core": (380, 400, 820, 760),  # non-enhancing tumour
     "necrosis": (250, 260, 960, 420),
-    "enhancing": (520, 1150, 720, 700),
+    "enhancing": (420, 1500, 720, 700),  # enhances on T1ce only, brighter than fat
 }
 _COHORT_KEY = 2  # spawn-key prefix, distinct from the HCC cohorts
 
@@ -43,19 +44,31 @@ def _case_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_COHORT_KEY, int(index))))
 
 
+# How the grade shows (docs/benchmark.md): each sign k of a case reads an aggressiveness
+# a_k = GRADE_SHIFT[k] * (+1 HGG, -1 LGG) + shared + own_k, shared ~ N(0, SHARED_SD) for the
+# case and own_k ~ N(0, OWN_SD) for the sign. Signs seen by one sequence only are weak alone
+# and add up across sequences; the shared term keeps all four from saturating.
+GRADE_SHIFT = {"size": 0.4, "edema": 0.9, "enhancement": 1.1, "necrosis": 0.9, "mass_effect": 0.5}
+SHARED_SD = 0.3
+OWN_SD = 1.0
+
+
 def _tumour_params(rng: np.random.Generator, hgg: bool) -> dict[str, float]:
-    """Sizes in mm; a fifth of each grade looks like the other one (overlap)."""
-    atypical = rng.random() < 0.2
-    looks_hgg = hgg != atypical
-    core = rng.uniform(14, 28) if looks_hgg else rng.uniform(10, 22)
+    """Sizes in mm, each from its own aggressiveness (see GRADE_SHIFT)."""
+    sign = 1.0 if hgg else -1.0
+    shared = rng.normal(0.0, SHARED_SD)
+    a = {k: shift * sign + shared + rng.normal(0.0, OWN_SD) for k, shift in GRADE_SHIFT.items()}
+    core = float(np.clip(17 + 3.5 * a["size"], 8, 30))
+    enhancement, necrosis = a["enhancement"], a["necrosis"]
     return {
         "core_mm": core,
-        "edema_mm": core + (rng.uniform(12, 28) if looks_hgg else rng.uniform(3, 12)),
-        "ring_mm": rng.uniform(3, 6) if looks_hgg else 0.0,
-        "necrosis_frac": rng.uniform(0.4, 0.75) if looks_hgg else 0.0,
-        # LGG: occasional small enhancing focus; HGG: mass effect.
-        "focus_mm": rng.uniform(3, 6) if (not looks_hgg and rng.random() < 0.3) else 0.0,
-        "mass_effect_mm": rng.uniform(4, 10) if looks_hgg else rng.uniform(0, 2),
+        "edema_mm": core + float(np.clip(12 + 6 * a["edema"], 2, 32)),
+        # Enhancement (T1ce only): a rim when strong, a small focus when faint, else none; so
+        # some HGG do not enhance and some LGG do a little.
+        "ring_mm": float(np.clip(2.5 + 1.5 * enhancement, 1.5, 7)) if enhancement > 0.3 else 0.0,
+        "focus_mm": 3 + 3 * (enhancement + 0.4) if -0.4 < enhancement <= 0.3 else 0.0,
+        "necrosis_frac": float(np.clip(0.35 + 0.2 * necrosis, 0.1, 0.8)) if necrosis > -0.3 else 0.0,
+        "mass_effect_mm": float(np.clip(5 + 3 * a["mass_effect"], 0, 12)),
     }
 
 
