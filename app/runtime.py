@@ -26,6 +26,7 @@ import torch
 
 from app.errors import ModelNotReadyError, UnknownTaskError
 from app.settings import Settings
+from models.card import parse_card
 from models.segmenter import STAGES, Predictor, SegmenterSpec, StageName, spec_of_card
 from models.tasks import TASKS, TaskSpec, decision_weights, labels_of_card, task_of_card
 
@@ -138,9 +139,9 @@ class ServedModel:
             log.warning("model not ready", extra={"model": self.name, "reason": str(exc)})
 
     def _load(self, settings: Settings) -> None:
-        task_of_card(self.card)  # a card of an unknown task or grid fails here, before the session
-        if self.is_segmenter:
-            spec_of_card(self.card)  # and a segmenter's card whose lesion threshold is no probability
+        # A card whose contract does not fit (a wrong field, an unknown task or grid) is refused
+        # here, naming the field, before any session.
+        parse_card(self.card, f"model card {self.name}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.intra_op_threads
         options.inter_op_num_threads = settings.inter_op_threads

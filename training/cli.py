@@ -150,6 +150,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _tune_segmenter(args: argparse.Namespace) -> None:
+    from models.card import parse_card
     from training.segmentation_report import tune_lesion_threshold
 
     tuning = tune_lesion_threshold(args.model, args.data, split=args.split, workers=args.workers)
@@ -158,6 +159,7 @@ def _tune_segmenter(args: argparse.Namespace) -> None:
     card_path = args.model.with_suffix(".json")
     card = json.loads(card_path.read_text())
     card.update(lesion_threshold=tuning["threshold"], lesion_threshold_tuning=tuning)
+    parse_card(card, card_path.name)
     card_path.write_text(json.dumps(card, indent=2))
     for row in tuning["table"]:
         print(

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from models import model_from_checkpoint, task_of_card
+from models.card import parse_card
 from models.tasks import TaskSpec
 from training.calibration import calibrate_on_validation
 from training.data.readers import read_records
@@ -173,6 +174,7 @@ def export_model(
         card["decision"] = calibration.pop("decision")
         card["calibration"] = calibration
     card = json_safe(card)
+    parse_card(card, f"the card of {out.name}")  # a card the service would refuse is not written
     out.with_suffix(".json").write_text(json.dumps(card, indent=2, allow_nan=False))
     return card
 
@@ -472,5 +474,6 @@ def export_segmenter(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     card = json_safe(card)
+    parse_card(card, f"the card of {out.name}")  # a card the service would refuse is not written
     out.with_suffix(".json").write_text(json.dumps(card, indent=2, allow_nan=False))
     return card
