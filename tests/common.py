@@ -1,6 +1,6 @@
 """Helpers the test folders share: settings for a test service, the small generated CT
-they post, zips of members, DICOM SEGs drawn on a series, and checkpoints of seeded random
-networks.
+they post, zips of members, DICOM SEGs drawn on a series, checkpoints of seeded random
+networks, and the one check of a problem+json answer.
 
 Imported as `tests.common` (pytest puts the repository root on `sys.path`).
 """
@@ -22,6 +22,35 @@ from app.explain.dicom_out import PATIENT_STUDY_TYPE2
 from app.settings import Settings
 from models.contract import Volume
 from models.registry import create_model
+
+PROBLEM_BASE = "https://reactkd.dev/problems/"
+
+
+def assert_problem(  # type: ignore[no-untyped-def]
+    response,
+    status: int | range = range(400, 500),
+    slug: str | None = None,
+    field: str | None = None,
+) -> dict:
+    """Assert an RFC 9457 problem+json answer: its status (a code, or a range: any 4xx by
+    default), its members, and its type and field where given. Returns the body."""
+    assert response.status_code in (status if isinstance(status, range) else [status]), response.text[:300]
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+    body = response.json()
+    assert body["status"] == response.status_code
+    assert body["type"].startswith(PROBLEM_BASE) and body["title"] and body["detail"] and body["instance"], (
+        body
+    )
+    if slug is not None:
+        assert body["type"] == PROBLEM_BASE + slug, body
+    if field is not None:
+        assert body["field"] == field, body
+    return dict(body)
+
+
+def slug_of(problem: dict) -> str:
+    """The problem type's last path segment (``not-a-volume``)."""
+    return str(problem["type"]).removeprefix(PROBLEM_BASE)
 
 
 def make_settings(model_dir: Path, store_dir: Path, **overrides: object) -> Settings:

@@ -14,7 +14,9 @@ import pydicom
 
 from models.contract import Volume
 from models.dicom import series_from_volume
-from tests.common import ct_volume, make_settings, seg_bytes, zip_bytes
+from tests.common import assert_problem, ct_volume, make_settings, seg_bytes, zip_bytes
+
+__all__ = ["assert_problem", "ct_volume", "make_settings", "seg_bytes", "zip_bytes"]
 
 __all__ = ["ct_volume", "make_settings", "seg_bytes", "zip_bytes"]  # shared with the other folders
 
@@ -66,14 +68,3 @@ def liver_lesion_mask(ct: Volume) -> tuple[Volume, np.ndarray]:
 
 def card(model_dir: Path, name: str) -> dict:
     return json.loads((model_dir / f"{name}.json").read_text())
-
-
-def assert_problem(response, status: int, slug: str, field: str | None = None) -> dict:  # type: ignore[no-untyped-def]
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["type"] == f"https://reactkd.dev/problems/{slug}", body
-    assert body["status"] == status and body["title"] and body["detail"] and body["instance"]
-    if field is not None:
-        assert body["field"] == field, body
-    return body

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from app_helpers import zip_bytes
+from app_helpers import assert_problem, zip_bytes
 from pydicom.data import get_testdata_file
+
+from tests.common import slug_of
 
 PYDICOM_FILES = sorted(p for p in Path(get_testdata_file("CT_small.dcm")).parent.rglob("*") if p.is_file())
 
@@ -24,8 +26,7 @@ def _check(response) -> int:  # type: ignore[no-untyped-def]
     """A 200, or a 4xx problem+json naming a field: never a 5xx."""
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
-        assert response.headers["content-type"].startswith("application/problem+json")
-        assert response.json()["field"], response.text
+        assert assert_problem(response)["field"], response.text
     return int(response.status_code)
 
 
@@ -41,7 +42,7 @@ def test_pydicom_files_as_ct_are_answered_or_refused_never_misread(client) -> No
         if _check(response) == 200:
             assert _modality(path) in ("CT", None), f"{path.name} ({_modality(path)}) was graded as CT"
         else:
-            slugs[path.name] = response.json()["type"].rsplit("/", 1)[-1]
+            slugs[path.name] = slug_of(response.json())
     assert slugs["CT_small.dcm"] == "not-a-volume"
     assert slugs["MR_small.dcm"] == "modality-mismatch"
 

@@ -1,13 +1,13 @@
-"""Helpers for the evidence tests: settings on the shipped demo models, a timed post, problem checks."""
+"""Helpers for the evidence tests: settings on the shipped demo models, a timed post."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from tests.common import make_settings, zip_bytes
+from tests.common import assert_problem, make_settings, slug_of, zip_bytes
 
-__all__ = ["make_settings", "zip_bytes"]
+__all__ = ["assert_problem", "make_settings", "slug_of", "zip_bytes"]
 
 DEMO_MODELS = Path(__file__).resolve().parents[2] / "app" / "demo_models"
 
@@ -19,14 +19,3 @@ def timed_post(client, name: str, data: bytes, task: str = "hcc"):  # type: igno
         "/v1/predict", data={"task": task}, files=[("ct", (name, data, "application/octet-stream"))]
     )
     return response, time.monotonic() - start
-
-
-def check_problem(response) -> str:  # type: ignore[no-untyped-def]
-    """Assert a 4xx problem+json with the RFC 9457 members; returns the problem type slug."""
-    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
-    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
-    body = response.json()
-    for key in ("type", "title", "status", "detail"):
-        assert body.get(key), (key, body)
-    assert body["status"] == response.status_code
-    return str(body["type"]).rsplit("/", 1)[-1]

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 
-from .evidence_helpers import DEMO_MODELS, check_problem, make_settings
+from .evidence_helpers import DEMO_MODELS, assert_problem, make_settings
 
 KEY = "evidence-key-0123456789"
 OPEN_PATHS = {"/healthz", "/readyz"}
@@ -46,8 +46,7 @@ def test_every_route_but_the_probes_needs_a_key(client: TestClient) -> None:
     refused = []
     for method, path in routes:
         response = client.request(method, path)
-        assert response.status_code == 401, (method, path, response.status_code)
-        assert check_problem(response) == "unauthorized"
+        assert_problem(response, 401, "unauthorized")
         refused.append(f"{method} {path}")
     print(f"\n{len(refused)} routes answered 401 without a key:", refused)
 
@@ -55,8 +54,7 @@ def test_every_route_but_the_probes_needs_a_key(client: TestClient) -> None:
 @pytest.mark.parametrize("path", DOC_PATHS)
 def test_the_api_documentation_needs_a_key(client: TestClient, path: str) -> None:
     response = client.get(path)
-    assert response.status_code == 401, (path, response.status_code)
-    assert check_problem(response) == "unauthorized"
+    assert_problem(response, 401, "unauthorized")
     assert client.get(path, headers={"X-API-Key": "wrong"}).status_code == 401
     opened = client.get(path, headers={"X-API-Key": KEY})
     assert opened.status_code == 200, (path, opened.status_code)

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 
-from .evidence_helpers import DEMO_MODELS, make_settings
+from .evidence_helpers import DEMO_MODELS, assert_problem, make_settings
 
 
 def _nifti(shape: tuple[int, int, int] = (32, 32, 16), background: float = -1000.0) -> bytes:
@@ -33,14 +33,8 @@ def test_unwritable_store_is_a_problem_and_health_stays_up(tmp_path: Path) -> No
         response = client.post("/v1/predict", data={"task": "hcc"}, files=[("ct", ("ct.nii.gz", _nifti()))])
         print(f"\nunwritable store: {response.status_code} {response.text[:200]}")
         assert response.status_code in (503, 507)
-        check_problem_5xx(response)
+        assert_problem(response, range(500, 600))
         assert client.get("/healthz").status_code == 200
-
-
-def check_problem_5xx(response) -> None:  # type: ignore[no-untyped-def]
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert all(body.get(key) for key in ("type", "title", "status", "detail")), body
 
 
 def test_corrupt_model_is_named_by_readyz_and_the_other_task_still_predicts(tmp_path: Path) -> None:
@@ -56,7 +50,7 @@ def test_corrupt_model_is_named_by_readyz_and_the_other_task_still_predicts(tmp_
         assert any("hcc" in name and reason for name, reason in body["models"].items()), body
         refused = client.post("/v1/predict", data={"task": "hcc"}, files=[("ct", ("ct.nii.gz", _nifti()))])
         assert refused.status_code == 503
-        check_problem_5xx(refused)
+        assert_problem(refused, range(500, 600))
         graded = client.post(
             "/v1/predict", data={"task": "brats"}, files=[("flair", ("f.nii.gz", _nifti(background=0.0)))]
         )

@@ -20,7 +20,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from app.main import create_app
 
-from .evidence_helpers import DEMO_MODELS, check_problem, make_settings, timed_post, zip_bytes
+from .evidence_helpers import DEMO_MODELS, assert_problem, make_settings, slug_of, timed_post, zip_bytes
 
 MAX_SECONDS = 10.0
 # Small limits so the zip bomb is refused on the limit, not on memory.
@@ -131,7 +131,7 @@ def _tally(client: TestClient, cases: list[tuple[str, str, bytes, str]]) -> tupl
         if response.status_code == 200:
             counts["accepted"] += 1
         else:
-            counts[f"{response.status_code} {check_problem(response)}"] += 1
+            counts[f"{response.status_code} {slug_of(assert_problem(response))}"] += 1
     return counts, slowest
 
 
