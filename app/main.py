@@ -23,7 +23,7 @@ from app.ingest.uploads import BodyLimitMiddleware
 from app.logs import configure_logging, request_id_var
 from app.memory import freeze_startup_objects
 from app.metrics import Metrics
-from app.runtime import ModelRegistry
+from app.runtime import ServedModels
 from app.settings import Settings
 from app.store import Store
 
@@ -43,7 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.store = Store(settings.store_dir)
     removed = await asyncio.to_thread(app.state.store.purge, settings.retention_days)
     log.info("store opened", extra={"removed": removed})
-    registry = ModelRegistry.from_folder(settings.model_dir, settings)
+    registry = ServedModels.from_folder(settings.model_dir, settings)
     app.state.models = registry
     await asyncio.to_thread(registry.load, settings)
     freeze_startup_objects()

@@ -37,7 +37,7 @@ from app.memory import trim_heaps
 from app.metrics import Metrics
 from app.outcome import Graded, Outcome, build_outcome, link_dicom_outputs
 from app.quality import input_warnings
-from app.runtime import ModelRegistry, ServedModel
+from app.runtime import ServedModel, ServedModels
 from app.schemas import NotGradable
 from app.settings import Settings
 from app.store import Store, new_id
@@ -226,7 +226,7 @@ class Service:
     store, the settings."""
 
     settings: Settings
-    models: ModelRegistry
+    models: ServedModels
     admission: Admission
     store: Store
     metrics: Metrics

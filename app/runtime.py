@@ -217,7 +217,7 @@ class ServedModel:
             return self._torch
 
 
-class ModelRegistry:
+class ServedModels:
     """Every model card in a folder; per task one served grader and, where there is one, one
     served segmenter."""
 
@@ -236,7 +236,7 @@ class ModelRegistry:
         return [*self.served.values(), *self.segmenters.values()]
 
     @classmethod
-    def from_folder(cls, folder: Path, settings: Settings) -> ModelRegistry:
+    def from_folder(cls, folder: Path, settings: Settings) -> ServedModels:
         models = []
         for card_path in sorted(Path(folder).glob("*.json")):
             try:

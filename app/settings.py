@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     # Which model serves a task when the folder holds several: {"hcc": "hcc_lesion_student"}.
     served_models: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # Which segmenter localizes a task's studies: {"hcc": "hcc_segmenter"}; by default the
-    # newest in the folder, {"hcc": "none"} for none (app.runtime.ModelRegistry.from_folder).
+    # newest in the folder, {"hcc": "none"} for none (app.runtime.ServedModels.from_folder).
     served_segmenters: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     store_dir: Path = Path("var/store")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)

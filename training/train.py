@@ -343,7 +343,7 @@ def modality_mask(task: TaskSpec, names: list[str] | None) -> torch.Tensor:
     return torch.tensor([1.0 if names is None or m in names else 0.0 for m in task.modalities])
 
 
-def evaluate(
+def validation_scores(
     model: nn.Module, loader: DataLoader, device: torch.device, given: torch.Tensor | None = None
 ) -> tuple[float, float]:
     """Validation macro AUC and mean cross-entropy, given the modalities of the (M,) mask
@@ -463,7 +463,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         scheduler.step()
         stop = False
         if ddp.is_main:
-            val_auc, val_loss = evaluate(kept, val_loader, device, modality_mask(task, cfg.val_modalities))
+            val_auc, val_loss = validation_scores(
+                kept, val_loader, device, modality_mask(task, cfg.val_modalities)
+            )
             row = {
                 "epoch": epoch,
                 **{f"train_{k}": v / max(steps, 1) for k, v in totals.items()},

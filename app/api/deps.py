@@ -10,7 +10,7 @@ from fastapi import Depends, Header, Request
 from app.admission import InferenceGate
 from app.errors import UnauthorizedError
 from app.metrics import Metrics
-from app.runtime import ModelRegistry
+from app.runtime import ServedModels
 from app.settings import Settings
 from app.store import Store
 
@@ -23,7 +23,7 @@ def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_models(request: Request) -> ModelRegistry:
+def get_models(request: Request) -> ServedModels:
     return request.app.state.models
 
 
@@ -37,7 +37,7 @@ def get_metrics(request: Request) -> Metrics:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
-ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
+ModelsDep = Annotated[ServedModels, Depends(get_models)]
 GateDep = Annotated[InferenceGate, Depends(get_gate)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from app.explain.case import Case
+from app.explain.case import StoredCase
 from app.runtime import ServedModel
 
 METHODS = ("gradcam", "integrated_gradients", "occlusion")
@@ -31,13 +31,13 @@ BASELINE_SIGMA = 6.0  # voxels of the model grid
 OCCLUSION_BLOCKS = (3, 3, 3)  # blocks along D, H, W
 
 
-def _tensors(case: Case) -> tuple[Any, Any]:
+def _tensors(case: StoredCase) -> tuple[Any, Any]:
     import torch
 
     return torch.from_numpy(case.image[None].copy()), torch.from_numpy(case.present[None].copy())
 
 
-def gradcam(network: Any, case: Case) -> np.ndarray:
+def gradcam(network: Any, case: StoredCase) -> np.ndarray:
     import torch
 
     image, present = _tensors(case)
@@ -50,7 +50,7 @@ def gradcam(network: Any, case: Case) -> np.ndarray:
     return cam.detach().numpy().astype(np.float32)
 
 
-def integrated_gradients(network: Any, case: Case) -> tuple[np.ndarray, float]:
+def integrated_gradients(network: Any, case: StoredCase) -> tuple[np.ndarray, float]:
     """Signed attribution (D, H, W), channels summed, and the logit's rise it should add up to."""
     import torch
     from captum.attr import IntegratedGradients
@@ -82,7 +82,7 @@ def blurred(image: np.ndarray) -> np.ndarray:
     return gaussian_filter(image.astype(np.float32), sigma=sigma, mode="nearest")
 
 
-def occlusion(model: ServedModel, case: Case) -> np.ndarray:
+def occlusion(model: ServedModel, case: StoredCase) -> np.ndarray:
     from app.outcome import softmax
 
     target = case.class_index
@@ -111,7 +111,7 @@ def occlusion(model: ServedModel, case: Case) -> np.ndarray:
     return scores
 
 
-def compute(method: str, case: Case, model: ServedModel) -> tuple[np.ndarray, float | None]:
+def compute(method: str, case: StoredCase, model: ServedModel) -> tuple[np.ndarray, float | None]:
     """The method's map and, for integrated gradients, the logit rise its sum should equal."""
     if method == "gradcam":
         return gradcam(model.torch_model(), case), None

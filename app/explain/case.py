@@ -66,7 +66,7 @@ class Localized:
 
 
 @dataclass
-class Case(Localized):
+class StoredCase(Localized):
     """A graded prediction: also what the grader saw and said."""
 
     image: np.ndarray  # [M, D, H, W]
@@ -182,7 +182,7 @@ def load_localized(store: Store, prediction: StoredPrediction) -> Localized:
     )
 
 
-def load_case(store: Store, prediction: StoredPrediction) -> Case:
+def load_stored_case(store: Store, prediction: StoredPrediction) -> StoredCase:
     """A graded prediction with its model input and outputs (409 for one not graded)."""
     localized = load_localized(store, prediction)
     if not localized.gradable:
@@ -203,7 +203,7 @@ def load_case(store: Store, prediction: StoredPrediction) -> Case:
         if rebuilt_mask is not None:
             mask = Volume(rebuilt_mask["array"], rebuilt_mask["affine"])
     shape = tuple(int(s) for s in model_input["grid_shape"])
-    return Case(
+    return StoredCase(
         **{**localized.__dict__, "mask": mask},
         image=model_input["image"],
         present=model_input["present"],

@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from app.explain.case import Case
+from app.explain.case import StoredCase
 from app.schemas import Contribution, GraphEdge, GraphNode
 from models.region_graph import num_regions, region_name, regions_from_labels
 from models.segmenter import mask_on_grid
 from models.topology import CaseGraph, case_graph, graph_of, gw_distance, region_means
 
 
-def case_regions(case: Case) -> tuple[np.ndarray, CaseGraph, str]:
+def case_regions(case: StoredCase) -> tuple[np.ndarray, CaseGraph, str]:
     """Labels (D, H, W) on the model grid, the case's graph, and where the regions came from
     ("mask": anatomical regions of the mask; "supervoxels": none was there)."""
     features = case.outputs["features"]
@@ -41,7 +41,7 @@ def case_regions(case: Case) -> tuple[np.ndarray, CaseGraph, str]:
     return labels, graph, "supervoxels"
 
 
-def node_name(case: Case, region: int, source: str) -> str:
+def node_name(case: StoredCase, region: int, source: str) -> str:
     return region_name(case.task.name, region) if source == "mask" else f"supervoxel {region}"
 
 
@@ -55,7 +55,7 @@ class Attribution:
 
 
 def build_graph(
-    case: Case, attribution: Attribution | None
+    case: StoredCase, attribution: Attribution | None
 ) -> tuple[list[GraphNode], list[GraphEdge], CaseGraph, str, Contribution]:
     labels, graph, source = case_regions(case)
     attention = region_means(case.outputs["attention"][0], labels, graph.regions)

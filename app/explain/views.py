@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.explain.case import Case
+from app.explain.case import StoredCase
 from app.explain.render import PLANE_AXIS, Plane, overlay_png
 from models.contract import grid_of, map_to_grid, to_tensor_layout
 from models.segmenter import get_segmenter_spec, liver_and_lesion, mask_on_grid, normalize_intensity
@@ -31,7 +31,7 @@ class View:
         return int(self.image.shape[PLANE_AXIS[plane]])
 
 
-def case_view(case: Case, map_dhw: np.ndarray) -> View:
+def case_view(case: StoredCase, map_dhw: np.ndarray) -> View:
     """The picture of `map_dhw` (on the model grid, any coarser shape) for `case`."""
     if case.overview is None:
         outline = None

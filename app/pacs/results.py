@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from app.errors import NotAvailableError
 from app.explain import dicom_out
-from app.explain.case import Case, Localized, load_case
+from app.explain.case import Localized, StoredCase, load_stored_case
 from app.explain.graph import case_regions, node_name
 from app.explain.segmentation import mask_seg
 from app.explain.views import case_view, view_png
@@ -88,7 +88,7 @@ def attention_peak(attention: Volume) -> dicom_out.AttentionPeak:
     return dicom_out.AttentionPeak(float(attention.array[ijk]), tuple(float(v) for v in position))  # type: ignore[arg-type]
 
 
-def region_labels(case: Case) -> tuple[Volume, list[str]]:
+def region_labels(case: StoredCase) -> tuple[Volume, list[str]]:
     """Region-graph regions on the source grid (nearest neighbour), renumbered 1..N.
 
     Regions too small to keep a voxel on the source grid are left out (a SEG segment must
@@ -118,7 +118,7 @@ def _build(localized: Localized, store: Store, headers: list[Dataset]) -> dict[K
             headers, task=localized.task.name, label=None, probabilities={}, provenance=made_by
         )
         return objects
-    case = load_case(store, localized.prediction)
+    case = load_stored_case(store, localized.prediction)
     attention_dhw = case.outputs["attention"][0]
     attention = map_to_grid(attention_dhw, case.grid, case.reference_grid)
     objects["sr"] = dicom_out.structured_report(

@@ -17,7 +17,7 @@ from app_helpers import assert_problem, ct_volume, make_settings, nifti_bytes, s
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from app.explain.case import load_case
+from app.explain.case import load_stored_case
 from app.main import create_app
 from app.pacs.results import region_labels
 from app.store import Store
@@ -154,7 +154,7 @@ def test_seg_has_the_graph_regions_on_the_source_grid(  # type: ignore[no-untype
     assert {tuple(np.round(p, 3)) for p in positions} <= {tuple(np.round(p, 3)) for p in source_positions}
     # Voxel by voxel: the decoded label map equals the region map resampled to the source grid.
     store = Store(client.app.state.settings.store_dir)
-    case = load_case(store, store.get(dicom_case["id"]))
+    case = load_stored_case(store, store.get(dicom_case["id"]))
     expected, names = region_labels(case)
     assert names == segment_labels
     in_slice_order = [header.SOPInstanceUID for header in case.headers(store)]

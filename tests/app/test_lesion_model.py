@@ -30,7 +30,7 @@ from pydicom.uid import generate_uid
 
 from app.identity import MANUFACTURER
 from app.main import create_app
-from app.runtime import ModelRegistry
+from app.runtime import ServedModels
 from models.contract import Volume
 from models.dicom import series_from_volume
 from tests.common import random_checkpoint
@@ -114,13 +114,13 @@ def test_a_lesion_model_serves_by_default_only_when_alone(
     card = folder / "hcc_lesion_test.json"
     card.write_text(json.dumps({**json.loads(card.read_text()), "created": "2999-01-01T00:00:00+00:00"}))
     # The newest, but it would refuse every study sent without a mask.
-    default = ModelRegistry.from_folder(folder, make_settings(folder, tmp_path / "store"))
+    default = ServedModels.from_folder(folder, make_settings(folder, tmp_path / "store"))
     assert default.served["hcc"].name == "hcc_test" and not default.served["hcc"].needs_mask
-    chosen = ModelRegistry.from_folder(
+    chosen = ServedModels.from_folder(
         folder, make_settings(folder, tmp_path / "store", served_models={"hcc": "hcc_lesion_test"})
     )
     assert chosen.served["hcc"].needs_mask and chosen.served["hcc"].task.grid == "lesion"
-    alone = ModelRegistry.from_folder(lesion_model_dir, make_settings(lesion_model_dir, tmp_path / "store"))
+    alone = ServedModels.from_folder(lesion_model_dir, make_settings(lesion_model_dir, tmp_path / "store"))
     assert alone.served["hcc"].name == "hcc_lesion_test"
 
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from app.explain.case import load_case
+from app.explain.case import load_stored_case
 from app.pacs.results import region_labels
 from app.store import Store
 from models.contract import Volume
@@ -180,7 +180,7 @@ def test_seg_read_back(
     seg = hd.seg.Segmentation.from_dataset(ds)
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.series_uid
     store = Store(client.app.state.settings.store_dir)
-    expected, names = region_labels(load_case(store, store.get(prediction["id"])))
+    expected, names = region_labels(load_stored_case(store, store.get(prediction["id"])))
     labels = [seg.get_segment_description(n).segment_label for n in seg.segment_numbers]
     assert labels == names and len(names) >= 1
     graph = client.get(f"/v1/explain/{prediction['id']}/graph").json()

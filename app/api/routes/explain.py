@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from app.api.deps import GateDep, MetricsDep, ModelsDep, SettingsDep, StoreDep
 from app.errors import NotAvailableError
 from app.explain import attribution as attributions
-from app.explain.case import Case, Localized, load_case, load_localized
+from app.explain.case import Localized, StoredCase, load_localized, load_stored_case
 from app.explain.dicom_out import parametric_map, secondary_capture
 from app.explain.graph import Attribution, build_graph, prototype_distances
 from app.explain.render import Plane
@@ -23,7 +23,7 @@ from app.ingest.nifti import nifti_bytes
 from app.pacs.publish import instance, last_report, publish
 from app.pacs.results import Kind, build_results, require_references, source_headers
 from app.pacs.schemas import ResultIndex, StoreReport
-from app.runtime import ModelRegistry
+from app.runtime import ServedModels
 from app.schemas import ExplanationIndex, ExplanationLink, RegionGraph
 from app.store import Store, npz_bytes
 from models.contract import map_to_grid
@@ -39,8 +39,8 @@ SliceQuery = Annotated[
 ]
 
 
-def _case(store: Store, prediction_id: str) -> Case:
-    return load_case(store, store.get(prediction_id))
+def _case(store: Store, prediction_id: str) -> StoredCase:
+    return load_stored_case(store, store.get(prediction_id))
 
 
 def _localized(store: Store, prediction_id: str) -> Localized:
@@ -70,7 +70,7 @@ def _checked_slice(view: View, plane: Plane, index: int | None) -> int | None:
 
 
 def _render(
-    case: Case, map_dhw: np.ndarray, fmt: str, plane: Plane, index: int | None, what: str
+    case: StoredCase, map_dhw: np.ndarray, fmt: str, plane: Plane, index: int | None, what: str
 ) -> Response:
     """A map over the model grid as PNG overlay or as NIfTI on the sent image's grid."""
     name = case.prediction.id
@@ -171,7 +171,7 @@ async def attention(
 
 
 def _attention_dicom(
-    case: Case, store: Store, map_dhw: np.ndarray, plane: Plane, index: int | None
+    case: StoredCase, store: Store, map_dhw: np.ndarray, plane: Plane, index: int | None
 ) -> Response:
     headers = case.headers(store)
     description = f"REACT-KD attention ({case.task.name})"
@@ -189,7 +189,7 @@ def _attention_dicom(
 
 
 def _attribution(
-    case: Case, store: Store, models: ModelRegistry, method: str
+    case: StoredCase, store: Store, models: ServedModels, method: str
 ) -> tuple[np.ndarray, float | None]:
     """The method's map on the model grid (computed once, then cached) and, for integrated
     gradients, the logit rise its sum should equal."""
