@@ -82,7 +82,8 @@ def brats_features(seg: np.ndarray, images: dict[str, np.ndarray]) -> dict[str, 
     (dark on T1ce: below 0.6 of the core's median). Log volumes in voxels; mass effect is not
     measured, so the numbers are a little below what the images hold."""
     core = (seg == 1) | (seg == 4)
-    necrosis = (seg == 1) & (images["t1ce"] < 0.6 * np.median(images["t1ce"][core]) if core.any() else False)
+    dark = 0.6 * np.median(images["t1ce"][core]) if core.any() else 0.0
+    necrosis = (seg == 1) & (images["t1ce"] < dark)
     log = {
         name: float(np.log1p(mask.sum()))
         for name, mask in (
