@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from models.segmenter import SEGMENTERS, STAGES
 from models.tasks import TASKS, GridName
 
 SHA256 = r"^[0-9a-f]{64}$"
@@ -79,8 +80,10 @@ class ModelCard(_Contract):
         if unknown:
             raise ValueError(f"modalities {unknown} are not modalities of task {self.task!r}")
         if self.role == "segmenter":
-            if not self.labels or not self.stages:
-                raise ValueError("a segmenter's card needs its labels and its stages")
+            if self.task not in SEGMENTERS:
+                raise ValueError(f"task {self.task!r} has no segmenter (known: {sorted(SEGMENTERS)})")
+            if not self.labels or sorted(self.stages) != sorted(STAGES):
+                raise ValueError(f"a segmenter's card needs its labels and its stages {list(STAGES)}")
             return self
         if list(self.classes) != list(task.classes):
             raise ValueError(f"classes {self.classes} are not task {self.task!r}'s {list(task.classes)}")

@@ -38,6 +38,8 @@ def test_every_shipped_card_fits(path: Path) -> None:
         ("hcc_lesion_student", {"modalities": ["ct", "t1"]}, "card"),
         ("hcc_segmenter", {"lesion_threshold": 2.0}, "lesion_threshold"),
         ("hcc_segmenter", {"stages": {"coarse": {"onnx_file": "c.onnx"}}}, "stages.coarse.onnx_sha256"),
+        ("hcc_segmenter", {"stages": {"coarse": _card("hcc_segmenter")["stages"]["coarse"]}}, "card"),
+        ("hcc_segmenter", {"task": "brats", "modalities": ["t1"]}, "card"),
     ],
 )
 def test_a_wrong_field_is_refused_by_name(name: str, change: dict[str, Any], field: str) -> None:
