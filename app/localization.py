@@ -22,6 +22,8 @@ class Localization:
     overview: the reference image on the segmenter's grid (for the views explanations draw).
     segmentation: the segmenter's output, when it made the mask.
     reasons: why the study is not gradable (empty: gradable).
+    labels_ml: each label's volume where the labels are parts of the lesion (BraTS' edema,
+    necrotic core, enhancing tumour); None where the mask is an organ and its lesions.
     """
 
     source: MaskSource | None
@@ -30,6 +32,7 @@ class Localization:
     overview: SegmenterInput | None
     segmentation: Segmentation | None = None
     reasons: list[NotGradable] = field(default_factory=list)
+    labels_ml: dict[str, float] | None = None
 
     @property
     def gradable(self) -> bool:

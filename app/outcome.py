@@ -95,6 +95,9 @@ def mask_info(localization: Localization, segmenter: ServedModel | None) -> Mask
         if summary.lesion_center_mm is None
         else [round(v, 1) for v in summary.lesion_center_mm],
         cut=list(summary.organ_cut),
+        subregions_ml=None
+        if localization.labels_ml is None
+        else {name: round(ml, 2) for name, ml in localization.labels_ml.items()},
         model=ModelRef(name=segmenter.name, version=segmenter.version, sha256=segmenter.sha256)
         if localization.source == "model" and segmenter is not None
         else None,
@@ -205,7 +208,7 @@ def _files(
         overview = localization.overview
         # The overview is for pictures: 8 bits of the segmenter's [0, 1] intensities suffice.
         files["overview.npz"] = npz_bytes(
-            image=np.rint(overview.image[0] * 255).astype(np.uint8), affine=overview.grid.affine
+            image=np.rint(overview.picture() * 255).astype(np.uint8), affine=overview.grid.affine
         )
     if localization.segmentation is not None:
         seg = localization.segmentation

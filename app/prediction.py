@@ -56,6 +56,7 @@ from models.segmenter import (
     MaskSummary,
     SegmenterSpec,
     get_segmenter_spec,
+    labels_ml,
     segment,
     segmenter_input,
     summarize,
@@ -83,16 +84,24 @@ def localize(
         source: MaskSource = "pacs" if fetched else "upload"
         if spec is None:  # a task that localizes nothing: the mask only gives regions
             return Localization(source, study.mask, None, None)
-        overview = segmenter_input(reference, spec)
-        labels = to_tensor_layout(np.rint(study.mask.array).astype(np.int64))
+        overview = segmenter_input(study.volumes, spec)
+        values = to_tensor_layout(np.rint(study.mask.array).astype(np.int64))
         mask_grid = grid_of(study.mask)
-        summary = summarize(labels, mask_grid, reference)
-        localization = Localization(source, study.mask, summary, overview)
+        if spec.has_organ:
+            localization = Localization(source, study.mask, summarize(values, mask_grid, reference), overview)
+        else:  # the labels are parts of the lesion (BraTS): all of them together are the lesion
+            labels = spec.label_indices(np.where(values == 3, 1, values))  # BraTS 2017's 3 is 1
+            summary = summarize((labels > 0).astype(np.uint8), mask_grid, reference)
+            localization = Localization(source, study.mask, summary, overview)
+            localization.labels_ml = labels_ml(labels, mask_grid, spec)
     elif segmenter is not None:
-        segmentation = segment(segmenter.predictors, reference, segmenter.segmenter_spec)
+        spec = segmenter.segmenter_spec
+        segmentation = segment(segmenter.predictors, study.volumes, spec)
         localization = Localization(
             "model", segmentation.as_volume(), segmentation.summary, segmentation.overview, segmentation
         )
+        if not spec.has_organ:
+            localization.labels_ml = segmentation.labels_ml()
     else:
         return Localization(None, None, None, None)
     localization.reasons = gradability(localization.summary, settings, localization.source == "model")

@@ -27,7 +27,7 @@ import torch
 from app.errors import ModelNotReadyError, UnknownTaskError
 from app.settings import Settings
 from models.card import parse_card
-from models.segmenter import STAGES, Predictor, SegmenterSpec, StageName, spec_of_card
+from models.segmenter import Predictor, SegmenterSpec, StageName, spec_of_card
 from models.tasks import TASKS, TaskSpec, decision_weights, labels_of_card, task_of_card
 
 log = logging.getLogger("app.runtime")
@@ -149,7 +149,8 @@ class ServedModel:
         if self.is_segmenter:  # one graph per stage of the cascade
             stages = self.card.get("stages") or {}
             files = {
-                name: (str(stages[name]["onnx_file"]), str(stages[name]["onnx_sha256"])) for name in STAGES
+                name: (str(stages[name]["onnx_file"]), str(stages[name]["onnx_sha256"]))
+                for name in self.segmenter_spec.stages
             }
         sessions = {}
         for key, (name, expected) in files.items():
@@ -164,8 +165,9 @@ class ServedModel:
         self.stage_sessions = sessions
         self.providers = self.session.get_providers()
         if settings.warmup and self.is_segmenter:
-            for stage in STAGES:
-                self.predictors[stage](torch.zeros((1, 1, *self.segmenter_spec.stage(stage).roi)))
+            segmenter = self.segmenter_spec
+            for stage in segmenter.stages:
+                self.predictors[stage](torch.zeros((1, segmenter.channels, *segmenter.stage(stage).roi)))
         elif settings.warmup:
             spec = self.task
             self.run(
@@ -188,8 +190,8 @@ class ServedModel:
 
     @property
     def predictors(self) -> dict[StageName, Predictor]:
-        """A segmenter's stages as `models.segmenter.Predictor`s: windows (N, 1, *roi) in,
-        logits (N, L, *roi) out."""
+        """A segmenter's stages as `models.segmenter.Predictor`s: windows (N, channels, *roi)
+        in, logits (N, L, *roi) out."""
         if self.session is None:
             raise ModelNotReadyError(f"model {self.name} is not loaded: {self.reason}", field="task")
 
@@ -200,7 +202,7 @@ class ServedModel:
 
             return predict
 
-        return {name: stage(self.stage_sessions[name]) for name in STAGES}
+        return {name: stage(self.stage_sessions[name]) for name in self.segmenter_spec.stages}
 
     def torch_model(self) -> Any:
         """The PyTorch network from the card's weights file (for gradient attributions)."""

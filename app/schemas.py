@@ -55,6 +55,11 @@ class MaskInfo(BaseModel):
         default=None, description="RAS+ centroid of the largest lesion: the centre of the grader's crop"
     )
     cut: list[str] = Field(default_factory=list, description="edges of the scan that cut the liver")
+    subregions_ml: dict[str, float] | None = Field(
+        default=None,
+        description="BraTS: each sub-region's volume (edema, necrotic core, enhancing tumour); "
+        "lesion_ml is the whole tumour",
+    )
     model: ModelRef | None = Field(default=None, description="the segmenter, when it made the mask")
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from models.segmenter import SEGMENTERS, STAGES
+from models.segmenter import SEGMENTERS
 from models.tasks import TASKS, GridName
 
 SHA256 = r"^[0-9a-f]{64}$"
@@ -82,8 +82,9 @@ class ModelCard(_Contract):
         if self.role == "segmenter":
             if self.task not in SEGMENTERS:
                 raise ValueError(f"task {self.task!r} has no segmenter (known: {sorted(SEGMENTERS)})")
-            if not self.labels or sorted(self.stages) != sorted(STAGES):
-                raise ValueError(f"a segmenter's card needs its labels and its stages {list(STAGES)}")
+            stages = SEGMENTERS[self.task].stages
+            if not self.labels or sorted(self.stages) != sorted(stages):
+                raise ValueError(f"a segmenter's card needs its labels and its stages {list(stages)}")
             return self
         if list(self.classes) != list(task.classes):
             raise ValueError(f"classes {self.classes} are not task {self.task!r}'s {list(task.classes)}")

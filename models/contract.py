@@ -394,6 +394,11 @@ def normalize(array: np.ndarray, kind: ModalityKind, task: TaskSpec) -> np.ndarr
         return ((np.clip(array, lo, hi) - lo) / (hi - lo)).astype(np.float32)
     if kind == "pet":
         return np.clip(array / task.pet_suv_scale, 0.0, 4.0).astype(np.float32)
+    return standardize_foreground(array)
+
+
+def standardize_foreground(array: np.ndarray) -> np.ndarray:
+    """MRI in scanner units: z-scored over its foreground (clipped at 5 SD), 0 elsewhere."""
     foreground = array > FOREGROUND_THRESHOLD["mri"]
     if not foreground.any():
         return np.zeros_like(array, dtype=np.float32)

@@ -1,10 +1,16 @@
 """Localize, then grade: the segmenter that finds the organ and the lesion before any grade.
 
-A study comes without masks. Each task's segmenter (MONAI residual U-Nets) labels the scan
-(HCC: background, liver, lesion); the grader then reads the crop and the regions that mask
-gives (`models.contract`, `models.region_graph`). Training, export and serving share this
-module, so a served scan is brought onto the segmenter's grids exactly as a trained one was.
-It is a cascade of two stages, as nnU-Net's is for livers:
+A study comes without masks. Each task's segmenter (MONAI networks) labels the scan; the
+grader then reads the crop and the regions that mask gives (`models.contract`,
+`models.region_graph`). Training, export and serving share this module, so a served scan is
+brought onto the segmenter's grids exactly as a trained one was.
+
+A task's labels are nested, each inside the one before it: HCC background, liver, lesion
+(the lesion lies in the liver); BraTS background, edema, necrotic core, enhancing tumour
+(whole tumour, tumour core, enhancing tumour, as BraTS scores them). So "label k or above"
+is a region, and everything below works for any task by that one rule.
+
+HCC is a cascade of two stages, as nnU-Net's is for livers:
 
 1. ``coarse``: an RAS+-aligned grid of 3 mm voxels over the box of the reference image's
    foreground (the body, not the air around it) and a margin, at most ``max_shape``: the
@@ -13,13 +19,17 @@ It is a cascade of two stages, as nnU-Net's is for livers:
    the organ's boundary and its lesions, small ones included, at twice the resolution.
    Without an organ there is no fine stage (and nothing to grade).
 
-On each grid the image is resampled trilinearly and its intensities mapped by a piecewise
-linear curve (`SegmenterSpec.intensity_knots`) that keeps soft tissue at most of the range
-and still tells lung from fat and bone from contrast. Probabilities come from overlapping
-``roi`` windows (`sliding_window`), so any scan size fits the networks, whatever runs them
-(PyTorch in training, ONNX Runtime serving). `labels_from_probabilities` keeps the largest
-connected organ, the lesions inside it, and drops specks; `summarize` measures what the
-grade needs and where the scan cuts it.
+A brain fits one grid at the resolution BraTS is scored on: its segmenter has the coarse
+stage only, over the head, reading whichever of the four sequences came (each a channel; a
+missing one is zeros, as in training).
+
+On each grid the images are resampled trilinearly; CT is mapped by a piecewise linear curve
+(`SegmenterSpec.intensity_knots`) that keeps soft tissue at most of the range and still
+tells lung from fat and bone from contrast, MRI (in scanner units) is z-scored over the
+head. Probabilities come from overlapping ``roi`` windows (`sliding_window`), so any scan
+size fits the networks, whatever runs them (PyTorch in training, ONNX Runtime serving).
+`labels_from_probabilities` keeps the largest connected structure, what lies inside it, and
+drops specks; `summarize` measures what the grade needs and where the scan cuts it.
 
 No I/O here: arrays in, arrays out.
 """
@@ -44,6 +54,7 @@ from models.contract import (
     _world_box,
     from_tensor_layout,
     resample,
+    standardize_foreground,
     to_tensor_layout,
 )
 from models.registry import register_segmenter
@@ -79,12 +90,21 @@ class SegmenterSpec:
 
     Attributes:
         task: the task whose grader it serves (`models.tasks`).
-        labels: label names in logit order: background, the organ, then the lesion.
-        modality: the image it reads (the task's reference modality).
-        coarse, fine: the cascade's two grids (see the module notes).
-        intensity_knots: (value in the modality's units, network input) pairs of the
-            piecewise linear intensity map; values beyond the ends are clipped.
-        min_lesion_ml: lesion components smaller than this are dropped as specks.
+        labels: label names in logit order, nested: background, then each label inside the
+            one before it (see the module notes).
+        modalities: the images it reads, one channel each, in channel order; the first
+            present one places the grid. Any may be missing (its channel is zeros).
+        kind: their imaging kind (the intensity mapping; what counts as foreground).
+        coarse, fine: the cascade's grids (see the module notes); no fine stage: one grid.
+        intensity_knots: CT only: (HU, network input) pairs of the piecewise linear
+            intensity map; values beyond the ends are clipped. None: z-scored (MRI).
+        min_lesion_ml: components of the last label smaller than this are dropped as specks.
+        regions: the names of the nested regions "label k or above", k = 1, 2, ... (what
+            Dice is reported on).
+        values: the value each label has in a mask file (BraTS keeps its 0, 2, 1, 4);
+            None: the label's index.
+        has_organ: whether label 1 is an organ holding the lesions (HCC's liver), rather
+            than a part of the lesion itself (BraTS' edema).
         lesion_threshold: the lesion's probability from which a voxel is lesion
             (`weigh_lesion`); None: where the lesion is the argmax. A trained segmenter's
             card sets it, chosen on validation: a faint lesion rarely wins the argmax.
@@ -92,28 +112,54 @@ class SegmenterSpec:
 
     task: str
     labels: tuple[str, ...]
-    modality: str
+    modalities: tuple[str, ...]
+    kind: ModalityKind
     coarse: Stage
-    fine: Stage
-    intensity_knots: tuple[tuple[float, float], ...]
+    fine: Stage | None
+    intensity_knots: tuple[tuple[float, float], ...] | None
     min_lesion_ml: float
+    regions: tuple[str, ...] = ("organ", "lesion")
+    values: tuple[int, ...] | None = None
+    has_organ: bool = True
     lesion_threshold: float | None = None
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
 
+    @property
+    def channels(self) -> int:
+        return len(self.modalities)
+
+    @property
+    def stages(self) -> tuple[StageName, ...]:
+        return STAGES if self.fine is not None else ("coarse",)
+
     def label(self, name: str) -> int:
         return self.labels.index(name)
 
     def stage(self, name: StageName) -> Stage:
-        return self.coarse if name == "coarse" else self.fine
+        stage = self.coarse if name == "coarse" else self.fine
+        if stage is None:
+            raise ValueError(f"the {self.task} segmenter has no {name} stage")
+        return stage
+
+    def label_values(self) -> np.ndarray:
+        """Label index -> the value it has in a mask file."""
+        return np.asarray(self.values if self.values is not None else range(self.num_labels), dtype=np.uint8)
+
+    def label_indices(self, values: np.ndarray) -> np.ndarray:
+        """A mask's values -> label indices (a value the spec does not know is background)."""
+        lookup = np.zeros(256, dtype=np.uint8)
+        lookup[self.label_values()] = np.arange(self.num_labels, dtype=np.uint8)
+        return lookup[np.clip(values, 0, 255).astype(np.uint8)]
 
 
 HCC_SEGMENTER = SegmenterSpec(
     task="hcc",
     labels=("background", "liver", "lesion"),
-    modality="ct",
+    modalities=("ct",),
+    kind="ct",
     coarse=Stage(spacing_mm=(3.0, 3.0, 3.0), roi=(96, 96, 96), margin_mm=6.0, max_shape=(224, 224, 256)),
     # A liver is at most about 25 cm across: 192 voxels of 1.5 mm hold it with its margin.
     fine=Stage(spacing_mm=(1.5, 1.5, 1.5), roi=(96, 96, 96), margin_mm=12.0, max_shape=(192, 192, 192)),
@@ -122,7 +168,24 @@ HCC_SEGMENTER = SegmenterSpec(
     intensity_knots=((-1000.0, 0.0), (-150.0, 0.15), (250.0, 0.85), (1500.0, 1.0)),
     min_lesion_ml=0.2,
 )
-SEGMENTERS: dict[str, SegmenterSpec] = {HCC_SEGMENTER.task: HCC_SEGMENTER}
+BRATS_SEGMENTER = SegmenterSpec(
+    task="brats",
+    # BraTS' labels 2, 1 and 4, nested: whole tumour > tumour core > enhancing tumour.
+    labels=("background", "edema", "necrotic", "enhancing"),
+    modalities=("t1", "t1ce", "t2", "flair"),
+    kind="mri",
+    # The grid BraTS students read (2.5 mm); 200 x 240 x 200 mm holds any adult head, and
+    # one window covers it.
+    coarse=Stage(spacing_mm=(2.5, 2.5, 2.5), roi=(80, 96, 80), margin_mm=5.0, max_shape=(80, 96, 80)),
+    fine=None,
+    intensity_knots=None,
+    # An enhancing focus is 3 mm across or more (0.1 ml); smaller is noise.
+    min_lesion_ml=0.05,
+    regions=("whole_tumour", "tumour_core", "enhancing_tumour"),
+    values=(0, 2, 1, 4),
+    has_organ=False,
+)
+SEGMENTERS: dict[str, SegmenterSpec] = {spec.task: spec for spec in (HCC_SEGMENTER, BRATS_SEGMENTER)}
 
 
 def get_segmenter_spec(task: str) -> SegmenterSpec:
@@ -169,28 +232,80 @@ def hcc_segmenter(
     )
 
 
+@register_segmenter
+def brats_segmenter(
+    in_channels: int = 4,
+    num_classes: int = 4,
+    init_filters: int = 8,
+    blocks_down: tuple[int, ...] = (1, 2, 2, 4),
+    blocks_up: tuple[int, ...] = (1, 1, 1),
+    dropout: float | None = None,
+) -> nn.Module:
+    """MONAI's SegResNet (Myronenko's BraTS 2018 winner, without its VAE branch) over the
+    four sequences: logits (N, labels, D, H, W) on the input grid."""
+    from monai.networks.nets import SegResNet
+
+    return SegResNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        init_filters=init_filters,
+        blocks_down=tuple(blocks_down),
+        blocks_up=tuple(blocks_up),
+        dropout_prob=dropout,
+    )
+
+
 # --------------------------------------------------------------------------- input
 
 
 @dataclass(frozen=True)
 class SegmenterInput:
-    """The scan on the segmenter's grid: ``image`` float32 (1, D, H, W), and which of the
-    grid's voxels the scan covers (``scanned`` bool (D, H, W)), so a cut organ is told from a
-    small one."""
+    """The scan on the segmenter's grid: ``image`` float32 (channels, D, H, W), which of the
+    grid's voxels the reference image covers (``scanned`` bool (D, H, W)), so a cut organ is
+    told from a small one, and which channel the reference image is (of what ``kind``)."""
 
     image: np.ndarray
     scanned: np.ndarray
     grid: Grid
+    reference: int = 0
+    kind: ModalityKind = "ct"
+
+    def picture(self) -> np.ndarray:
+        """The reference image's channel in [0, 1], for pictures: CT's intensity curve is
+        already there; MRI's z-scores from -2 to 4 (dark CSF to enhancement) are mapped."""
+        channel = self.image[self.reference]
+        if self.kind == "ct":
+            return channel
+        return np.clip((channel + 2.0) / 6.0, 0.0, 1.0)
+
+
+Scan = Volume | Mapping[str, Volume]
+"""What a segmenter reads: the study's volumes by modality, or one volume of its first."""
+
+
+def scans_of(scan: Scan, spec: SegmenterSpec) -> dict[str, Volume]:
+    """The spec's modalities that `scan` holds, in channel order (the first is the reference)."""
+    if isinstance(scan, Volume):
+        return {spec.modalities[0]: scan}
+    present = {name: scan[name] for name in spec.modalities if name in scan}
+    if not present:
+        raise ValueError(f"the {spec.task} segmenter reads {list(spec.modalities)}, got {sorted(scan)}")
+    return present
+
+
+def reference_scan(scan: Scan, spec: SegmenterSpec) -> Volume:
+    """The image whose foreground places the grid and whose faces cut the organ."""
+    return next(iter(scans_of(scan, spec).values()))
 
 
 def normalize_intensity(values: np.ndarray, spec: SegmenterSpec) -> np.ndarray:
-    """The piecewise linear map of `spec.intensity_knots`, clipped at both ends."""
+    """CT: the piecewise linear map of `spec.intensity_knots`, clipped at both ends; MRI:
+    z-scored over the foreground (`models.contract.standardize_foreground`)."""
+    if spec.intensity_knots is None:
+        return standardize_foreground(values)
     xs, ys = zip(*spec.intensity_knots, strict=True)
     return np.interp(values, xs, ys).astype(np.float32)
-
-
-def _kind(spec: SegmenterSpec) -> ModalityKind:
-    return "ct" if spec.modality == "ct" else "mri"
 
 
 def box_grid(low: np.ndarray, high: np.ndarray, stage: Stage) -> Grid:
@@ -207,7 +322,7 @@ def box_grid(low: np.ndarray, high: np.ndarray, stage: Stage) -> Grid:
 
 def coarse_grid(volume: Volume, spec: SegmenterSpec) -> Grid:
     """The coarse stage's grid: over the box of the image's foreground (the body)."""
-    foreground = volume.array > FOREGROUND_THRESHOLD[_kind(spec)]
+    foreground = volume.array > FOREGROUND_THRESHOLD[spec.kind]
     if foreground.any():
         low, high = _world_box(volume.affine, *_index_box(foreground))
     else:
@@ -223,16 +338,17 @@ def fine_grid(organ: np.ndarray, grid: Grid, spec: SegmenterSpec) -> Grid:
     the stretch that holds the most of the organ, rather than the box's middle, where the
     bridge between the two lies.
     """
+    fine = spec.stage("fine")
     organ_xyz = from_tensor_layout(organ)
     lo, hi = _index_box(organ_xyz)
-    room_mm = np.asarray(spec.fine.max_shape) * np.asarray(spec.fine.spacing_mm) - 2 * spec.fine.margin_mm
+    room_mm = np.asarray(fine.max_shape) * np.asarray(fine.spacing_mm) - 2 * fine.margin_mm
     room = np.maximum((room_mm / np.asarray(grid.spacing)).astype(int), 1)  # voxels of `grid`
     for axis in np.flatnonzero(hi - lo + 1 > room):
         profile = organ_xyz.sum(axis=tuple(a for a in range(3) if a != axis))
         start = int(np.argmax(np.convolve(profile, np.ones(room[axis]), mode="valid")))
         lo[axis], hi[axis] = start, start + room[axis] - 1
     low, high = _world_box(grid.affine, lo, hi)
-    return box_grid(low, high, spec.fine)
+    return box_grid(low, high, fine)
 
 
 def scanned_voxels(volume: Volume, grid: Grid) -> np.ndarray:
@@ -253,19 +369,28 @@ def scanned_voxels(volume: Volume, grid: Grid) -> np.ndarray:
     return to_tensor_layout(inside)
 
 
-def segmenter_input(volume: Volume, spec: SegmenterSpec, grid: Grid | None = None) -> SegmenterInput:
-    """The reference image on `grid` (default: the coarse stage's), intensities mapped."""
-    grid = grid if grid is not None else coarse_grid(volume, spec)
+def segmenter_input(scan: Scan, spec: SegmenterSpec, grid: Grid | None = None) -> SegmenterInput:
+    """The images on `grid` (default: the coarse stage's over the reference image), one
+    channel per modality of the spec (zeros where one is missing), intensities mapped."""
+    scans = scans_of(scan, spec)
+    reference = next(iter(scans.values()))
+    grid = grid if grid is not None else coarse_grid(reference, spec)
     # Sampled up to the scan's faces: in the outer half voxel of the scan, trilinear sampling
     # would blend the last slice with the air beyond, and an organ the scan cuts would fade
     # before the face, where `summarize` looks for the cut; so the edge is extended
     # ("nearest", no padded copy of the scan), and everything beyond the faces set to air.
-    air = BACKGROUND[_kind(spec)]
-    on_grid = resample(volume.array, volume.affine, grid, order=1, mode="nearest")
-    scanned = scanned_voxels(volume, grid)
-    image = to_tensor_layout(normalize_intensity(on_grid, spec))
-    image[~scanned] = normalize_intensity(np.array([air]), spec)[0]
-    return SegmenterInput(image=image[None], scanned=scanned, grid=grid)
+    image = np.zeros((spec.channels, *grid.shape[::-1]), dtype=np.float32)
+    scanned = scanned_voxels(reference, grid)
+    for channel, name in enumerate(spec.modalities):
+        if name not in scans:
+            continue
+        volume = scans[name]
+        on_grid = to_tensor_layout(resample(volume.array, volume.affine, grid, order=1, mode="nearest"))
+        inside = scanned if volume is reference else scanned_voxels(volume, grid)
+        on_grid[~inside] = BACKGROUND[spec.kind]
+        image[channel] = normalize_intensity(on_grid, spec)
+    reference_channel = spec.modalities.index(next(iter(scans)))
+    return SegmenterInput(image, scanned, grid, reference_channel, spec.kind)
 
 
 def only_scanned(probabilities: np.ndarray, scanned: np.ndarray) -> np.ndarray:
@@ -288,11 +413,12 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
 def sliding_window(predict: Predictor, image: np.ndarray, stage: Stage, overlap: float = 0.25) -> np.ndarray:
-    """Softmax probabilities (L, D, H, W) float32 of `image` (1, D, H, W), window by window.
+    """Softmax probabilities (L, D, H, W) float32 of `image` (channels, D, H, W), window by
+    window.
 
-    `predict` maps a batch of windows (N, 1, *roi) to logits (N, L, *roi): a PyTorch network
-    in training, an ONNX Runtime session when serving. Windows overlap by `overlap` and are
-    blended with Gaussian weights (MONAI's `sliding_window_inference`).
+    `predict` maps a batch of windows (N, channels, *roi) to logits (N, L, *roi): a PyTorch
+    network in training, an ONNX Runtime session when serving. Windows overlap by `overlap`
+    and are blended with Gaussian weights (MONAI's `sliding_window_inference`).
     """
     from monai.inferers import sliding_window_inference
 
@@ -326,27 +452,24 @@ def weigh_lesion(probabilities: np.ndarray, threshold: float | None) -> np.ndarr
 
 
 def labels_from_probabilities(probabilities: np.ndarray, spec: SegmenterSpec, grid: Grid) -> np.ndarray:
-    """(D, H, W) uint8 labels: the argmax, cleaned.
+    """(D, H, W) uint8 label indices: the argmax, cleaned.
 
-    The organ is one piece: its largest 26-connected component is kept, holes filled (a
-    lesion inside it is part of it). Lesions lie in the organ: lesion voxels outside it are
-    dropped, then components under `spec.min_lesion_ml`.
+    What label 1 bounds (the organ; the whole tumour) is one piece: its largest 26-connected
+    component is kept, its holes filled with label 1 (a lesion inside the liver is part of
+    it), and nothing outside it. Components of the last label (the lesion; the enhancing
+    tumour) under `spec.min_lesion_ml` are specks: they take the label before it.
     """
     labels = np.argmax(probabilities, axis=0).astype(np.uint8)
-    organ_label, lesion_label = spec.label(spec.labels[1]), spec.label(spec.labels[-1])
-    organ = _largest_component(labels > 0)
-    organ = ndimage.binary_fill_holes(organ)
-    lesion = organ & (labels == lesion_label)
-    components, count = ndimage.label(lesion, structure=_CONNECTED)
+    whole = ndimage.binary_fill_holes(_largest_component(labels > 0))
+    labels = np.where(whole, np.maximum(labels, 1), 0).astype(np.uint8)
+    last = spec.num_labels - 1
+    components, count = ndimage.label(labels == last, structure=_CONNECTED)
     if count:
         voxel_ml = float(np.prod(grid.spacing)) / 1000.0
         sizes = np.bincount(components.ravel())[1:] * voxel_ml
-        keep = np.flatnonzero(sizes >= spec.min_lesion_ml) + 1
-        lesion = np.isin(components, keep)
-    out = np.zeros(labels.shape, dtype=np.uint8)
-    out[organ] = organ_label
-    out[lesion] = lesion_label
-    return out
+        specks = np.isin(components, np.flatnonzero(sizes < spec.min_lesion_ml) + 1)
+        labels[specks] = last - 1
+    return labels
 
 
 @dataclass(frozen=True)
@@ -355,7 +478,8 @@ class Segmentation:
 
     overview: the scan on the coarse grid (what pictures of the case show).
     input: the scan on the grid of the labels (the fine one; the coarse one when no organ
-    was found), with the probabilities (L, D, H, W) and cleaned labels (D, H, W) there.
+    was found or the task has one grid), with the probabilities (L, D, H, W) and cleaned
+    label indices (D, H, W) there.
     summary: what the labels say (`summarize`).
     """
 
@@ -364,34 +488,45 @@ class Segmentation:
     probabilities: np.ndarray
     labels: np.ndarray
     summary: MaskSummary
+    spec: SegmenterSpec
 
     @property
     def grid(self) -> Grid:
         return self.input.grid
 
     def as_volume(self) -> Volume:
-        """The labels as a `Volume` (``[x, y, z]``), the form a mask takes everywhere else."""
-        return Volume(from_tensor_layout(self.labels), self.input.grid.affine)
+        """The labels as a `Volume` (``[x, y, z]``) of mask values (BraTS' 1, 2, 4), the form
+        a mask takes everywhere else."""
+        return Volume(from_tensor_layout(self.spec.label_values()[self.labels]), self.input.grid.affine)
+
+    def labels_ml(self) -> dict[str, float]:
+        """Each label's volume (`labels_ml`)."""
+        return labels_ml(self.labels, self.grid, self.spec)
 
 
-def segment(predictors: Mapping[StageName, Predictor], volume: Volume, spec: SegmenterSpec) -> Segmentation:
-    """The cascade of the module notes on one scan: coarse, then fine over the organ found.
+def labels_ml(labels: np.ndarray, grid: Grid, spec: SegmenterSpec) -> dict[str, float]:
+    """Each label's volume (ml) in a (D, H, W) map of label indices on `grid`, background
+    left out: BraTS' edema, necrotic core and enhancing tumour; HCC's liver and lesion."""
+    voxel_ml = float(np.prod(grid.spacing)) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=spec.num_labels)
+    return {name: float(counts[k]) * voxel_ml for k, name in enumerate(spec.labels) if k}
+
+
+def segment(predictors: Mapping[StageName, Predictor], scan: Scan, spec: SegmenterSpec) -> Segmentation:
+    """The cascade of the module notes on one scan: coarse, then fine over the organ found
+    (a task with one grid stops after the coarse stage).
 
     The fine stage's organ is kept inside the coarse one (one coarse voxel around it), so a
     neighbour the fine window shows (the spleen, the heart) cannot become the organ.
     """
-    overview = segmenter_input(volume, spec)
+    overview = segmenter_input(scan, spec)
     coarse = only_scanned(sliding_window(predictors["coarse"], overview.image, spec.coarse), overview.scanned)
+    if spec.fine is None:
+        coarse = weigh_lesion(coarse, spec.lesion_threshold)
     coarse_labels = labels_from_probabilities(coarse, spec, overview.grid)
-    if not coarse_labels.any():
-        return Segmentation(
-            overview,
-            overview,
-            coarse,
-            coarse_labels,
-            summarize(coarse_labels, overview.grid, volume, organ_labelled=True),
-        )
-    fine_input = segmenter_input(volume, spec, fine_grid(coarse_labels > 0, overview.grid, spec))
+    if spec.fine is None or not coarse_labels.any():
+        return _segmentation(spec, overview, overview, coarse, coarse_labels, scan)
+    fine_input = segmenter_input(scan, spec, fine_grid(coarse_labels > 0, overview.grid, spec))
     probabilities = weigh_lesion(
         sliding_window(predictors["fine"], fine_input.image, spec.fine), spec.lesion_threshold
     )
@@ -401,36 +536,53 @@ def segment(predictors: Mapping[StageName, Predictor], volume: Volume, spec: Seg
     )
     probabilities = only_scanned(probabilities, (inside > 0) & fine_input.scanned)
     labels = labels_from_probabilities(probabilities, spec, fine_input.grid)
-    summary = summarize(labels, fine_input.grid, volume, organ_labelled=True)
-    return Segmentation(overview, fine_input, probabilities, labels, summary)
+    return _segmentation(spec, overview, fine_input, probabilities, labels, scan)
+
+
+def _segmentation(
+    spec: SegmenterSpec,
+    overview: SegmenterInput,
+    on: SegmenterInput,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    scan: Scan,
+) -> Segmentation:
+    # Without an organ, the lesion is everything labelled (the whole tumour).
+    summarized = labels if spec.has_organ else (labels > 0).astype(np.uint8)
+    summary = summarize(summarized, on.grid, reference_scan(scan, spec), organ_labelled=spec.has_organ)
+    return Segmentation(overview, on, probabilities, labels, summary, spec)
 
 
 def labels_on_grid(
     probabilities: np.ndarray, labels: np.ndarray, grid: Grid, target: Grid, slab: int = 32
 ) -> np.ndarray:
-    """The cleaned labels of `grid` on another grid (the scan's own), ``[x, y, z]`` uint8.
+    """The cleaned label indices of `grid` on another grid (the scan's own), ``[x, y, z]``
+    uint8.
 
-    Nearest sampling would give the scan blocks of the segmenter's 3 mm voxels. Instead the
-    organ's and the lesion's probabilities, zeroed beyond what `labels_from_probabilities`
-    kept (and one voxel around it), are sampled trilinearly and cut at one half: boundaries
+    Nearest sampling would give the scan blocks of the segmenter's 3 mm voxels. Instead each
+    nested region (label k or above: the organ, then the lesion; the whole tumour, the core,
+    the enhancing tumour), its probability zeroed beyond what `labels_from_probabilities`
+    kept (and one voxel around it), is sampled trilinearly and cut at one half: boundaries
     as smooth as the network's own. The target is done `slab` slices at a time, so a
-    512 x 512 x 600 scan never holds more than two float slabs.
+    512 x 512 x 600 scan never holds more than a few float slabs.
     """
-    kept_organ = ndimage.binary_dilation(labels > 0, _CONNECTED)
-    lesion_label = len(probabilities) - 1
-    kept_lesion = ndimage.binary_dilation(labels == lesion_label, _CONNECTED)
-    organ = np.where(kept_organ, 1.0 - probabilities[0], 0.0).astype(np.float32)
-    lesion = np.where(kept_lesion, probabilities[lesion_label], 0.0).astype(np.float32)
-    maps = [from_tensor_layout(organ), from_tensor_layout(lesion)]
+    regions = []
+    for k in range(1, len(probabilities)):
+        kept = ndimage.binary_dilation(labels >= k, _CONNECTED)
+        regions.append(
+            from_tensor_layout(np.where(kept, probabilities[k:].sum(axis=0), 0.0).astype(np.float32))
+        )
     out = np.zeros(target.shape, dtype=np.uint8)
     for start in range(0, target.shape[2], slab):
         stop = min(start + slab, target.shape[2])
         affine = target.affine.copy()
         affine[:3, 3] = target.affine[:3, :3] @ np.array([0.0, 0.0, start]) + target.affine[:3, 3]
         part = Grid(shape=(target.shape[0], target.shape[1], stop - start), affine=affine)
-        organ_part, lesion_part = (resample(m, grid.affine, part, order=1) >= 0.5 for m in maps)
-        block = organ_part.astype(np.uint8)
-        block[organ_part & lesion_part] = lesion_label
+        inside = np.ones(part.shape, dtype=bool)
+        block = np.zeros(part.shape, dtype=np.uint8)
+        for k, region in enumerate(regions, start=1):
+            inside &= resample(region, grid.affine, part, order=1) >= 0.5
+            block[inside] = k
         out[:, :, start:stop] = block
     return out
 

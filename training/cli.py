@@ -114,13 +114,14 @@ def _train_segmenter(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     import torch
 
+    from models.segmenter import get_segmenter_spec
     from training.export import export_model, export_segmenter
     from training.segmentation_report import card_summary
 
     training_data = json.loads(args.training_data) if args.training_data else None
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     if state.get("role") == "segmenter":
-        if args.fine is None:
+        if args.fine is None and "fine" in get_segmenter_spec(state["task"]).stages:
             raise ValueError("a segmenter is exported with both stages: give the fine one as --fine FINE.pt")
         report = card_summary(args.report) if args.report else None
         tuning = json.loads(args.lesion_threshold.read_text()) if args.lesion_threshold else None
@@ -134,7 +135,9 @@ def _export(args: argparse.Namespace) -> None:
             lesion_threshold=tuning,
         )
         worst = max(stage["parity"]["max_abs_logit_diff"] for stage in card["stages"].values())
-        print(f"wrote {args.out} and its fine stage (ONNX Runtime vs PyTorch {worst:.1e})")
+        print(
+            f"wrote {args.out} with its stages {sorted(card['stages'])} (ONNX Runtime vs PyTorch {worst:.1e})"
+        )
         return
     card = export_model(
         args.checkpoint,
@@ -186,12 +189,19 @@ def _segment(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from training.evaluate import evaluate_model
 
-    card = args.model.with_suffix(".json")
-    if (
-        args.model.suffix == ".onnx"
-        and card.is_file()
-        and json.loads(card.read_text()).get("role") == "segmenter"
-    ):
+    card_path = args.model.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if args.model.suffix == ".onnx" and card_path.is_file() else {}
+    if card.get("role") == "segmenter" and card.get("task") == "brats":
+        from training.subregion_report import evaluate_subregions
+
+        if args.data is None:
+            raise ValueError("give the BraTS cohort to evaluate on as --data")
+        report = evaluate_subregions(args.model, args.data, args.out, workers=args.workers)  # every case
+        for subset, scores in report["summary"].items():
+            print(subset + ": " + ", ".join(f"{name} Dice {s['median']:.3f}" for name, s in scores.items()))
+        print(f"wrote {args.out / 'report.md'}")
+        return
+    if card.get("role") == "segmenter":
         from training.segmentation_report import evaluate_segmenter
 
         cohorts = dict(_cohort(c) for c in args.cohort or []) or {args.data.parent.name: args.data}
@@ -326,12 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--rgd-weight", type=float)
             sub.add_argument("--modality-dropout", type=float)
         sub.set_defaults(func=_train)
-    segmenter = roles.add_parser("segmenter", help="the organ and lesion segmenter (MONAI U-Net)")
+    segmenter = roles.add_parser(
+        "segmenter", help="the segmenter: HCC liver and lesion (U-Net), BraTS sub-regions (SegResNet)"
+    )
     segmenter.add_argument("--config", type=Path, help="YAML run config; flags override it")
-    segmenter.add_argument("--task", choices=["hcc"])
-    segmenter.add_argument("--stage", choices=["coarse", "fine"], help="the cascade's stage (default coarse)")
+    segmenter.add_argument("--task", choices=["hcc", "brats"])
     segmenter.add_argument(
-        "--data", type=Path, nargs="+", help="cohort manifests with organ and lesion masks"
+        "--stage", choices=["coarse", "fine"], help="HCC's cascade stage (default coarse; BraTS has one)"
+    )
+    segmenter.add_argument(
+        "--data", type=Path, nargs="+", help="cohorts with masks: HCC manifests, BraTS folders"
     )
     segmenter.add_argument("--out", type=Path, help="runs folder (default runs/)")
     segmenter.add_argument("--name", help="run name (default TASK-segmenter-sSEED)")

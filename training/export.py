@@ -334,13 +334,16 @@ SEGMENTER_INPUT = "image"
 SEGMENTER_OUTPUT = "logits"
 
 
-def _export_stage(state: Mapping[str, Any], path: Path, roi: tuple[int, int, int], tolerance: float) -> float:
-    """One stage's network to ONNX (dynamic batch of ``roi`` windows), checked; its parity."""
+def _export_stage(
+    state: Mapping[str, Any], path: Path, shape: tuple[int, int, int, int], tolerance: float
+) -> float:
+    """One stage's network to ONNX (a dynamic batch of windows of `shape`: channels, *roi),
+    checked; its parity."""
     model = model_from_checkpoint(state)
     generator = torch.Generator().manual_seed(0)
     torch.onnx.export(
         model,
-        (torch.rand((2, 1, *roi), generator=generator),),
+        (torch.rand((2, *shape), generator=generator),),
         str(path),
         input_names=[SEGMENTER_INPUT],
         output_names=[SEGMENTER_OUTPUT],
@@ -352,7 +355,7 @@ def _export_stage(state: Mapping[str, Any], path: Path, roi: tuple[int, int, int
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for batch in (1, 3):
-        x = torch.rand((batch, 1, *roi), generator=generator)
+        x = torch.rand((batch, *shape), generator=generator)
         smooth = torch.nn.functional.avg_pool3d(x, 9, stride=1, padding=4)
         for window in (x, smooth):
             with torch.no_grad():
@@ -368,7 +371,7 @@ def _export_stage(state: Mapping[str, Any], path: Path, roi: tuple[int, int, int
 
 def export_segmenter(
     coarse: Mapping[str, Any] | Path,
-    fine: Mapping[str, Any] | Path,
+    fine: Mapping[str, Any] | Path | None,
     out: Path,
     *,
     version: str = "0.1.0",
@@ -377,7 +380,8 @@ def export_segmenter(
     lesion_threshold: Mapping[str, Any] | None = None,
     tolerance: float = 5e-3,
 ) -> dict[str, Any]:
-    """Write a segmenter's NAME.onnx (coarse stage), NAME.fine.onnx and NAME.json (its card).
+    """Write a segmenter's NAME.onnx (coarse stage), NAME.fine.onnx (HCC's fine stage; a
+    task with one grid has none: `fine` None) and NAME.json (its card).
 
     `lesion_threshold` (`training.segmentation_report.tune_lesion_threshold`'s answer) puts
     the chosen threshold and its validation table in the card; without it, the argmax.
@@ -386,7 +390,7 @@ def export_segmenter(
     windows of each kind); float32 sums over 256-channel convolutions differ by about 1e-3
     between runtimes there, far below what moves an argmax of softmax probabilities.
 
-    Each graph takes windows ``image`` [N, 1, *roi] (dynamic batch) and gives ``logits``
+    Each graph takes windows ``image`` [N, channels, *roi] (dynamic batch) and gives ``logits``
     [N, L, *roi]; the service runs them window by window (`models.segmenter.segment`).
     Parity with PyTorch is checked on random and on smooth random windows at batch 1 and 3
     (not on constant ones: instance norm divides a constant window's zero spread by its
@@ -394,13 +398,18 @@ def export_segmenter(
     (`training.segmentation_report.evaluate_segmenter`) puts its Dice and detection numbers,
     with their intervals, on the card.
     """
-    from models.segmenter import STAGES, get_segmenter_spec
+    from models.segmenter import get_segmenter_spec
 
     states = {
         name: torch.load(c, map_location="cpu", weights_only=False) if isinstance(c, Path) else c
         for name, c in (("coarse", coarse), ("fine", fine))
+        if c is not None
     }
     spec = get_segmenter_spec(str(states["coarse"]["task"]))
+    if sorted(states) != sorted(spec.stages):
+        raise ValueError(
+            f"the {spec.task} segmenter has the stages {list(spec.stages)}, got {sorted(states)}"
+        )
     for name, state in states.items():
         if state.get("stage", "coarse") != name or state["task"] != spec.task:
             found = state.get("stage", "coarse")
@@ -410,10 +419,15 @@ def export_segmenter(
         raise ValueError(f"output must end in .onnx, got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = {"coarse": out, "fine": out.with_suffix(".fine.onnx")}
+    intensity = (
+        f"piecewise linear intensities {[list(k) for k in spec.intensity_knots]}"
+        if spec.intensity_knots
+        else "each sequence z-scored over its foreground (models.contract.standardize_foreground)"
+    )
     stages: dict[str, Any] = {}
-    for name in STAGES:
+    for name in spec.stages:
         stage = spec.stage(name)
-        diff = _export_stage(states[name], paths[name], stage.roi, tolerance)
+        diff = _export_stage(states[name], paths[name], (spec.channels, *stage.roi), tolerance)
         config = states[name].get("config", {})
         stages[name] = {
             "onnx_file": paths[name].name,
@@ -440,26 +454,31 @@ def export_segmenter(
         "task": spec.task,
         "role": "segmenter",
         "serves": f"the {spec.task!r} grader: its mask places the grader's crop and gives its regions",
-        "description": f"{spec.task} {' / '.join(spec.labels[1:])} segmentation from {spec.modality}",
+        "description": f"{spec.task} {' / '.join(spec.labels[1:])} segmentation from "
+        f"{' / '.join(spec.modalities)}",
         "labels": list(spec.labels),
-        "modalities": [spec.modality],
+        "label_values": spec.label_values().tolist(),
+        "regions": list(spec.regions),
+        "modalities": list(spec.modalities),
         "input": {
-            "layout": f"{SEGMENTER_INPUT} [N, 1, D, H, W] float32 windows (each stage's roi)",
-            "intensity_knots": [list(k) for k in spec.intensity_knots],
+            "layout": f"{SEGMENTER_INPUT} [N, {spec.channels}, D, H, W] float32 windows (each stage's roi), "
+            f"channels {list(spec.modalities)}, a missing one zeros",
+            "intensity": intensity,
         },
         "outputs": {SEGMENTER_OUTPUT: f"[N, {spec.num_labels}, D, H, W] over labels {list(spec.labels)}"},
         "stages": stages,
         "preprocessing": (
             "models.segmenter.segment: coarse stage on an RAS+ grid over the "
-            f"{spec.modality} foreground's box, fine stage on a finer grid over the box of the coarse "
-            "organ (the stages' spacing, margin and largest shape above); trilinear resampling; "
-            f"piecewise linear intensities {[list(k) for k in spec.intensity_knots]}"
+            f"{spec.modalities[0]} foreground's box"
+            + (", fine stage on a finer grid over the box of the coarse organ" if spec.fine else "")
+            + f" (the stages' spacing, margin and largest shape above); trilinear resampling; {intensity}"
         ),
         "postprocessing": (
-            "Gaussian-blended windows (overlap 0.25), softmax; the fine stage's lesion odds weighed so that "
+            "Gaussian-blended windows (overlap 0.25), softmax; the last label's odds weighed so that "
             "lesion_threshold becomes one half (weigh_lesion); labels_from_probabilities: the largest "
-            "26-connected organ, holes filled, lesions inside it, components under "
-            f"{spec.min_lesion_ml} ml dropped; the fine organ kept within one coarse voxel of the coarse one"
+            "26-connected structure, holes filled, nothing outside it, components of the last label under "
+            f"{spec.min_lesion_ml} ml dropped"
+            + ("; the fine organ kept within one coarse voxel of the coarse one" if spec.fine else "")
         ),
         "training_data": dict(training_data or {"synthetic": None, "description": "not recorded"}),
         "metrics": dict(report or {}),
@@ -470,7 +489,7 @@ def export_segmenter(
         "onnx_sha256": stages["coarse"]["onnx_sha256"],
         "onnx_opset": OPSET,
         "intended_use": INTENDED_USE,
-        "git_commit": states["fine"].get("git_commit", "unknown"),
+        "git_commit": states[spec.stages[-1]].get("git_commit", "unknown"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     card = json_safe(card)

@@ -31,13 +31,13 @@ from scipy import ndimage
 
 from models.contract import Grid, grid_of
 from models.segmenter import (
-    STAGES,
     Predictor,
     SegmenterSpec,
     StageName,
     labels_from_probabilities,
     labels_on_grid,
     mask_on_grid,
+    reference_scan,
     segment,
     spec_of_card,
     weigh_lesion,
@@ -64,7 +64,7 @@ class SegmenterRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.predictors: dict[StageName, Predictor] = {}
-        for stage in STAGES:
+        for stage in self.spec.stages:
             session = ort.InferenceSession(
                 str(self.path.parent / card["stages"][stage]["onnx_file"]),
                 options,
@@ -169,8 +169,8 @@ def _evaluate_one(job: tuple[str, CaseRecord, str]) -> dict[str, Any]:
         _RUNNER = SegmenterRunner(Path(model))
     runner = _RUNNER
     case = load_case(record)
-    ct = case.volumes[runner.spec.modality]
-    result = segment(runner.predictors, ct, runner.spec)
+    ct = reference_scan(case.volumes, runner.spec)
+    result = segment(runner.predictors, case.volumes, runner.spec)
     target = grid_of(ct)
     predicted = labels_on_grid(result.probabilities, result.labels, result.grid, target)
     liver, tumor = case.masks.get("liver"), case.masks.get("tumor")
@@ -204,7 +204,7 @@ def _threshold_rows(job: tuple[str, CaseRecord]) -> list[dict[str, Any]]:
         _RUNNER = SegmenterRunner(Path(model))
     spec = replace(_RUNNER.spec, lesion_threshold=None)  # the network's own probabilities
     case = load_case(record)
-    result = segment(_RUNNER.predictors, case.volumes[spec.modality], spec)
+    result = segment(_RUNNER.predictors, case.volumes, spec)
     liver, tumor = case.masks.get("liver"), case.masks.get("tumor")
     truth = [mask_on_grid(m, result.grid) if m is not None else None for m in (liver, tumor)]
     rows = []

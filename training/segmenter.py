@@ -1,17 +1,19 @@
-"""Train one stage of a task's segmenter (organ and lesion), top to bottom: setup, data,
-model, one loop. The cascade's two stages (`models.segmenter`) train apart, on the same
-cohorts: ``coarse`` on the whole scan, ``fine`` on the box of the true organ (widened by
-more than the served margin, so windows see what the coarse stage's box may add).
+"""Train one stage of a task's segmenter, top to bottom: setup, data, model, one loop. The
+HCC cascade's two stages (`models.segmenter`) train apart, on the same cohorts: ``coarse``
+on the whole scan, ``fine`` on the box of the true organ (widened by more than the served
+margin, so windows see what the coarse stage's box may add). BraTS has the coarse stage only.
 
-Cases come from one or more cohorts in the HCC manifest layout (the grading benchmark, the
-broad torso cohort of `training.data.synth_torso`, or real data with liver and tumour
-masks). Each is brought onto the segmenter's grid once (`models.segmenter.segmenter_input`,
-what the service computes) and kept in a cache folder. Training then draws windows of the
-network's ``roi`` centred on a lesion, on the organ or anywhere, moves them with MONAI's
-spatial and intensity augmentation, and minimises MONAI's `DiceCELoss`. Every
-``val_every`` steps the validation cases are segmented whole (`sliding_window`, the
-service's inference) and scored with MONAI's `DiceMetric`; the best mean of organ and
-lesion Dice is kept as ``best.pt``.
+Cases come from one or more cohorts: for HCC in the manifest layout (the grading benchmark,
+the broad torso cohort of `training.data.synth_torso`, or real data with liver and tumour
+masks), for BraTS folders in its layout with ``seg`` label maps. Each is brought onto the
+segmenter's grid once (`models.segmenter.segmenter_input`, what the service computes) and
+kept in a cache folder. Training then draws windows of the network's ``roi`` centred on a
+lesion, on the organ (the whole tumour) or anywhere, moves them with MONAI's spatial and
+intensity augmentation, hides sequences (`modality_dropout`: the service meets studies with
+any of them), and minimises MONAI's `DiceCELoss`. Every ``val_every`` steps the validation
+cases are segmented whole (`sliding_window`, the service's inference) and scored with
+MONAI's `DiceMetric` on each nested region (`SegmenterSpec.regions`); the best mean is kept
+as ``best.pt``.
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ from models.segmenter import (
     coarse_grid,
     get_segmenter_spec,
     labels_from_probabilities,
+    reference_scan,
     segmenter_input,
     sliding_window,
 )
-from training.data.readers import CaseRecord, load_case, read_hcc_manifest
+from training.data.readers import CaseRecord, load_case, read_brats, read_hcc_manifest
 from training.data.synth_hcc import run_jobs
 from training.train import (
     Distributed,
@@ -67,7 +70,7 @@ from training.train import (
 
 log = logging.getLogger(__name__)
 
-SEGMENTER_MODELS = {"hcc": "hcc_segmenter"}
+SEGMENTER_MODELS = {"hcc": "hcc_segmenter", "brats": "brats_segmenter"}
 
 
 class SegmenterConfig(BaseModel):
@@ -75,9 +78,11 @@ class SegmenterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["hcc"] = "hcc"
+    task: Literal["hcc", "brats"] = "hcc"
     stage: StageName = "coarse"
-    data: list[Path] = Field(description="cohort manifests with organ and lesion masks")
+    data: list[Path] = Field(
+        description="cohorts with masks: HCC manifests (liver and tumour), BraTS folders (seg)"
+    )
     out: Path = Path("runs")
     name: str = ""
     cache: Path | None = Field(
@@ -101,6 +106,9 @@ class SegmenterConfig(BaseModel):
     window: tuple[int, int, int] | None = Field(
         None, description="training window (D, H, W); default the roi"
     )
+    # The chance that a window keeps only a random non-empty subset of the sequences (the
+    # others zeroed, as a study without them is served); 0 for a one-channel task.
+    modality_dropout: float = Field(0.0, ge=0.0, le=1.0)
     num_workers: int = Field(1, ge=0)
     workers: int | None = Field(None, ge=1, description="processes preparing the cache (default: all cores)")
 
@@ -108,6 +116,8 @@ class SegmenterConfig(BaseModel):
     def _resolve(self) -> SegmenterConfig:
         self.model = self.model or SEGMENTER_MODELS[self.task]
         self.name = self.name or f"{self.task}-segmenter-{self.stage}-s{self.seed}"
+        if self.stage not in get_segmenter_spec(self.task).stages:
+            raise ValueError(f"the {self.task} segmenter has no {self.stage} stage")
         if self.window is not None and any(w % 16 for w in self.window):
             raise ValueError(f"window sides must be multiples of 16 (the U-Net's strides), got {self.window}")
         if abs(sum(self.window_centres) - 1.0) > 1e-6 or min(self.window_centres) < 0:
@@ -132,23 +142,41 @@ def load_segmenter_config(path: Path | None, overrides: dict[str, Any]) -> Segme
 # ---------------------------------------------------------------------------- data
 
 
-def segmentation_records(manifests: list[Path], max_cases: int | None = None) -> list[CaseRecord]:
-    """Every case of the manifests that has an organ mask (a lesion mask is optional)."""
+def segmentation_records(task: str, cohorts: list[Path], max_cases: int | None = None) -> list[CaseRecord]:
+    """Every case of the cohorts that has its masks: HCC an organ mask (a lesion mask is
+    optional), BraTS a ``seg`` label map."""
     records: list[CaseRecord] = []
-    for manifest in manifests:
-        found = [r for r in read_hcc_manifest(manifest) if "liver" in r.mask_paths]
+    for cohort in cohorts:
+        if task == "brats":
+            found = [r for r in read_brats(cohort) if "seg" in r.mask_paths]
+            missing = "no case has a seg label map"
+        else:
+            found = [r for r in read_hcc_manifest(cohort) if "liver" in r.mask_paths]
+            missing = "no case has a liver_mask"
         if not found:
-            raise ValueError(f"{manifest}: no case has a liver_mask; the segmenter learns from masks")
+            raise ValueError(f"{cohort}: {missing}; the segmenter learns from masks")
         records += found[:max_cases] if max_cases else found
     return records
 
 
+def label_regions(case_masks: dict[str, Volume], spec: SegmenterSpec) -> list[Volume | None]:
+    """Each label's region (the label and those inside it), label 1 first, as a binary
+    `Volume` (None: the case has no mask for it). HCC: the liver and tumour masks; BraTS:
+    the ``seg`` map's whole tumour, core and enhancing tumour (its old label 3 read as 1)."""
+    seg = case_masks.get("seg")
+    if seg is not None:
+        values = np.rint(seg.array).astype(np.int64)
+        indices = spec.label_indices(np.where(values == 3, 1, values))
+        return [Volume((indices >= k).astype(np.uint8), seg.affine) for k in range(1, spec.num_labels)]
+    return [case_masks.get("liver"), case_masks.get("tumor")]
+
+
 def target_labels(case_masks: dict[str, Volume], grid: Any, spec: SegmenterSpec) -> np.ndarray:
-    """(D, H, W) uint8 target on the segmenter grid: organ 1, lesion 2 (each mask sampled
-    trilinearly and cut at one half, so a fine mask is not thinned by nearest sampling)."""
+    """(D, H, W) uint8 label indices on the segmenter grid: each label's region painted over
+    the one before it, each sampled trilinearly and cut at one half (so a fine mask is not
+    thinned by nearest sampling)."""
     labels = np.zeros(grid.shape[::-1], dtype=np.uint8)
-    for name, value in (("liver", spec.label("liver")), ("tumor", spec.label("lesion"))):
-        mask = case_masks.get(name)
+    for value, mask in enumerate(label_regions(case_masks, spec), start=1):
         if mask is None:
             continue
         on_grid = resample((mask.array > 0).astype(np.float32), mask.affine, grid, order=1)
@@ -163,14 +191,14 @@ FINE_EXTRA_MARGIN_MM = 15.0
 def stage_grid(case: Any, spec: SegmenterSpec, stage: StageName) -> Grid | None:
     """The grid of `stage` for a training case; the fine one around the true organ (None
     for a case without one: the fine stage never runs there)."""
-    volume = case.volumes[spec.modality]
     if stage == "coarse":
-        return coarse_grid(volume, spec)
+        return coarse_grid(reference_scan(case.volumes, spec), spec)
     organ = case.masks.get("liver")
     if organ is None or not organ.array.any():
         return None
     low, high = _world_box(organ.affine, *_index_box(organ.array > 0))
-    wider = replace(spec.fine, margin_mm=spec.fine.margin_mm + FINE_EXTRA_MARGIN_MM)
+    fine = spec.stage("fine")
+    wider = replace(fine, margin_mm=fine.margin_mm + FINE_EXTRA_MARGIN_MM)
     return box_grid(low, high, wider)
 
 
@@ -186,7 +214,7 @@ def _prepare(job: tuple[CaseRecord, str, str, str]) -> str | None:
     grid = stage_grid(case, spec, stage)  # type: ignore[arg-type]
     if grid is None:
         return None
-    prepared = segmenter_input(case.volumes[spec.modality], spec, grid)
+    prepared = segmenter_input(case.volumes, spec, grid)
     labels = target_labels(case.masks, prepared.grid, spec)
     temp = path.with_suffix(".tmp.npz")
     np.savez_compressed(
@@ -246,10 +274,12 @@ def augmentation(seed: int) -> Compose:
 
 
 class WindowDataset(Dataset):
-    """Random training windows: ``{"image" (1, *roi) float32, "label" (1, *roi) int64}``.
+    """Random training windows: ``{"image" (channels, *roi) float32, "label" (1, *roi) int64}``.
 
     Item i draws a case and a centre from its own random stream (seed, i, epoch), so runs
-    repeat; windows reaching past the grid are padded with air (0) and background.
+    repeat; windows reaching past the grid are padded with air (0) and background. With
+    `modality_dropout` p, a window keeps only a random non-empty subset of its channels
+    with chance p (the rest zeros, as a study without them is served).
     """
 
     def __init__(
@@ -259,12 +289,14 @@ class WindowDataset(Dataset):
         roi: tuple[int, int, int],
         centres: tuple[float, float, float],
         seed: int,
+        modality_dropout: float = 0.0,
     ):
         self.paths = paths
         self.spec = spec
         self.roi = roi
         self.centres = centres
         self.seed = seed
+        self.modality_dropout = modality_dropout
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         self._augment = augmentation(seed)
         self._draws = 0
@@ -278,7 +310,7 @@ class WindowDataset(Dataset):
         if index not in self._cache:
             case = load_prepared(self.paths[index])
             labels = case["labels"]
-            case["lesion_voxels"] = np.argwhere(labels == self.spec.label("lesion"))
+            case["lesion_voxels"] = np.argwhere(labels == self.spec.num_labels - 1)
             case["organ_voxels"] = np.argwhere(labels > 0)[::7]
             self._cache[index] = case
         return self._cache[index]
@@ -291,18 +323,23 @@ class WindowDataset(Dataset):
         self._draws += 1
         rng = np.random.default_rng([self.seed, worker_seed, self._draws])
         case = self.case(index)
-        image, labels = case["image"][0], case["labels"]
+        image, labels = case["image"], case["labels"]
         centre = self._centre(case, rng)
         window = tuple(
             slice(int(c) - r // 2, int(c) - r // 2 + r) for c, r in zip(centre, self.roi, strict=True)
         )
         item = {  # the window cast, not the case: a whole fine case to float32 took 0.1 s a step
-            "image": _crop(image, window, 0.0).astype(np.float32)[None],
+            "image": _crop(image, (slice(0, len(image)), *window), 0.0).astype(np.float32),
             "label": _crop(labels, window, 0)[None].astype(np.float32),
         }
         out = self._augment(item)
+        channels = np.asarray(out["image"], dtype=np.float32)
+        if len(channels) > 1 and rng.random() < self.modality_dropout:
+            kept = rng.random(len(channels)) < 0.5
+            kept[rng.integers(len(channels))] = True  # never none
+            channels = channels * kept[:, None, None, None]
         return {
-            "image": torch.as_tensor(np.asarray(out["image"]), dtype=torch.float32),
+            "image": torch.as_tensor(channels, dtype=torch.float32),
             "label": torch.as_tensor(np.asarray(out["label"])).round().long(),
         }
 
@@ -332,20 +369,21 @@ def _crop(array: np.ndarray, window: tuple[slice, ...], fill: float) -> np.ndarr
 
 
 def case_dice(predicted: np.ndarray, target: np.ndarray, spec: SegmenterSpec) -> dict[str, float]:
-    """Organ (lesions included) and lesion Dice of one case, by MONAI's `DiceMetric`; NaN
-    where the target has none (a case without a lesion has no lesion Dice)."""
-    lesion = spec.label("lesion")
-    channels = [(predicted > 0, target > 0), (predicted == lesion, target == lesion)]
-    pred = torch.as_tensor(np.stack([p for p, _ in channels])[None], dtype=torch.float32)
-    true = torch.as_tensor(np.stack([t for _, t in channels])[None], dtype=torch.float32)
+    """Dice of each nested region (`SegmenterSpec.regions`: label k or above) of one case,
+    by MONAI's `DiceMetric`; NaN where the target has none (a case without a lesion has no
+    lesion Dice)."""
+    regions = range(1, spec.num_labels)
+    pred = torch.as_tensor(np.stack([predicted >= k for k in regions])[None], dtype=torch.float32)
+    true = torch.as_tensor(np.stack([target >= k for k in regions])[None], dtype=torch.float32)
     scores = DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, true)[0]
-    return {"organ": float(scores[0]), "lesion": float(scores[1])}
+    return {name: float(score) for name, score in zip(spec.regions, scores, strict=True)}
 
 
 def validate(
     net: torch.nn.Module, paths: list[Path], spec: SegmenterSpec, stage: Stage, device: torch.device
 ) -> dict[str, float]:
-    """Mean organ and lesion Dice of whole validation cases, segmented as the service does."""
+    """Mean Dice of each region over whole validation cases, segmented as the service does,
+    and their mean (``val_score``)."""
     was_training = net.training
     net.eval()
 
@@ -359,14 +397,12 @@ def validate(
         grid = Grid(shape=tuple(int(s) for s in case["labels"].shape[::-1]), affine=case["affine"])  # type: ignore[arg-type]
         scores.append(case_dice(labels_from_probabilities(probabilities, spec, grid), case["labels"], spec))
     net.train(was_training)
-    organ = float(np.nanmean([s["organ"] for s in scores]))
-    lesions = [s["lesion"] for s in scores if not math.isnan(s["lesion"])]
-    lesion = float(np.mean(lesions)) if lesions else float("nan")
-    return {
-        "val_organ_dice": organ,
-        "val_lesion_dice": lesion,
-        "val_score": float(np.nanmean([organ, lesion])),
-    }
+    row = {}
+    for name in spec.regions:
+        found = [s[name] for s in scores if not math.isnan(s[name])]
+        row[f"val_{name}_dice"] = float(np.mean(found)) if found else float("nan")
+    row["val_score"] = float(np.nanmean(list(row.values())))
+    return row
 
 
 # ---------------------------------------------------------------------------- run
@@ -399,7 +435,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False) -> Path:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
     # --- data
-    records = segmentation_records(cfg.data, cfg.max_cases)
+    records = segmentation_records(cfg.task, cfg.data, cfg.max_cases)
     train_records = [r for r in records if r.split == "train"]
     val_records = [r for r in records if r.split == "val"]
     if not train_records or not val_records:
@@ -411,7 +447,9 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False) -> Path:
     val_paths = prepare_cache([val_records[i] for i in val_pick], cfg.task, cfg.stage, cache, cfg.workers)
     log.info("%s: %d train and %d val cases from %s", cfg.name, len(train_paths), len(val_paths), cfg.data)
     stage = spec.stage(cfg.stage)
-    windows = WindowDataset(train_paths, spec, cfg.window or stage.roi, cfg.window_centres, cfg.seed)
+    windows = WindowDataset(
+        train_paths, spec, cfg.window or stage.roi, cfg.window_centres, cfg.seed, cfg.modality_dropout
+    )
     sampler = RandomSampler(
         windows,
         replacement=True,
@@ -465,8 +503,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False) -> Path:
             append_row(run_dir / "metrics.csv", row)
             bar.set_postfix(
                 loss=f"{row['train_loss']:.3f}",
-                organ=f"{row['val_organ_dice']:.3f}",
-                lesion=f"{row['val_lesion_dice']:.3f}",
+                **{name: f"{row[f'val_{name}_dice']:.3f}" for name in spec.regions},
             )
             if row["val_score"] > best:
                 best = row["val_score"]

@@ -11,7 +11,8 @@ model (ManufacturerModelName, SoftwareVersions, algorithm identification) and sa
 - `parametric_map`: float attention per voxel on the reference series' own frames
   (OHIF shows Parametric Maps as overlays).
 - `segmentation`: a binary SEG on those frames: one segment per region-graph region, or
-  the liver and the lesion of the mask the grade used (`LIVER`, `LESION`).
+  the liver and the lesion of the mask the grade used (`LIVER`, `LESION`); a glioma's
+  sub-regions (`NECROTIC_CORE`, `EDEMA`, `ENHANCING_TUMOR`).
 - `rgb_capture`: a Secondary Capture of the PNG overlay (burned in) for viewers that show
   nothing else.
 - `secondary_capture`: the same for inputs without DICOM headers (NIfTI): no source to
@@ -285,6 +286,12 @@ class Segment:
 # The mask the grade used (`segmentation?format=dicom`, and the PACS push).
 LIVER = Segment("Liver", codes.SCT.AnatomicalStructure, codes.SCT.Liver)
 LESION = Segment("Lesion", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm)
+# A glioma's sub-regions, as BraTS labels them (1, 2, 4).
+NECROTIC_CORE = Segment(
+    "Necrotic and non-enhancing tumor core", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Necrosis
+)
+EDEMA = Segment("Peritumoral edema", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Edema)
+ENHANCING_TUMOR = Segment("Enhancing tumor", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm)
 
 
 def segmentation(
