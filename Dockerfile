@@ -19,14 +19,19 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     REACTKD_ENVIRONMENT=production \
     REACTKD_STORE_DIR=/data/store
-RUN useradd --create-home --uid 10001 reactkd \
+RUN groupadd --gid 10001 reactkd \
+    && useradd --create-home --uid 10001 --gid 10001 reactkd \
     && mkdir -p /data/store \
-    && chown -R reactkd /data
+    && chown -R 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
-USER reactkd
+# Numeric, so that Kubernetes' runAsNonRoot can check it. A store mounted from the host must
+# be writable by this uid (docs/deployment.md, "The store").
+USER 10001:10001
 WORKDIR /home/reactkd
 EXPOSE 8000
 VOLUME ["/data/store"]
+# Healthy means ready (/readyz: every served model loaded and warmed), not merely up
+# (/healthz, the liveness probe): a container whose models are missing reports unhealthy.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"
+    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status == 200 else 1)"
 CMD ["reactkd", "serve", "--host", "0.0.0.0", "--port", "8000"]

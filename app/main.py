@@ -8,26 +8,30 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NoReturn
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import ValidationError
 
 from app.admission import InferenceGate, default_memory_budget
 from app.api.deps import AuthDep
 from app.api.routes import explain, health, predict, predictions
 from app.api.routes import models as models_route
-from app.errors import install_error_handler
+from app.errors import StorageError, install_error_handler
 from app.ingest.uploads import BodyLimitMiddleware
 from app.logs import configure_logging, request_id_var
 from app.memory import freeze_startup_objects
 from app.metrics import Metrics
 from app.runtime import ServedModels
 from app.settings import Settings
-from app.store import Store
+from app.store import Store, check_writable
 
 log = logging.getLogger("app.main")
+# uvicorn's exit status when the app cannot start.
+STARTUP_FAILURE = 3
 
 
 async def _retention_loop(store: Store, settings: Settings) -> None:
@@ -129,10 +133,36 @@ def _docs(app: FastAPI) -> APIRouter:
     return router
 
 
+def _refuse_start(reason: str) -> NoReturn:
+    """One JSON line that says what to do, then exit: not a traceback in plain text."""
+    log.critical("start-up refused: %s", reason)
+    raise SystemExit(STARTUP_FAILURE)
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        # Messages only: pydantic's full text echoes the input, API keys and passwords included.
+        reasons = []
+        for error in exc.errors():
+            where = f"REACTKD_{'_'.join(map(str, error['loc'])).upper()}: " if error["loc"] else ""
+            reasons.append(where + error["msg"].removeprefix("Value error, "))
+        _refuse_start("; ".join(reasons))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service, configured by `settings` (default: from the environment and `.env`)."""
-    settings = settings or Settings()
+    """The service, configured by `settings` (default: from the environment and `.env`).
+
+    Exits with one log line when the settings or the store folder cannot serve.
+    """
+    configure_logging(settings.log_level if settings else "INFO")  # before any refusal
+    settings = settings or _settings_or_exit()
     configure_logging(settings.log_level)
+    try:
+        check_writable(settings.store_dir)
+    except StorageError as exc:
+        _refuse_start(exc.detail)
     app = FastAPI(
         title="REACT-KD Serve",
         version="0.1.0",

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "demo_models"
+# Secrets that may come from a file instead (`REACTKD_API_KEYS_FILE=/run/secrets/...`): a
+# plain variable is visible to anyone who can `docker inspect` or `exec env` the container.
+SECRET_SETTINGS = ("api_keys", "dicomweb_password", "dicomweb_token")
+# Keys that must never guard a production service: the `.env.example` placeholder, and any
+# key short enough to guess (24 characters of `secrets.token_urlsafe` are 144 bits).
+PLACEHOLDER_KEYS = frozenset({"change-me-to-a-long-random-key", "changeme", "change-me", "secret"})
+MIN_KEY_LENGTH = 24
 
 
 class Settings(BaseSettings):
@@ -29,6 +37,10 @@ class Settings(BaseSettings):
     served_segmenters: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     store_dir: Path = Path("var/store")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Files holding the secrets instead (docker compose `secrets:`, Kubernetes Secret volumes).
+    api_keys_file: Path | None = None
+    dicomweb_password_file: Path | None = None
+    dicomweb_token_file: Path | None = None
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     max_files: int = Field(default=2000, gt=0)
     # Zip safety: uncompressed total and per-member ratio (zip bombs).
@@ -70,12 +82,36 @@ class Settings(BaseSettings):
     dicomweb_token: SecretStr | None = None
     dicomweb_timeout_s: float = Field(default=30.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        """`REACTKD_X_FILE=/run/secrets/x` -> the file's text as `REACTKD_X` (one of the two)."""
+        if not isinstance(data, dict):
+            return data
+        for name in SECRET_SETTINGS:
+            path = data.get(f"{name}_file")
+            if path is None or (isinstance(path, str) and not path.strip()):
+                continue
+            variable = f"REACTKD_{name.upper()}"
+            if data.get(name) not in (None, "", []):
+                raise ValueError(f"set {variable} or {variable}_FILE, not both")
+            try:
+                # Secret files usually end with a newline (`echo key > file`); it is no part of it.
+                data = {**data, name: Path(path).read_text(encoding="utf-8").rstrip("\r\n")}
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(
+                    f"{variable}_FILE={str(path)!r} cannot be read ({type(exc).__name__}); "
+                    "mount the secret there or unset the variable"
+                ) from None
+        return data
+
     @field_validator("api_keys", "allow_cors", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
-        """`REACTKD_API_KEYS=a,b` -> ["a", "b"] (a plain list is kept)."""
+        """`REACTKD_API_KEYS=a,b` -> ["a", "b"] (a plain list is kept); a keys file may also
+        hold one key per line."""
         if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
+            return [item.strip() for item in re.split(r"[,\n]", value) if item.strip()]
         return value
 
     @field_validator("served_models", "served_segmenters", mode="before")
@@ -107,10 +143,22 @@ class Settings(BaseSettings):
                     "REACTKD_API_KEYS must be set in production (comma separated keys); "
                     "an open service beside a PACS would expose patient studies"
                 )
+            self._refuse_weak_keys()
             if "*" in self.allow_cors:
                 raise ValueError("REACTKD_ALLOW_CORS='*' is refused in production; list the origins")
         self._check_dicomweb()
         return self
+
+    def _refuse_weak_keys(self) -> None:
+        """The key itself is never in the message: it may be a real one, merely short."""
+        for number, key in enumerate(self.api_keys, start=1):
+            if key.lower() in PLACEHOLDER_KEYS or len(key) < MIN_KEY_LENGTH:
+                what = "is a placeholder" if key.lower() in PLACEHOLDER_KEYS else "is too short"
+                raise ValueError(
+                    f"REACTKD_API_KEYS: key {number} of {len(self.api_keys)} {what}; production "
+                    f"needs random keys of at least {MIN_KEY_LENGTH} characters, e.g. from "
+                    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                )
 
     def _check_dicomweb(self) -> None:
         for name in ("dicomweb_url", "dicomweb_stow_url"):

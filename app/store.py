@@ -14,6 +14,9 @@ it): opening and closing one per operation made every close checkpoint and delet
 WAL, an fsync-heavy ~10 ms per prediction. Commits use `synchronous=NORMAL`, which in WAL
 mode is durable against a crash of the process (a SIGKILL loses nothing committed); a
 power cut may roll back the last commits, never corrupt the database.
+
+The store holds patient data: its folders are 0750 and the files it writes 0640, so only the
+service's user (and its group, say a backup job) reads them. `app.store_backup` copies it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import re
 import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -73,6 +77,34 @@ def _unwritable(exc: Exception) -> StorageError:
     )
 
 
+def check_writable(root: Path) -> None:
+    """Raise `StorageError` unless the store folder can be written, with what to do: found at
+    start-up in one line, rather than as a traceback or the first prediction's 507."""
+    root = Path(root)
+    try:
+        (root / "files").mkdir(parents=True, exist_ok=True)
+        for folder in (root, root / "files"):
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        database = root / "store.sqlite3"
+        if database.exists() and not os.access(database, os.W_OK):
+            raise PermissionError(f"{database} is read-only")
+    except OSError as exc:
+        raise StorageError(
+            f"the store folder {str(root)!r} is not writable by uid {os.getuid()} "
+            f"({type(exc).__name__}); a host folder mounted there must belong to that user "
+            f"(`chown -R {os.getuid()}:{os.getgid()} HOST_FOLDER`, or mount it with `:U` under "
+            "podman), or set REACTKD_STORE_DIR to a writable folder"
+        ) from None
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a new file readable by the service's user and group only (patient data)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with open(fd, "wb") as file:
+        file.write(data)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -95,6 +127,10 @@ class Store:
         self.root = Path(root)
         self.files = self.root / "files"
         self.files.mkdir(parents=True, exist_ok=True)
+        # Patient data: no one outside the service's user and group may enter (umask aside).
+        for folder in (self.root, self.files):
+            with contextlib.suppress(PermissionError):  # a folder owned by another user
+                folder.chmod(0o750)
         self.db_path = self.root / "store.sqlite3"
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.db_path, timeout=10.0, check_same_thread=False)
@@ -121,7 +157,7 @@ class Store:
         try:
             free = shutil.disk_usage(self.files).free
             if expected_bytes + _SPOOL_RESERVE_BYTES <= free:
-                folder.mkdir()
+                folder.mkdir(mode=0o750)
         except OSError as exc:
             raise _unwritable(exc) from None
         if not folder.is_dir():
@@ -153,11 +189,11 @@ class Store:
                 raise ValueError(f"refusing to write outside the prediction folder: {relative!r}")
         created = time.time()
         try:
-            temp.mkdir()
+            temp.mkdir(mode=0o750)
             for relative, data in files.items():
                 path = temp / relative
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
+                path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+                _write_private(path, data)
             if uploads is not None:
                 os.replace(uploads, temp / "uploads")
             os.replace(temp, final)
@@ -199,9 +235,9 @@ class Store:
     def write_cache(self, prediction: StoredPrediction, relative: str, data: bytes) -> None:
         """Atomically add a computed explanation to a prediction's folder."""
         path = prediction.folder / "cache" / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        temp.write_bytes(data)
+        _write_private(temp, data)
         os.replace(temp, path)
 
     def read_cache(self, prediction: StoredPrediction, relative: str) -> bytes | None:
