@@ -64,7 +64,8 @@ def test_export_has_one_stage_reading_four_sequences(trained: Path, tmp_path: Pa
     entry = card["stages"]["coarse"]
     session = ort.InferenceSession(str(tmp_path / entry["onnx_file"]), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"image": np.zeros((1, 4, *entry["roi"]), np.float32)})[0]
-    assert logits.shape == (1, 4, *entry["roi"]) and entry["parity"]["max_abs_logit_diff"] < 1e-3
+    # One sigmoid logit per nested region: whole tumour, tumour core, enhancing tumour.
+    assert logits.shape == (1, 3, *entry["roi"]) and entry["parity"]["max_abs_logit_diff"] < 1e-3
     with pytest.raises(ValueError, match="stages"):
         export_segmenter(trained, trained, tmp_path / "two.onnx")
 
