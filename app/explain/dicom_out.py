@@ -5,9 +5,21 @@ study and Frame of Reference with its own new series and instance UIDs, and name
 model (ManufacturerModelName, SoftwareVersions, algorithm identification) and says
 "research use only" in its series description:
 
-- `structured_report`: Comprehensive 3D SR, an Imaging Measurement Report (TID 1500) with
-  one measurement group (TID 1501): the predicted class as a qualitative evaluation and
-  each class probability as a NUM with unit "1".
+- `structured_report`: Comprehensive 3D SR, an Imaging Measurement Report (TID 1500). Each
+  lesion of the mask (largest first, a few) is a TID 1410 group: a closed POLYLINE SCOORD
+  outlining it on its largest slice of the source series (what OHIF draws and lists), its
+  volume (SCT Volume, UCUM ml, by DCM "Sum of segmented voxel method") and longest axial
+  diameter (SCT Long axis, mm), finding SCT Neoplasm in SCT Liver or Brain. The largest
+  also holds the grade (SCT Histologic grade valued by the SNOMED CT Edmondson-Steiner
+  grades) or "not gradable", and each class probability (NUM, unit "1"); the attention
+  peak is a group of its own placed by a SCOORD3D point. Without a mask, one TID 1501
+  group holds the grade, the probabilities and the peak.
+  Private `99REACTKD` codes remain where DICOM and SNOMED CT have no concept: the per-class
+  probabilities (`P-<CLASS>`: DCM "Probability" names no class, and a report needs one
+  concept per class), a glioma's class names and its "predicted class" concept (LGG/HGG
+  are no SNOMED CT grades), the peak of a model's attention (`PEAK-ATTENTION`), and "not
+  gradable" (`NOT-GRADABLE`: SNOMED CT's "cannot be assessed" grades are per tumour site,
+  none for the liver that we could verify here).
 - `parametric_map`: float attention per voxel on the reference series' own frames
   (OHIF shows Parametric Maps as overlays).
 - `segmentation`: a binary SEG on those frames: one segment per region-graph region, or
@@ -17,6 +29,8 @@ model (ManufacturerModelName, SoftwareVersions, algorithm identification) and sa
   nothing else.
 - `secondary_capture`: the same for inputs without DICOM headers (NIfTI): no source to
   reference, so a new study unless one is given.
+
+`dciodvfy` (dicom3tools) finds no error in any of them (`tests/app/test_structured_report.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import highdicom as hd
 import numpy as np
@@ -34,6 +49,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
+from app.explain.lesions import Lesion
 from app.identity import MANUFACTURER, RESEARCH_ONLY
 from models.contract import Volume
 
@@ -50,6 +66,9 @@ _STANDARD_CLASS_CODES: dict[str, Code] = {
     "poor": codes.SCT.Grade3PoorlyDifferentiated,
 }
 _PROCEDURES = {"CT": codes.LN.CTUnspecifiedBodyRegion, "MR": codes.LN.MRIUnspecifiedBodyRegion}
+# Where each task's lesions lie (the finding site of the SR's lesion groups).
+_SITES = {"hcc": codes.SCT.Liver, "brats": codes.SCT.Brain}
+MILLILITER = Code("ml", "UCUM", "milliliter")
 
 # Type 2 attributes highdicom copies from the source; empty when the source lacks them.
 PATIENT_STUDY_TYPE2 = (
@@ -87,6 +106,16 @@ def _complete(ds: Dataset) -> Dataset:
     for keyword in PATIENT_STUDY_TYPE2:
         if keyword not in ds:
             setattr(ds, keyword, "")
+    return ds
+
+
+_D = TypeVar("_D", bound=Dataset)
+
+
+def _with_laterality(ds: _D, source: Dataset | None) -> _D:
+    """General Series' Laterality (Type 2C), which highdicom leaves out of Parametric Maps and
+    Secondary Captures: the source's, else empty (unpaired or unknown body part)."""
+    ds.Laterality = source.get("Laterality", "") if source is not None else ""
     return ds
 
 
@@ -156,6 +185,127 @@ def _peak_measurements(
     ]
 
 
+def _grade_items(
+    task: str, label: str | None, probabilities: Mapping[str, float], algorithm: hd.sr.AlgorithmIdentification
+) -> tuple[list[hd.sr.QualitativeEvaluation], list[hd.sr.Measurement]]:
+    """The grade (or "not gradable") and each class probability."""
+    evaluation = hd.sr.QualitativeEvaluation(
+        name=predicted_class_code(task), value=class_code(label) if label is not None else NOT_GRADABLE
+    )
+    measurements = [
+        hd.sr.Measurement(
+            name=probability_code(name), value=float(value), unit=codes.UCUM.NoUnits, algorithm_id=algorithm
+        )
+        for name, value in probabilities.items()
+    ]
+    return [evaluation], measurements
+
+
+def _peak_group(
+    peak: AttentionPeak | None, frame_of_reference: str | None, algorithm: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """The attention peak as a group of its own, placed by a SCOORD3D point (TID 1410 takes
+    no coordinates on its measurements)."""
+    if peak is None or not frame_of_reference:
+        return []
+    point = hd.sr.ImageRegion3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+        graphic_data=np.asarray([peak.position_lps], dtype=np.float64),
+        frame_of_reference_uid=frame_of_reference,
+    )
+    value = hd.sr.Measurement(
+        name=PEAK_ATTENTION, value=float(peak.value), unit=codes.UCUM.NoUnits, algorithm_id=algorithm
+    )
+    return [
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Attention peak"),
+            referenced_region=point,
+            algorithm_id=algorithm,
+            measurements=[value],
+        )
+    ]
+
+
+def _lesion_measurements(lesion: Lesion, algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
+    return [
+        hd.sr.Measurement(
+            name=codes.SCT.Volume,
+            value=round(lesion.volume_ml, 3),
+            unit=MILLILITER,
+            method=codes.DCM.SumOfSegmentedVoxelMethodForVolume,
+            algorithm_id=algorithm,
+        ),
+        hd.sr.Measurement(
+            name=codes.SCT.LongAxis,
+            value=round(lesion.diameter_mm, 2),
+            unit=codes.UCUM.Millimeter,
+            algorithm_id=algorithm,
+        ),
+    ]
+
+
+def _lesion_group(
+    number: int,
+    lesion: Lesion,
+    source: Dataset,
+    task: str,
+    algorithm: hd.sr.AlgorithmIdentification,
+    grade: tuple[list[hd.sr.QualitativeEvaluation], list[hd.sr.Measurement]] = ([], []),
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 group of one lesion: its outline on its largest slice of `source` (the
+    SCOORD a viewer draws and jumps to), its volume and longest axial diameter."""
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.asarray(lesion.outline, dtype=np.float64),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+    )
+    site = _SITES.get(task)
+    evaluations, measurements = grade
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"Lesion {number}"),
+        referenced_region=region,
+        finding_type=codes.SCT.Neoplasm,
+        finding_sites=[hd.sr.FindingSite(site)] if site is not None else None,
+        algorithm_id=algorithm,
+        measurements=_lesion_measurements(lesion, algorithm) + measurements,
+        qualitative_evaluations=evaluations or None,
+    )
+
+
+def _measurement_groups(
+    sources: Sequence[Dataset],
+    task: str,
+    lesions: Sequence[Lesion],
+    grade: tuple[list[hd.sr.QualitativeEvaluation], list[hd.sr.Measurement]],
+    peak: tuple[AttentionPeak | None, str | None],
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """One group per lesion, the grade with the largest (the one the grader's crop centres
+    on), then the attention peak; without lesions, one image-level group (TID 1501)."""
+    if not lesions:
+        evaluations, measurements = grade
+        return [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=hd.UID(), identifier=f"REACT-KD {task} prediction"
+                ),
+                finding_type=codes.SCT.Neoplasm,
+                algorithm_id=algorithm,
+                qualitative_evaluations=evaluations,
+                measurements=measurements + _peak_measurements(*peak, algorithm),
+            )
+        ]
+    groups: list[
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
+    ] = [
+        _lesion_group(
+            number, lesion, sources[lesion.slice_index], task, algorithm, grade if number == 1 else ([], [])
+        )
+        for number, lesion in enumerate(lesions, start=1)
+    ]
+    return groups + _peak_group(*peak, algorithm)
+
+
 def structured_report(
     sources: Sequence[Dataset],
     *,
@@ -164,10 +314,13 @@ def structured_report(
     probabilities: Mapping[str, float],
     provenance: Provenance,
     peak: AttentionPeak | None = None,
+    lesions: Sequence[Lesion] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """TID 1500 report of one prediction, with the source series as evidence; `label` None
     is a study not graded (no probabilities then).
 
+    `lesions` (`app.explain.lesions`, on the grid of `sources`, largest first) each get a
+    measurement group outlined on their largest slice; the grade goes with the first.
     With `peak`, the report also holds the peak attention value located by a SCOORD3D
     point in the sources' Frame of Reference (which the report then carries).
     """
@@ -180,32 +333,14 @@ def structured_report(
             uid=hd.UID(), name=provenance.model_name, manufacturer_name=MANUFACTURER
         ),
     )
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"REACT-KD {task} prediction"),
-        finding_type=codes.SCT.Neoplasm,
-        algorithm_id=algorithm,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(
-                name=predicted_class_code(task),
-                value=class_code(label) if label is not None else NOT_GRADABLE,
-            )
-        ],
-        measurements=[
-            hd.sr.Measurement(
-                name=probability_code(name),
-                value=float(value),
-                unit=codes.UCUM.NoUnits,
-                algorithm_id=algorithm,
-            )
-            for name, value in probabilities.items()
-        ]
-        + _peak_measurements(peak, frame_of_reference, algorithm),
-    )
+    grade = _grade_items(task, label, probabilities, algorithm)
     modality = str(sources[0].get("Modality", "CT"))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=_PROCEDURES.get(modality, codes.LN.CTUnspecifiedBodyRegion),
-        imaging_measurements=[group],
+        imaging_measurements=_measurement_groups(
+            sources, task, lesions, grade, (peak, frame_of_reference), algorithm
+        ),
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=sources,
@@ -245,7 +380,7 @@ def parametric_map_dataset(
         slope=1.0,
         intercept=0.0,
     )
-    return hd.pm.ParametricMap(
+    pm = hd.pm.ParametricMap(
         source_images=sources,
         pixel_array=_frames(attention.array).astype(np.float32),
         series_instance_uid=hd.UID(),
@@ -262,6 +397,7 @@ def parametric_map_dataset(
         series_description=provenance.description("REACT-KD attention"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
+    return _with_laterality(pm, sources[0])
 
 
 def parametric_map(attention: Volume, sources: list[Dataset], description: str) -> bytes:
@@ -382,7 +518,7 @@ def rgb_capture(png: bytes, source: Dataset, provenance: Provenance) -> hd.sc.SC
     )
     # The title, colour bar and overlay are drawn into the pixels.
     sc.BurnedInAnnotation = "YES"
-    return sc
+    return _with_laterality(sc, source)
 
 
 def secondary_capture(png: bytes, description: str, study_uid: str | None) -> bytes:
@@ -402,5 +538,5 @@ def secondary_capture(png: bytes, description: str, study_uid: str | None) -> by
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     buffer = io.BytesIO()
-    sc.save_as(buffer)
+    _with_laterality(sc, None).save_as(buffer)
     return buffer.getvalue()

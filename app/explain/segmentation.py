@@ -50,11 +50,17 @@ def mask_on_reference(localized: Localized) -> Volume:
     return Volume(array, target.affine)
 
 
-def mask_seg(localized: Localized, headers: list[Dataset], provenance: dicom_out.Provenance) -> Dataset:
+def mask_seg(
+    localized: Localized,
+    headers: list[Dataset],
+    provenance: dicom_out.Provenance,
+    on_reference: Volume | None = None,
+) -> Dataset:
     """The mask as a DICOM SEG on the source frames: segments Liver and Lesion (HCC), a
     glioma's necrotic core, edema and enhancing tumour (BraTS), marked as the model's
-    (algorithm name and version) or as the client's."""
-    labels = mask_on_reference(localized)
+    (algorithm name and version) or as the client's. `on_reference`: the mask already
+    brought there (`mask_on_reference`), if it was."""
+    labels = on_reference if on_reference is not None else mask_on_reference(localized)
     named = SEGMENTS.get(localized.task.name, {})
     values = [int(v) for v in np.unique(labels.array) if v > 0]
     renumbered = np.searchsorted([0, *values], labels.array).astype(np.uint8)

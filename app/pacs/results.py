@@ -24,19 +24,22 @@ from app.errors import NotAvailableError
 from app.explain import dicom_out
 from app.explain.case import Localized, StoredCase, load_stored_case
 from app.explain.graph import case_regions, node_name
-from app.explain.segmentation import mask_seg
+from app.explain.lesions import Lesion, measure_lesions
+from app.explain.segmentation import mask_on_reference, mask_seg
 from app.explain.views import case_view, view_png
 from app.identity import RESEARCH_ONLY
 from app.pacs.references import missing_reference
 from app.store import Store
 from models.contract import Volume, map_to_grid
+from models.segmenter import SEGMENTERS
 
 log = logging.getLogger("app.pacs.results")
 
 Kind = Literal["sr", "pm", "seg", "capture", "mask"]
 KINDS: tuple[Kind, ...] = ("sr", "pm", "seg", "capture", "mask")
 DESCRIPTIONS: dict[Kind, str] = {
-    "sr": "Comprehensive 3D SR: predicted class and class probabilities, or not gradable (TID 1500)",
+    "sr": "Comprehensive 3D SR (TID 1500): each lesion outlined on its largest slice with its volume and "
+    "longest axial diameter; the predicted class and class probabilities, or not gradable",
     "pm": "Parametric Map: attention on the source series' frames",
     "seg": "Segmentation: one segment per region of the region graph",
     "capture": "RGB Secondary Capture: attention overlay burned in",
@@ -107,15 +110,29 @@ def region_labels(case: StoredCase) -> tuple[Volume, list[str]]:
     return Volume(out, on_source.affine), names
 
 
+def case_lesions(localized: Localized, on_reference: Volume) -> list[Lesion]:
+    """The largest lesions of the prediction's mask on the source grid (`mask_on_reference`)."""
+    spec = SEGMENTERS.get(localized.task.name)
+    return measure_lesions(on_reference, has_organ=spec is not None and spec.has_organ)
+
+
 def _build(localized: Localized, store: Store, headers: list[Dataset]) -> dict[Kind, Dataset]:
     made_by = provenance(localized)
     response = localized.prediction.response
     objects: dict[Kind, Dataset] = {}
+    lesions: list[Lesion] = []
     if localized.mask is not None:
-        objects["mask"] = mask_seg(localized, headers, mask_provenance(localized))
+        on_reference = mask_on_reference(localized)  # once: the SEG and the SR's lesions
+        objects["mask"] = mask_seg(localized, headers, mask_provenance(localized), on_reference)
+        lesions = case_lesions(localized, on_reference)
     if not localized.gradable:
         objects["sr"] = dicom_out.structured_report(
-            headers, task=localized.task.name, label=None, probabilities={}, provenance=made_by
+            headers,
+            task=localized.task.name,
+            label=None,
+            probabilities={},
+            provenance=made_by,
+            lesions=lesions,
         )
         return objects
     case = load_stored_case(store, localized.prediction)
@@ -128,6 +145,7 @@ def _build(localized: Localized, store: Store, headers: list[Dataset]) -> dict[K
         probabilities=response["probabilities"],
         provenance=made_by,
         peak=attention_peak(attention),
+        lesions=lesions,
     )
     objects["pm"] = dicom_out.parametric_map_dataset(attention, headers, made_by)
     labels, names = region_labels(case)
