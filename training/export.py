@@ -465,12 +465,7 @@ def export_segmenter(
             f"channels {list(spec.modalities)}, a missing one zeros",
             "intensity": intensity,
         },
-        "outputs": {
-            SEGMENTER_OUTPUT: f"[N, {spec.num_labels}, D, H, W] over labels {list(spec.labels)} (a softmax)"
-            if spec.outputs == "labels"
-            else f"[N, {spec.num_outputs}, D, H, W] over the nested regions {list(spec.regions)} (a sigmoid "
-            "each; models.segmenter.label_probabilities)"
-        },
+        "outputs": {SEGMENTER_OUTPUT: f"[N, {spec.num_labels}, D, H, W] over labels {list(spec.labels)}"},
         "stages": stages,
         "preprocessing": (
             "models.segmenter.segment: coarse stage on an RAS+ grid over the "
@@ -479,8 +474,7 @@ def export_segmenter(
             + f" (the stages' spacing, margin and largest shape above); trilinear resampling; {intensity}"
         ),
         "postprocessing": (
-            "Gaussian-blended windows (overlap 0.25), label probabilities; the last label's odds weighed so "
-            "that "
+            "Gaussian-blended windows (overlap 0.25), softmax; the last label's odds weighed so that "
             "lesion_threshold becomes one half (weigh_lesion); labels_from_probabilities: the largest "
             "26-connected structure, holes filled, nothing outside it, components of the last label under "
             f"{spec.min_lesion_ml} ml dropped"

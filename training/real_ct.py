@@ -64,9 +64,7 @@ def raw_liver_components(runner: SegmenterRunner, scan: Volume, min_ml: float = 
     (mm; +x is the patient's right, +z the head). The coarse stage runs again here (`segment`
     keeps only the cleaned labels): a second pass a report can afford and serving need not."""
     overview = segmenter_input(scan, runner.spec)
-    coarse = sliding_window(
-        runner.predictors["coarse"], overview.image, runner.spec.coarse, runner.spec.outputs
-    )
+    coarse = sliding_window(runner.predictors["coarse"], overview.image, runner.spec.coarse)
     coarse = only_scanned(coarse, overview.scanned)
     organ = np.argmax(coarse, axis=0) > 0
     components, count = ndimage.label(organ, structure=np.ones((3, 3, 3)))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -394,7 +393,7 @@ def validate(
     scores = []
     for path in paths:
         case = load_prepared(path)
-        probabilities = sliding_window(predict, case["image"].astype(np.float32), stage, spec.outputs)
+        probabilities = sliding_window(predict, case["image"].astype(np.float32), stage)
         grid = Grid(shape=tuple(int(s) for s in case["labels"].shape[::-1]), affine=case["affine"])  # type: ignore[arg-type]
         scores.append(case_dice(labels_from_probabilities(probabilities, spec, grid), case["labels"], spec))
     net.train(was_training)
@@ -407,21 +406,6 @@ def validate(
 
 
 # ---------------------------------------------------------------------------- run
-
-
-def segmentation_loss(spec: SegmenterSpec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """MONAI's `DiceCELoss` of logits (N, outputs, *roi) against labels (N, 1, *roi): over
-    the labels but background (a softmax), or over each nested region (a sigmoid each,
-    BraTS' region-based training: `SegmenterSpec.outputs`)."""
-    if spec.outputs == "labels":
-        return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-    dice_bce = DiceCELoss(sigmoid=True, batch=True)
-
-    def regions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        targets = torch.cat([(labels >= k).float() for k in range(1, spec.num_labels)], dim=1)
-        return dice_bce(logits, targets)
-
-    return regions
 
 
 def save_checkpoint(path: Path, net: torch.nn.Module, cfg: SegmenterConfig, **extra: Any) -> None:
@@ -478,7 +462,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False) -> Path:
     net = create_model(cfg.model, **cfg.model_kwargs).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / cfg.steps) ** 0.9)
-    loss_fn = segmentation_loss(spec)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     step, best, minutes_before = 0, -math.inf, 0.0
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if resume and last_path.exists():

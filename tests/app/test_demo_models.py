@@ -58,4 +58,4 @@ def test_a_shipped_segmenter_has_the_stages_its_card_says(card_path: Path) -> No
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         window = np.zeros((1, spec.channels, *stage["roi"]), np.float32)
         (logits,) = session.run(["logits"], {"image": window})
-        assert logits.shape == (1, spec.num_outputs, *stage["roi"])
+        assert logits.shape == (1, spec.num_labels, *stage["roi"])

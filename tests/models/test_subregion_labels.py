@@ -8,12 +8,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from models.contract import Grid, Volume, from_tensor_layout, to_tensor_layout
 from models.segmenter import (
     get_segmenter_spec,
-    label_probabilities,
     labels_from_probabilities,
     labels_ml,
     labels_on_grid,
@@ -98,15 +96,3 @@ def test_labels_on_another_grid_keep_the_nesting_region_by_region() -> None:
     volumes = labels_ml(labels, GRID, SPEC)
     assert list(volumes) == ["edema", "necrotic", "enhancing"]
     assert sum(volumes.values()) == pytest.approx(float((labels > 0).sum()) * 2.5**3 / 1000)
-
-
-def test_region_sigmoids_become_nested_label_probabilities() -> None:
-    """Whole tumour 0.9, core 0.7, enhancing 0.95 (more than the core it lies in: cut to 0.7)."""
-    logits = torch.logit(torch.tensor([0.9, 0.7, 0.95])).reshape(3, 1, 1, 1)
-    p = label_probabilities(logits, "regions")[:, 0, 0, 0]
-    assert p == pytest.approx([0.1, 0.2, 0.0, 0.7], abs=1e-6)
-    assert p.sum() == pytest.approx(1.0)
-    # "Label k or above" is the region's own probability again.
-    assert p[1:].sum() == pytest.approx(0.9) and p[2:].sum() == pytest.approx(0.7)
-    softmax = label_probabilities(torch.zeros(4, 2, 2, 2))
-    assert softmax.shape == (4, 2, 2, 2) and np.allclose(softmax, 0.25)

@@ -22,7 +22,7 @@ from training.segmenter import SegmenterConfig, WindowDataset, label_regions, tr
 from training.subregion_report import region_dice
 
 SPEC = get_segmenter_spec("brats")
-TINY = {"init_filters": 8, "blocks_down": [1, 1, 1, 1], "blocks_up": [1, 1, 1]}  # group norm: 8s
+TINY = {"channels": [4, 8, 16, 16]}
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,7 @@ def test_export_has_one_stage_reading_four_sequences(trained: Path, tmp_path: Pa
     entry = card["stages"]["coarse"]
     session = ort.InferenceSession(str(tmp_path / entry["onnx_file"]), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"image": np.zeros((1, 4, *entry["roi"]), np.float32)})[0]
-    # One sigmoid logit per nested region: whole tumour, tumour core, enhancing tumour.
-    assert logits.shape == (1, 3, *entry["roi"]) and entry["parity"]["max_abs_logit_diff"] < 1e-3
+    assert logits.shape == (1, 4, *entry["roi"]) and entry["parity"]["max_abs_logit_diff"] < 1e-3
     with pytest.raises(ValueError, match="stages"):
         export_segmenter(trained, trained, tmp_path / "two.onnx")
 
