@@ -106,8 +106,8 @@ class SegmenterConfig(BaseModel):
     window: tuple[int, int, int] | None = Field(
         None, description="training window (D, H, W); default the roi"
     )
-    # The chance that a window keeps only a random non-empty subset of the sequences (the
-    # others zeroed, as a study without them is served); 0 for a one-channel task.
+    # The chance that a window keeps a random non-empty subset of the sequences, each subset
+    # as likely (the others zeroed, as a study without them is served); 0 for one channel.
     modality_dropout: float = Field(0.0, ge=0.0, le=1.0)
     num_workers: int = Field(1, ge=0)
     workers: int | None = Field(None, ge=1, description="processes preparing the cache (default: all cores)")
@@ -278,8 +278,8 @@ class WindowDataset(Dataset):
 
     Item i draws a case and a centre from its own random stream (seed, i, epoch), so runs
     repeat; windows reaching past the grid are padded with air (0) and background. With
-    `modality_dropout` p, a window keeps only a random non-empty subset of its channels
-    with chance p (the rest zeros, as a study without them is served).
+    `modality_dropout` p, a window keeps a random non-empty subset of its channels (each
+    subset as likely) with chance p (the rest zeros, as a study without them is served).
     """
 
     def __init__(
@@ -335,9 +335,10 @@ class WindowDataset(Dataset):
         out = self._augment(item)
         channels = np.asarray(out["image"], dtype=np.float32)
         if len(channels) > 1 and rng.random() < self.modality_dropout:
-            kept = rng.random(len(channels)) < 0.5
-            kept[rng.integers(len(channels))] = True  # never none
-            channels = channels * kept[:, None, None, None]
+            # Every non-empty subset equally likely: each sequence alone as often as any pair.
+            subset = int(rng.integers(1, 2 ** len(channels)))
+            kept = (subset >> np.arange(len(channels))) & 1
+            channels = channels * kept[:, None, None, None].astype(np.float32)
         return {
             "image": torch.as_tensor(channels, dtype=torch.float32),
             "label": torch.as_tensor(np.asarray(out["label"])).round().long(),
@@ -382,26 +383,43 @@ def case_dice(predicted: np.ndarray, target: np.ndarray, spec: SegmenterSpec) ->
 def validate(
     net: torch.nn.Module, paths: list[Path], spec: SegmenterSpec, stage: Stage, device: torch.device
 ) -> dict[str, float]:
-    """Mean Dice of each region over whole validation cases, segmented as the service does,
-    and their mean (``val_score``)."""
+    """Mean Dice of each region over whole validation cases, segmented as the service does
+    with every channel; with several, also each one alone (``val_<modality>_score``, the
+    mean over regions), as the service meets them. ``val_score`` is the mean over these
+    subsets: the checkpoint kept is the best on what the service will be sent."""
     was_training = net.training
     net.eval()
 
     def predict(window: torch.Tensor) -> torch.Tensor:
         return net(window.to(device)).cpu()
 
-    scores = []
+    subsets = {"all": np.ones(spec.channels, dtype=np.float32)}
+    if spec.channels > 1:
+        subsets.update(
+            {name: np.eye(spec.channels, dtype=np.float32)[i] for i, name in enumerate(spec.modalities)}
+        )
+    scores: dict[str, list[dict[str, float]]] = {name: [] for name in subsets}
     for path in paths:
         case = load_prepared(path)
-        probabilities = sliding_window(predict, case["image"].astype(np.float32), stage)
         grid = Grid(shape=tuple(int(s) for s in case["labels"].shape[::-1]), affine=case["affine"])  # type: ignore[arg-type]
-        scores.append(case_dice(labels_from_probabilities(probabilities, spec, grid), case["labels"], spec))
+        for name, kept in subsets.items():
+            image = case["image"].astype(np.float32) * kept[:, None, None, None]
+            probabilities = sliding_window(predict, image, stage)
+            labels = labels_from_probabilities(probabilities, spec, grid)
+            scores[name].append(case_dice(labels, case["labels"], spec))
     net.train(was_training)
-    row = {}
-    for name in spec.regions:
-        found = [s[name] for s in scores if not math.isnan(s[name])]
-        row[f"val_{name}_dice"] = float(np.mean(found)) if found else float("nan")
-    row["val_score"] = float(np.nanmean(list(row.values())))
+    row, means = {}, []
+    for subset, rows in scores.items():
+        regions = {}
+        for region in spec.regions:
+            found = [s[region] for s in rows if not math.isnan(s[region])]
+            regions[region] = float(np.mean(found)) if found else float("nan")
+        means.append(float(np.nanmean(list(regions.values()))))
+        if subset == "all":
+            row.update({f"val_{region}_dice": value for region, value in regions.items()})
+        else:
+            row[f"val_{subset}_score"] = means[-1]
+    row["val_score"] = float(np.mean(means))
     return row
 
 

@@ -53,6 +53,10 @@ def test_training_validates_each_brats_region(trained: Path) -> None:
     row = next(csv.DictReader((trained.parent / "metrics.csv").open()))
     for name in ("whole_tumour", "tumour_core", "enhancing_tumour"):
         assert 0.0 <= float(row[f"val_{name}_dice"]) <= 1.0
+    # Selected on what the service is sent: all four sequences and each alone.
+    singles = [float(row[f"val_{m}_score"]) for m in ("t1", "t1ce", "t2", "flair")]
+    all_four = np.nanmean([float(row[f"val_{n}_dice"]) for n in SPEC.regions])
+    assert float(row["val_score"]) == pytest.approx(np.mean([all_four, *singles]))
     with pytest.raises(ValueError, match="no fine stage"):
         SegmenterConfig(task="brats", stage="fine", data=[trained])
 
