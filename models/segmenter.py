@@ -207,17 +207,16 @@ def spec_of_card(card: Mapping[str, Any]) -> SegmenterSpec:
     return replace(spec, lesion_threshold=float(threshold))
 
 
-@register_segmenter
-def hcc_segmenter(
-    in_channels: int = 1,
-    num_classes: int = 3,
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256),
-    strides: tuple[int, ...] = (2, 2, 2, 2),
-    num_res_units: int = 1,
-    norm: str = "instance",
-    dropout: float = 0.0,
+def residual_unet(
+    in_channels: int,
+    num_classes: int,
+    channels: tuple[int, ...],
+    strides: tuple[int, ...],
+    num_res_units: int,
+    norm: str,
+    dropout: float,
 ) -> nn.Module:
-    """MONAI's residual U-Net over the CT: logits (N, labels, D, H, W) on the input grid."""
+    """MONAI's residual U-Net: logits (N, labels, D, H, W) on the input grid."""
     from monai.networks.nets import UNet  # MONAI loads in seconds: only when a segmenter is built
 
     return UNet(
@@ -233,6 +232,20 @@ def hcc_segmenter(
 
 
 @register_segmenter
+def hcc_segmenter(
+    in_channels: int = 1,
+    num_classes: int = 3,
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256),
+    strides: tuple[int, ...] = (2, 2, 2, 2),
+    num_res_units: int = 1,
+    norm: str = "instance",
+    dropout: float = 0.0,
+) -> nn.Module:
+    """The residual U-Net over the CT."""
+    return residual_unet(in_channels, num_classes, channels, strides, num_res_units, norm, dropout)
+
+
+@register_segmenter
 def brats_segmenter(
     in_channels: int = 4,
     num_classes: int = 4,
@@ -242,22 +255,11 @@ def brats_segmenter(
     norm: str = "instance",
     dropout: float = 0.0,
 ) -> nn.Module:
-    """MONAI's residual U-Net over the four sequences: logits (N, labels, D, H, W) on the
-    input grid. Not SegResNet: with 8 initial filters it had not learned the enhancing rim
-    after 400 steps (validation Dice 0.0 with a softmax, 0.07 with one sigmoid per region),
-    where this U-Net drew it on its training windows by step 60 (docs/segmenter.md)."""
-    from monai.networks.nets import UNet
-
-    return UNet(
-        spatial_dims=3,
-        in_channels=in_channels,
-        out_channels=num_classes,
-        channels=tuple(channels),
-        strides=tuple(strides),
-        num_res_units=num_res_units,
-        norm=norm,
-        dropout=dropout,
-    )
+    """The residual U-Net over the four sequences. Not SegResNet: with 8 initial filters it
+    had not learned the enhancing rim after 400 steps (validation Dice 0.0 with a softmax,
+    0.07 with one sigmoid per region), where this U-Net drew it on its training windows by
+    step 60 (docs/segmenter.md)."""
+    return residual_unet(in_channels, num_classes, channels, strides, num_res_units, norm, dropout)
 
 
 # --------------------------------------------------------------------------- input
