@@ -90,7 +90,7 @@ def localize(
         if spec.has_organ:
             localization = Localization(source, study.mask, summarize(values, mask_grid, reference), overview)
         else:  # the labels are parts of the lesion (BraTS): all of them together are the lesion
-            labels = spec.label_indices(np.where(values == 3, 1, values))  # BraTS 2017's 3 is 1
+            labels = spec.label_indices(values)
             summary = summarize((labels > 0).astype(np.uint8), mask_grid, reference)
             localization = Localization(source, study.mask, summary, overview)
             localization.labels_ml = labels_ml(labels, mask_grid, spec)

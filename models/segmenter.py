@@ -103,6 +103,7 @@ class SegmenterSpec:
             Dice is reported on).
         values: the value each label has in a mask file (BraTS keeps its 0, 2, 1, 4);
             None: the label's index.
+        aliases: (value, read as) pairs of older mask files (BraTS 2017's 3 is today's 1).
         has_organ: whether label 1 is an organ holding the lesions (HCC's liver), rather
             than a part of the lesion itself (BraTS' edema).
         lesion_threshold: the lesion's probability from which a voxel is lesion
@@ -120,6 +121,7 @@ class SegmenterSpec:
     min_lesion_ml: float
     regions: tuple[str, ...] = ("organ", "lesion")
     values: tuple[int, ...] | None = None
+    aliases: tuple[tuple[int, int], ...] = ()
     has_organ: bool = True
     lesion_threshold: float | None = None
 
@@ -149,9 +151,12 @@ class SegmenterSpec:
         return np.asarray(self.values if self.values is not None else range(self.num_labels), dtype=np.uint8)
 
     def label_indices(self, values: np.ndarray) -> np.ndarray:
-        """A mask's values -> label indices (a value the spec does not know is background)."""
+        """A mask's values -> label indices (`aliases` read as theirs; a value the spec does
+        not know is background)."""
         lookup = np.zeros(256, dtype=np.uint8)
         lookup[self.label_values()] = np.arange(self.num_labels, dtype=np.uint8)
+        for alias, value in self.aliases:
+            lookup[alias] = lookup[value]
         return lookup[np.clip(values, 0, 255).astype(np.uint8)]
 
 
@@ -183,6 +188,7 @@ BRATS_SEGMENTER = SegmenterSpec(
     min_lesion_ml=0.05,
     regions=("whole_tumour", "tumour_core", "enhancing_tumour"),
     values=(0, 2, 1, 4),
+    aliases=((3, 1),),
     has_organ=False,
 )
 SEGMENTERS: dict[str, SegmenterSpec] = {spec.task: spec for spec in (HCC_SEGMENTER, BRATS_SEGMENTER)}

@@ -165,8 +165,7 @@ def label_regions(case_masks: dict[str, Volume], spec: SegmenterSpec) -> list[Vo
     the ``seg`` map's whole tumour, core and enhancing tumour (its old label 3 read as 1)."""
     seg = case_masks.get("seg")
     if seg is not None:
-        values = np.rint(seg.array).astype(np.int64)
-        indices = spec.label_indices(np.where(values == 3, 1, values))
+        indices = spec.label_indices(np.rint(seg.array).astype(np.int64))
         return [Volume((indices >= k).astype(np.uint8), seg.affine) for k in range(1, spec.num_labels)]
     return [case_masks.get("liver"), case_masks.get("tumor")]
 

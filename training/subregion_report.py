@@ -60,8 +60,7 @@ def _score_case(job: tuple[str, CaseRecord, list[str]]) -> list[dict[str, Any]]:
     spec = _RUNNER.spec
     case = load_case(record)
     seg = case.masks["seg"]
-    values = np.rint(seg.array).astype(np.int64)
-    truth = spec.label_indices(np.where(values == 3, 1, values))  # BraTS 2017's 3 is 1
+    truth = spec.label_indices(np.rint(seg.array).astype(np.int64))  # BraTS 2017's 3 read as 1
     target = grid_of(seg)
     voxel_ml = float(np.prod(target.spacing)) / 1000.0
     rows = []

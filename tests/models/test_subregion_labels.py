@@ -46,9 +46,9 @@ def glioma(shape: tuple[int, int, int] = (40, 40, 40)) -> np.ndarray:
 
 def test_brats_values_map_to_nested_label_indices_and_back() -> None:
     assert SPEC.labels == ("background", "edema", "necrotic", "enhancing") and SPEC.stages == ("coarse",)
-    values = np.array([0, 1, 2, 4, 7])
+    values = np.array([0, 1, 2, 4, 7, 3])
     indices = SPEC.label_indices(values)
-    assert indices.tolist() == [0, 2, 1, 3, 0]  # a value BraTS does not use is background
+    assert indices.tolist() == [0, 2, 1, 3, 0, 2]  # unknown: background; BraTS 2017's 3: 1
     assert SPEC.label_values()[indices[:4]].tolist() == [0, 1, 2, 4]
     # Nested: label k or above is whole tumour, tumour core, enhancing tumour.
     assert SPEC.regions == ("whole_tumour", "tumour_core", "enhancing_tumour")
