@@ -54,6 +54,8 @@ def _synth(args: argparse.Namespace) -> None:
         options: dict[str, Any] = {"spacing": args.spacing} if args.spacing else {}
         if args.lgg_fraction is not None:
             options["lgg_fraction"] = args.lgg_fraction
+        if args.skull_stripped is not None:
+            options["skull_stripped"] = args.skull_stripped
         manifest = write_brats_cohort(
             args.out, args.cases, args.seed, workers=args.workers, **shape, **options
         )
@@ -307,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--lgg-fraction",
         type=float,
         help="BraTS: the chance that a case is LGG (default BraTS 2019's 1 in 4.4; 0.5 balanced)",
+    )
+    synth.add_argument(
+        "--skull-stripped",
+        type=float,
+        help="BraTS: the chance that a case is skull-stripped, as real BraTS scans are (default 0)",
     )
     synth.set_defaults(func=_synth)
 

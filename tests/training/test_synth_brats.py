@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 from cohort_shapes import BRATS_SHAPE
 
-from training.data.synth_brats import generate_brats_case
+from training.data.synth_brats import generate_brats_case, write_brats_cohort
 
 
 def test_layout_and_labels(brats_root: Path) -> None:
@@ -95,3 +95,28 @@ def test_each_sign_leans_with_the_grade_and_none_decides_it() -> None:
     lgg_ring = np.mean([d["ring_mm"] > 0 for d in draws["LGG"]])
     assert 0.18 < hgg_without_rim < 0.3 and 0.03 < hgg_silent < 0.12
     assert 0.18 < lgg_enhancing < 0.32 and lgg_ring < 0.15
+
+
+def test_a_skull_stripped_case_is_the_same_case_without_scalp_and_skull(tmp_path: Path) -> None:
+    """Real BraTS scans come skull-stripped: the option keeps the brain, the tumour and the
+    labels as they are and sets everything outside the brain to 0; a cohort asking for none
+    draws the cases it always did."""
+    kwargs = {"shape": BRATS_SHAPE, "spacing": 4.0}
+    _, full, seg, _ = generate_brats_case(3, 1, **kwargs)  # type: ignore[arg-type]
+    _, stripped, stripped_seg, _ = generate_brats_case(3, 1, skull_stripped=True, **kwargs)  # type: ignore[arg-type]
+    assert np.array_equal(seg, stripped_seg)
+    for name, image in stripped.items():
+        kept = image > 0
+        assert np.array_equal(image[kept], full[name][kept])  # kept as it was, or 0
+        assert kept.sum() < 0.8 * (full[name] > 0).sum()  # scalp and skull gone
+        assert np.array_equal(image[seg > 0], full[name][seg > 0])  # the tumour all there
+    cohorts = {
+        fraction: write_brats_cohort(tmp_path / str(fraction), 4, 3, workers=1, progress=False,
+                                     skull_stripped=fraction, **kwargs)  # type: ignore[arg-type]
+        for fraction in (0.0, 1.0)
+    }  # fmt: skip
+    none, some = cohorts[0.0], cohorts[1.0]
+    t1 = next(none.glob("*/BraTS19_SYN_0001_1/*_t1.nii.gz"))
+    _, first, _, _ = generate_brats_case(3, 0, **kwargs)  # type: ignore[arg-type]
+    assert np.allclose(np.asarray(nib.load(t1).dataobj), np.rint(first["t1"]))
+    assert sorted(p.name for p in some.glob("*/*")) == sorted(p.name for p in none.glob("*/*"))

@@ -154,9 +154,11 @@ def generate_brats_case(
     shape: tuple[int, int, int] = (240, 240, 155),
     spacing: float = 1.0,
     lgg_fraction: float = LGG_FRACTION,
+    skull_stripped: bool = False,
 ) -> tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """One case: ``(grade "HGG"|"LGG", {modality: image}, seg uint8, affine)``, deterministic
-    in (seed, index, lgg_fraction)."""
+    in (seed, index, lgg_fraction). `skull_stripped`: everything outside the brain (scalp,
+    skull) is 0, as real BraTS scans ship; the same case otherwise."""
     rng = _case_rng(seed, case_index)
     hgg = bool(rng.random() < 1.0 - lgg_fraction)
     params = _tumour_params(rng, hgg)
@@ -177,13 +179,18 @@ def generate_brats_case(
         ellipsoid_radius(axes, center, (1, 1, 1)) < params["core_mm"] * params["necrosis_frac"]
     )
     images = _images(grid, rng, tissue, seg, necrosis)
+    if skull_stripped:
+        brain = tissue >= 3  # CSF, grey and white matter, ventricles
+        images = {name: image * brain for name, image in images.items()}
     return ("HGG" if hgg else "LGG"), images, seg, grid.affine
 
 
 def _write_case(job: tuple) -> str:
-    seed, index, shape, spacing, lgg_fraction, out = job
+    seed, index, shape, spacing, lgg_fraction, stripped_fraction, out = job
+    # Its own stream: a cohort without stripped cases draws exactly the cases it did before.
+    stripped = bool(np.random.default_rng([seed, index, 7]).random() < stripped_fraction)
     grade, images, seg, affine = generate_brats_case(
-        seed, index, shape=shape, spacing=spacing, lgg_fraction=lgg_fraction
+        seed, index, shape=shape, spacing=spacing, lgg_fraction=lgg_fraction, skull_stripped=stripped
     )
     case_id = f"BraTS19_SYN_{index + 1:04d}_1"
     folder = Path(out) / grade / case_id
@@ -204,6 +211,7 @@ def write_brats_cohort(
     shape: tuple[int, int, int] = (240, 240, 155),
     spacing: float = 1.0,
     lgg_fraction: float = LGG_FRACTION,
+    skull_stripped: float = 0.0,
 ) -> Path:
     """Write `n_cases` BraTS-like cases under `out_dir` (BraTS 2019 layout); returns `out_dir`.
 
@@ -216,6 +224,7 @@ def write_brats_cohort(
         shape: grid (x, y, z) voxels; the default is the BraTS grid. Tests use e.g. (60, 60, 40).
         spacing: isotropic voxel size in mm (use ~4 mm with a small shape to keep the head).
         lgg_fraction: the chance that a case is LGG (default BraTS 2019's; 0.5 balanced).
+        skull_stripped: the chance that a case is skull-stripped, as real BraTS scans are.
     """
     if n_cases < 1:
         raise ValueError(f"n_cases must be at least 1, got n_cases={n_cases}")
@@ -223,11 +232,14 @@ def write_brats_cohort(
         raise ValueError(f"spacing must be positive, got spacing={spacing}")
     if not 0.0 <= lgg_fraction <= 1.0:
         raise ValueError(f"lgg_fraction must be in [0, 1], got lgg_fraction={lgg_fraction}")
+    if not 0.0 <= skull_stripped <= 1.0:
+        raise ValueError(f"skull_stripped must be in [0, 1], got skull_stripped={skull_stripped}")
     out = Path(out_dir)
     for grade in ("HGG", "LGG"):
         (out / grade).mkdir(parents=True, exist_ok=True)
     jobs = [
-        (int(seed), i, tuple(shape), float(spacing), float(lgg_fraction), str(out)) for i in range(n_cases)
+        (int(seed), i, tuple(shape), float(spacing), float(lgg_fraction), float(skull_stripped), str(out))
+        for i in range(n_cases)
     ]
     run_jobs(_write_case, jobs, workers, progress, "brats")
     return out
