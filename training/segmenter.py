@@ -18,6 +18,7 @@ as ``best.pt``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -202,10 +203,12 @@ def stage_grid(case: Any, spec: SegmenterSpec, stage: StageName) -> Grid | None:
 
 
 def _prepare(job: tuple[CaseRecord, str, str, str]) -> str | None:
-    """Worker: one case onto a stage's grid, written as ``CACHE/<case_id>.npz`` (None: the
-    stage has nothing to learn from the case)."""
+    """Worker: one case onto a stage's grid, written as ``CACHE/<case_id>-<files>.npz`` (None:
+    the stage has nothing to learn from the case). The files' digest tells apart cases of two
+    cohorts that share an id (synthetic BraTS cohorts all count from BraTS19_SYN_0001_1)."""
     record, task, stage, cache = job
-    path = Path(cache) / f"{record.case_id}.npz"
+    files = hashlib.sha1("|".join(str(p.resolve()) for p in sorted(record.paths.values())).encode())
+    path = Path(cache) / f"{record.case_id}-{files.hexdigest()[:10]}.npz"
     if path.exists():
         return str(path)
     spec = get_segmenter_spec(task)

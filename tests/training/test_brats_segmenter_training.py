@@ -114,3 +114,17 @@ def test_brats_dice_scores_an_absent_region_as_brats_does() -> None:
     some[1, 1, 1] = True
     assert region_dice(empty, empty) == 1.0 and region_dice(some, empty) == 0.0
     assert region_dice(some, some) == 1.0
+
+
+def test_two_cohorts_sharing_case_ids_are_prepared_apart(brats_root: Path, tmp_path: Path) -> None:
+    """Synthetic BraTS cohorts all count from BraTS19_SYN_0001_1: a segmenter trained on two
+    (with the head and skull-stripped) must not read one's case for the other's."""
+    import shutil
+
+    from training.segmenter import prepare_cache
+
+    copy = shutil.copytree(brats_root, tmp_path / "copy")
+    records = [read_brats(root)[0] for root in (brats_root, copy)]
+    assert records[0].case_id == records[1].case_id
+    paths = prepare_cache(records, "brats", "coarse", tmp_path / "cache", workers=1)
+    assert len(set(paths)) == 2 and all(p.name.startswith(records[0].case_id) for p in paths)
